@@ -1,0 +1,1 @@
+"""Data layer: fastMRI-format files → volume index → scarcity subsets → slice dataset."""

@@ -1,0 +1,185 @@
+"""Slice dataset: masked k-space, mask, target and zero-filled image per slice.
+
+One dataset serves every method. It is built from a list of :class:`TaskData`
+(a task name, its context and its volumes — already cut to the scarcity
+subset) and yields :class:`Sample` named tuples that the default collate
+function batches.
+
+Masks follow DESIGN.md §3: for training (``train=True``) a new mask is drawn
+per sample from the dataset's own generator (its state is saved in checkpoints,
+so a resumed run draws the same masks); for validation and test the mask is
+fixed per (volume, context), seeded from the file name, so every method is
+scored on identical measurements.
+
+Small data are decoded once into memory (:class:`VolumeStore`); the loader is
+never the bottleneck of a training step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from ..errors import MrbenchError
+from ..fourier import center_crop, ifft2c, rss
+from .contexts import Context
+from .fastmri_format import VolumeMeta, read_volume
+from .masks import DrawnMask, volume_seed
+
+
+class Sample(NamedTuple):
+    kspace: torch.Tensor  # complex64 (C, H, W), masked
+    mask: torch.Tensor  # float32 (1, H, W)
+    target: torch.Tensor  # float32 (h, w)
+    zero_filled: torch.Tensor  # float32 (h, w): |F⁻¹ masked k-space| (RSS), centre-cropped
+    task: int  # index into the dataset's tasks
+    fname: str
+    slice_idx: int
+    max_value: float  # the volume target's maximum (PSNR/SSIM data range)
+    num_low_frequencies: int
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What a method treats as one unit: a name, its context, its volumes."""
+
+    name: str
+    context: Context
+    volumes: tuple[VolumeMeta, ...]
+
+    @property
+    def num_slices(self) -> int:
+        return sum(v.num_slices for v in self.volumes)
+
+
+class VolumeStore:
+    """Decoded volumes, loaded on first use and kept in memory.
+
+    Volumes larger in total than ``max_bytes`` are not cached; their slices are
+    read from the file at each access instead (large multi-coil data).
+    """
+
+    def __init__(self, max_bytes: int = 8 * 2**30):
+        self.max_bytes = max_bytes
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._bytes = 0
+
+    def slice(self, meta: VolumeMeta, s: int) -> tuple[np.ndarray, np.ndarray]:
+        key = str(meta.path)
+        hit = self._cache.get(key)
+        if hit is None:
+            size = meta.num_slices * meta.num_coils * meta.kspace_shape[0] * meta.kspace_shape[1] * 8
+            if self._bytes + size > self.max_bytes:
+                return self._read_slice(meta, s)
+            hit = read_volume(meta)
+            if hit[1] is None:
+                raise _no_target(meta)
+            self._cache[key] = hit
+            self._bytes += size
+        return hit[0][s], hit[1][s]
+
+    @staticmethod
+    def _read_slice(meta: VolumeMeta, s: int) -> tuple[np.ndarray, np.ndarray]:
+        if meta.target_key is None:
+            raise _no_target(meta)
+        with h5py.File(meta.path, "r") as hf:
+            k = np.asarray(hf["kspace"][s], dtype=np.complex64)
+            t = np.asarray(hf[meta.target_key][s], dtype=np.float32)
+        if k.ndim == 2:
+            k = k[None]
+        if not np.isfinite(k).all():
+            raise MrbenchError(f"{meta.path}: 'kspace' has NaN/Inf values (slice {s})")
+        return k, t
+
+
+def _no_target(meta: VolumeMeta) -> MrbenchError:
+    return MrbenchError(
+        f"{meta.path}: has no target (reconstruction_esc/reconstruction_rss); "
+        "mrbench trains and scores only on fully sampled volumes"
+    )
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """All slices of all tasks; item ``i`` is one slice of one task's volume."""
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskData],
+        *,
+        train: bool,
+        seed: int = 0,
+        store: VolumeStore | None = None,
+    ):
+        self.tasks = list(tasks)
+        self.train = train
+        self.store = store if store is not None else VolumeStore()
+        self.rng = np.random.default_rng(seed)
+        self._masks = [t.context.mask_func() for t in self.tasks]
+        self._fixed: dict[tuple[str, int], DrawnMask] = {}
+        self.items: list[tuple[int, VolumeMeta, int]] = [
+            (t_idx, v, s)
+            for t_idx, task in enumerate(self.tasks)
+            for v in task.volumes
+            for s in range(v.num_slices)
+        ]
+        for task in self.tasks:
+            for v in task.volumes:
+                if v.target_key is None:
+                    raise _no_target(v)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def task_items(self, task: int) -> list[int]:
+        """Indices of the items of one task (for per-task samplers)."""
+        return [i for i, (t, _, _) in enumerate(self.items) if t == task]
+
+    # RNG state for resumable training (the training masks depend on it)
+    def rng_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def mask_for(self, i: int, rng: np.random.Generator | None = None) -> DrawnMask:
+        t, meta, _ = self.items[i]
+        shape = meta.kspace_shape
+        padding = (meta.padding_left, meta.padding_right)
+        if self.train:
+            return self._masks[t](shape, rng if rng is not None else self.rng, padding)
+        key = (str(meta.path), t)
+        drawn = self._fixed.get(key)
+        if drawn is None:
+            ctx = self.tasks[t].context
+            seed = volume_seed(meta.name, ctx.mask, ctx.acceleration, ctx.center_fraction)
+            drawn = self._fixed[key] = self._masks[t](shape, seed, padding)
+        return drawn
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.sample(i)
+
+    def sample(self, i: int, rng: np.random.Generator | None = None) -> Sample:
+        t, meta, s = self.items[i]
+        kspace_np, target_np = self.store.slice(meta, s)
+        drawn = self.mask_for(i, rng)
+        mask = torch.from_numpy(drawn.mask)[None]
+        kspace = torch.from_numpy(kspace_np) * mask
+        target = torch.from_numpy(target_np)
+        image = ifft2c(kspace)
+        image = image[0].abs() if image.shape[0] == 1 else rss(image, dim=0)
+        crop = (min(target.shape[-2], image.shape[-2]), min(target.shape[-1], image.shape[-1]))
+        return Sample(
+            kspace=kspace,
+            mask=mask,
+            target=center_crop(target, crop),
+            zero_filled=center_crop(image, crop),
+            task=t,
+            fname=meta.name,
+            slice_idx=s,
+            max_value=float(meta.max_value if meta.max_value is not None else target_np.max()),
+            num_low_frequencies=drawn.num_low_frequencies,
+        )

@@ -1,0 +1,111 @@
+"""Volume index: for a fastMRI-format directory, per split and contrast, which volumes.
+
+A data root holds ``train/``, ``val/`` and ``test/`` sub-directories of ``.h5``
+files (the layout ``mrbench data synth`` writes and fastMRI uses). A directory
+with ``.h5`` files and no split sub-directories is indexed as a single split
+named after the directory, so ``mrbench data info path/to/singlecoil_val``
+works on real fastMRI folders too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MrbenchError
+from .fastmri_format import VolumeMeta, check_values, read_meta
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class VolumeIndex:
+    root: Path
+    volumes: dict[str, list[VolumeMeta]] = field(default_factory=dict)  # split -> sorted
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.volumes)
+
+    def contrasts(self, split: str | None = None) -> list[str]:
+        splits = [split] if split else self.splits
+        return sorted({v.contrast for s in splits for v in self.volumes.get(s, [])})
+
+    def select(self, split: str, contrast: str) -> list[VolumeMeta]:
+        """Volumes of one contrast in one split; an unknown split/contrast is an error."""
+        if split not in self.volumes:
+            raise MrbenchError(
+                f"{self.root}: no '{split}' split (found: {', '.join(self.splits) or 'none'})"
+            )
+        vols = [v for v in self.volumes[split] if v.contrast == contrast]
+        if not vols:
+            raise MrbenchError(
+                f"contrast {contrast!r} is not in {self.root / split} "
+                f"(contrasts there: {', '.join(self.contrasts(split)) or 'none'})"
+            )
+        return vols
+
+    def summary(self) -> list[dict]:
+        """One row per (split, contrast): volumes, slices, k-space shapes, coils, targets."""
+        rows = []
+        for split, vols in self.volumes.items():
+            groups: dict[str, list[VolumeMeta]] = defaultdict(list)
+            for v in vols:
+                groups[v.contrast].append(v)
+            for contrast in sorted(groups):
+                g = groups[contrast]
+                rows.append(
+                    {
+                        "split": split,
+                        "contrast": contrast,
+                        "volumes": len(g),
+                        "slices": sum(v.num_slices for v in g),
+                        "kspace": _fmt_set(f"{v.kspace_shape[0]}x{v.kspace_shape[1]}" for v in g),
+                        "coils": _fmt_set(str(v.num_coils) for v in g),
+                        "target": _fmt_set(
+                            f"{v.target_shape[0]}x{v.target_shape[1]}" if v.target_shape else "none"
+                            for v in g
+                        ),
+                        "padded": sum(v.padding_left > 0 or v.padding_right < v.kspace_shape[1] for v in g),
+                    }
+                )
+        return rows
+
+
+def _fmt_set(items) -> str:
+    vals = sorted(set(items))
+    return ",".join(vals) if len(vals) <= 3 else f"{vals[0]},…({len(vals)} kinds)"
+
+
+def _h5_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+
+
+def scan(root: str | os.PathLike, *, check: bool = False) -> VolumeIndex:
+    """Index a data directory; ``check=True`` also scans every value for NaN/Inf.
+
+    Every structural problem (not HDF5, truncated, no ``kspace``, wrong rank or
+    dtype, no ``acquisition``) raises :class:`MrbenchError` naming the file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise MrbenchError(f"data directory {root} does not exist (create it with 'mrbench data synth')")
+    if not root.is_dir():
+        raise MrbenchError(f"{root} is not a directory")
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if not split_dirs:
+        split_dirs = {root.name or "data": root}
+    index = VolumeIndex(root=root)
+    for split, directory in split_dirs.items():
+        files = _h5_files(directory)
+        if files:
+            index.volumes[split] = [read_meta(f) for f in files]
+            if check:
+                for f in files:
+                    check_values(f)
+    if not index.volumes:
+        where = ", ".join(str(d) for d in split_dirs.values())
+        raise MrbenchError(f"no .h5 files in {where}")
+    return index

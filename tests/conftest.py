@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny fastMRI-format datasets made on the fly (no nilearn needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mrbench.data.fastmri_format import write_volume
+from mrbench.fourier import fft2c, ifft2c, rss
+
+
+def blob_volume(rng: np.random.Generator, slices: int, h: int, w: int, coils: int = 1):
+    """A smooth complex 'anatomy' (sum of Gaussian blobs) → (kspace, target) in fastMRI layout."""
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    img = np.zeros((slices, h, w), np.complex64)
+    for s in range(slices):
+        for _ in range(6):
+            cy, cx = rng.uniform(-0.5, 0.5, 2)
+            r = rng.uniform(0.1, 0.4)
+            img[s] += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+    img = img * np.exp(1j * 0.5 * xx)
+    x = torch.from_numpy(img.astype(np.complex64))
+    if coils > 1:
+        ang = torch.linspace(0, 2 * np.pi, coils + 1)[:-1]
+        yy_t, xx_t = torch.from_numpy(yy).float(), torch.from_numpy(xx).float()
+        sens = torch.stack([torch.exp(-((yy_t - 0.8 * a.sin()) ** 2 + (xx_t - 0.8 * a.cos()) ** 2)) for a in ang])
+        sens = sens / rss(sens, dim=0)
+        coil_imgs = x[:, None] * sens[None].to(torch.complex64)
+        k = fft2c(coil_imgs)
+        target = rss(ifft2c(k), dim=1)
+    else:
+        k = fft2c(x)
+        target = ifft2c(k).abs()
+    return k.numpy(), target.numpy().astype(np.float32)
+
+
+def write_tiny_root(root, contrasts=("AXT1", "AXT2"), per_split=None, slices=3, size=32, coils=1, seed=0):
+    """train/val/test dirs with one file per (subject, contrast)."""
+    per_split = per_split or {"train": 4, "val": 1, "test": 2}
+    rng = np.random.default_rng(seed)
+    paths = []
+    subject = 0
+    for split, n in per_split.items():
+        for _ in range(n):
+            for c in contrasts:
+                k, t = blob_volume(rng, slices, size, size, coils)
+                p = root / split / f"tiny_{c}_{subject:03d}.h5"
+                write_volume(p, k, t, acquisition=c, patient_id=f"p{subject}")
+                paths.append(p)
+            subject += 1
+    return paths
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    root = tmp_path / "tiny"
+    write_tiny_root(root)
+    return root
