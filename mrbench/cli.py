@@ -130,3 +130,109 @@ def data_info(directory, no_check):
     total = sum(r["volumes"] for r in rows)
     checked = "structure checked" if no_check else "all values checked"
     click.echo(f"{total} volumes in {directory} ({checked})")
+
+
+# ---------------------------------------------------------------------- runs
+
+
+@main.command("run")
+@click.argument("method")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML experiment/run file.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.budget=500.")
+@click.option("--scarcity", type=int, help="Scarcity level N of the data.scarce tasks.")
+@click.option("--seed", type=int, help="Run seed (train.seed).")
+@click.option("--threads", type=int, help="torch CPU threads (train.threads; 0 = all cores).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="train.device")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from checkpoints/last.pt.")
+@click.option("--overwrite", is_flag=True, help="Redo an existing run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_cmd(method, config_file, overrides, scarcity, seed, threads, device, resume, overwrite, quiet):
+    """Train METHOD, evaluate it and store the run (runs/<experiment>/<run>/)."""
+    from .config import load_config
+    from .runner import execute
+
+    extra = list(overrides)
+    if seed is not None:
+        extra.append(f"train.seed={seed}")
+    if threads is not None:
+        extra.append(f"train.threads={threads}")
+    if device is not None:
+        extra.append(f"train.device={device}")
+    cfg = load_config(config_file, extra, method=method, scarcity=scarcity)
+    store = execute(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+    _print_metrics(store.read_json("metrics.json"), store.path)
+
+
+def _print_metrics(metrics: dict, path) -> None:
+    click.echo(f"{path}")
+    for name, c in metrics["contexts"].items():
+        for steps, res in c["steps"].items():
+            m, zf = res["mean"], res["zero_filled"]
+            tag = "seen" if c["seen"] else f"unseen, {steps} steps"
+            click.echo(
+                f"  {name:28s} ({tag:16s}) PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  NMSE {m['nmse']:.4f}"
+                f"   (zero-filled {zf['psnr']:.2f} dB / {zf['ssim']:.4f})"
+            )
+
+
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path())
+@click.option("--contexts", type=click.Choice(["seen", "unseen", "all"]), default="all", show_default=True)
+@click.option("--adapt-steps", default=None, help="Comma-separated adaptation step counts for unseen contexts (0 always included).")
+def evaluate_cmd(run_dir, contexts, adapt_steps):
+    """Evaluate a run's best checkpoint on the test volumes; rewrites metrics.json."""
+    from .runner import evaluate_run_dir
+
+    if not Path(run_dir).is_dir():
+        raise MrbenchError(f"run directory {run_dir} does not exist")
+    steps = None
+    if adapt_steps is not None:
+        try:
+            steps = [int(s) for s in _csv(adapt_steps)]
+        except ValueError:
+            raise MrbenchError(f"--adapt-steps: expected comma-separated whole numbers, got {adapt_steps!r}") from None
+        if any(s < 0 for s in steps):
+            raise MrbenchError(f"--adapt-steps: must be ≥ 0, got {adapt_steps!r}")
+    metrics = evaluate_run_dir(run_dir, contexts, steps)
+    _print_metrics(metrics, run_dir)
+
+
+@main.command("ls")
+@click.argument("runs_dir", default="runs", type=click.Path())
+def ls_cmd(runs_dir):
+    """Runs with status, method, scarcity and key metrics."""
+    import json
+
+    from .store import RunStore
+
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise MrbenchError(f"runs directory {root} does not exist")
+    rows = [["run", "status", "method", "scarcity", "seen PSNR", "seen SSIM", "unseen PSNR"]]
+    for cfg_file in sorted(root.rglob("config.json")):
+        store = RunStore(cfg_file.parent)
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        seen = unseen = {}
+        if store.metrics_path.exists():
+            summary = json.loads(store.metrics_path.read_text()).get("summary", {})
+            seen = summary.get("seen", {}).get("0", {})
+            unseen_steps = summary.get("unseen", {})
+            unseen = unseen_steps[max(unseen_steps, key=int)] if unseen_steps else {}
+        rows.append([
+            str(store.path.relative_to(root)),
+            store.status(),
+            cfg.get("method", "?"),
+            str(cfg.get("scarcity", "?")),
+            f"{seen['psnr']:.2f}" if seen else "-",
+            f"{seen['ssim']:.4f}" if seen else "-",
+            f"{unseen['psnr']:.2f}" if unseen else "-",
+        ])
+    if len(rows) == 1:
+        click.echo(f"no runs in {root}")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -1,0 +1,281 @@
+"""The budgeted, deterministic, resumable training loop.
+
+The engine runs a method's :class:`~mrbench.methods.base.Phase` list. For each
+phase it builds Adam (and the cosine schedule over the phase's steps), draws
+batches from a :class:`TaskSampler`, lets the phase compute the loss, clips the
+gradient norm and steps — until the phase's budget of slices through
+forward+backward is spent. Every ``train.val_every`` slices it validates (mean
+SSIM over the phase's tasks), keeps the best state (the same checkpoint
+selection rule for every method) and writes ``last.pt`` holding the models,
+optimiser, scheduler, sampler, mask-RNG and torch-RNG states. A phase ends by
+restoring its best-validation weights.
+
+Determinism: every random draw comes from generators seeded by the run seed
+and saved in ``last.pt``; validation uses fixed masks and draws nothing, so an
+interrupted and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.dataset import Sample, SliceDataset
+from .evaluation.evaluate import predict_volumes, score_volumes, to_device
+from .methods.base import Method, Phase, StepResult
+from .store import RunStore
+
+
+class Preempted(Exception):
+    """Raised when ``train.stop_after`` is reached (a simulated pre-emption); resume continues."""
+
+
+class TaskSampler:
+    """Draws training items of a set of tasks.
+
+    ``uniform``: epochs over the pooled items of the tasks, shuffled without
+    replacement. ``stratified``: tasks interleaved (t0, t1, t0, …), an item drawn
+    uniformly within each task — the scarce task is up-sampled to the abundant
+    one's rate.
+    """
+
+    def __init__(self, dataset: SliceDataset, tasks: list[int], mode: str, seed: int):
+        self.mode = mode
+        self.by_task = [np.asarray(dataset.task_items(t), dtype=np.int64) for t in tasks]
+        self.pool = np.concatenate(self.by_task)
+        self.rng = np.random.default_rng(seed)
+        self.perm = np.zeros(0, dtype=np.int64)
+        self.pos = 0
+        self.counter = 0
+
+    def next(self, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            if self.mode == "stratified":
+                items = self.by_task[self.counter % len(self.by_task)]
+                self.counter += 1
+                out.append(int(items[self.rng.integers(len(items))]))
+            else:
+                if self.pos >= len(self.perm):
+                    self.perm = self.rng.permutation(self.pool)
+                    self.pos = 0
+                out.append(int(self.perm[self.pos]))
+                self.pos += 1
+        return out
+
+    def state(self) -> dict:
+        return {
+            "rng": json.dumps(self.rng.bit_generator.state),
+            "perm": torch.from_numpy(self.perm.copy()),
+            "pos": self.pos,
+            "counter": self.counter,
+        }
+
+    def load(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.perm = state["perm"].numpy().astype(np.int64)
+        self.pos = int(state["pos"])
+        self.counter = int(state["counter"])
+
+
+class Trainer:
+    def __init__(
+        self,
+        method: Method,
+        train: SliceDataset,
+        val: SliceDataset,
+        cfg,
+        store: RunStore,
+        device: torch.device,
+        writer=None,
+        progress: Callable[[int, dict], None] | None = None,
+    ):
+        self.method = method
+        self.train = train
+        self.val = val
+        self.cfg = cfg
+        self.store = store
+        self.device = device
+        self.writer = writer
+        self.progress = progress or (lambda n, info: None)
+        self.total_used = 0  # slices over all phases
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, resume_state: dict | None = None) -> None:
+        phases = self.method.phases()
+        start_phase = 0
+        if resume_state is not None:
+            self.method.load_state_dict(resume_state["models"])
+            start_phase = int(resume_state["phase"])
+            self.total_used = int(resume_state["total_used"])
+            self.history = json.loads(resume_state["history"])
+            self.train.set_rng_state(json.loads(resume_state["dataset_rng"]))
+            torch.set_rng_state(resume_state["torch_rng"])
+            self.progress(self.total_used, {"resumed": True})
+            if not resume_state["optimizer"]:  # saved between phases: the next one starts afresh
+                resume_state = None
+        for p_idx, phase in enumerate(phases):
+            if p_idx < start_phase:
+                continue
+            self._run_phase(p_idx, phase, resume_state if p_idx == start_phase else None)
+        self.store.save_checkpoint("best", {"models": self.method.state_dict()})
+
+    def _make_optim(self, phase: Phase):
+        params = self.method.parameters(phase.modules)
+        opt = torch.optim.Adam(params, lr=phase.lr)
+        steps = max(1, math.ceil(phase.budget / self.cfg.train.batch))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if self.cfg.train.schedule == "cosine" else None
+        return params, opt, sched
+
+    def _run_phase(self, p_idx: int, phase: Phase, resume: dict | None) -> None:
+        cfg = self.cfg.train
+        params, opt, sched = self._make_optim(phase)
+        sampler = TaskSampler(self.train, phase.tasks, phase.sampling, seed=cfg.seed * 1000 + p_idx)
+        used, steps, next_val = 0, 0, min(cfg.val_every, phase.budget)
+        best_score, best_state = -math.inf, None
+        if resume is not None:
+            opt.load_state_dict(resume["optimizer"])
+            if sched is not None and resume["scheduler"] is not None:
+                sched.load_state_dict(resume["scheduler"])
+            sampler.load(resume["sampler"])
+            used, steps, next_val = int(resume["used"]), int(resume["steps"]), int(resume["next_val"])
+            best_score = float(resume["best_score"])
+            best_state = resume["best_state"] or None
+        elif phase.on_start is not None:
+            phase.on_start()
+        for m in phase.modules:
+            self.method.models[m].train()
+        while used < phase.budget:
+            opt.zero_grad(set_to_none=True)
+            if phase.custom_step is not None:
+                result = phase.custom_step(self._batch_source(sampler))
+            else:
+                n = min(cfg.batch, phase.budget - used)
+                result = phase.step(self._batch(sampler.next(n)))
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            used += result.slices
+            steps += 1
+            self.total_used += result.slices
+            self._log_step(phase, result, opt)
+            self.progress(result.slices, {"loss": result.loss, "phase": phase.name})
+            if used >= next_val or used >= phase.budget:
+                score = self.validate(phase)
+                if score > best_score or best_state is None:
+                    best_score = score
+                    best_state = {m: _clone(self.method.models[m].state_dict()) for m in phase.modules}
+                next_val = min(phase.budget, used + cfg.val_every) if used < phase.budget else used
+                self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sched, sampler)
+                if cfg.stop_after and self.total_used >= cfg.stop_after and used < phase.budget:
+                    raise Preempted(self.total_used)
+                for m in phase.modules:
+                    self.method.models[m].train()
+        if best_state is None and phase.budget == 0:
+            best_state = {m: _clone(self.method.models[m].state_dict()) for m in phase.modules}
+        for m, state in (best_state or {}).items():
+            self.method.models[m].load_state_dict(state)
+        for m in phase.modules:
+            self.method.models[m].eval()
+        # the next phase starts from here; a crash between phases resumes at its start
+        self._checkpoint(p_idx + 1, 0, 0, 0, -math.inf, None, None, None, None)
+
+    def _batch(self, indices: list[int]) -> Sample:
+        samples = [self.train.sample(i) for i in indices]
+        return to_device(torch.utils.data.default_collate(samples), self.device)
+
+    def _batch_source(self, sampler: TaskSampler):
+        """For custom steps: ``source(n, task=None)`` → a batch of ``n`` items (of ``task`` if given)."""
+
+        def source(n: int, task: int | None = None) -> Sample:
+            if task is None:
+                return self._batch(sampler.next(n))
+            items = self.train.task_items(task)
+            picks = sampler.rng.integers(len(items), size=n)
+            return self._batch([items[int(i)] for i in picks])
+
+        return source
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, phase: Phase) -> float:
+        """Mean validation SSIM over the phase's tasks (logged per task)."""
+        scores = []
+        for t in phase.tasks:
+            recon = self.method.reconstructor(t)
+            for m in phase.modules:
+                self.method.models[m].eval()
+            vols = predict_volumes(recon, self.val, t, batch=max(8, self.cfg.train.batch), device=self.device)
+            res = score_volumes(vols)
+            scores.append(res["mean"]["ssim"])
+            name = self.val.tasks[t].name
+            self.history.append({"slices": self.total_used, "phase": phase.name, "task": name, **res["mean"]})
+            if self.writer is not None:
+                for k, v in res["mean"].items():
+                    self.writer.add_scalar(f"val/{k}/{name}", v, self.total_used)
+                first = next(iter(vols.values()))
+                mid = first["target"].shape[0] // 2
+                self.writer.add_image(
+                    f"val/recon|target|zero-filled|5x error/{name}",
+                    image_grid(first["pred"][mid], first["target"][mid], first["zero_filled"][mid]),
+                    self.total_used,
+                    dataformats="HW",
+                )
+        if self.writer is not None:
+            for key in phase.modules:
+                etas = getattr(self.method.models[key], "etas", None)
+                if callable(etas):
+                    for i, eta in enumerate(etas()):
+                        self.writer.add_scalar(f"eta/{key}/cascade{i}", float(eta), self.total_used)
+        return float(np.mean(scores))
+
+    # ------------------------------------------------------------------ io
+    def _log_step(self, phase: Phase, result: StepResult, opt) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_scalar("train/loss", result.loss, self.total_used)
+        self.writer.add_scalar(f"train/lr/{phase.name}", opt.param_groups[0]["lr"], self.total_used)
+        for t, v in result.task_losses.items():
+            self.writer.add_scalar(f"train/loss/{self.train.tasks[t].name}", v, self.total_used)
+
+    def _checkpoint(self, p_idx, used, steps, next_val, best_score, best_state, opt, sched, sampler) -> None:
+        self.store.save_checkpoint(
+            "last",
+            {
+                "phase": p_idx,
+                "used": used,
+                "steps": steps,
+                "next_val": next_val,
+                "total_used": self.total_used,
+                "best_score": best_score,
+                "best_state": best_state or {},
+                "models": self.method.state_dict(),
+                "optimizer": opt.state_dict() if opt is not None else {},
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "sampler": sampler.state() if sampler is not None else {},
+                "dataset_rng": json.dumps(self.train.rng_state()),
+                "torch_rng": torch.get_rng_state(),
+                "history": json.dumps(self.history),
+            },
+        )
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def _clone(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def image_grid(pred: torch.Tensor, target: torch.Tensor, zero_filled: torch.Tensor) -> torch.Tensor:
+    """reconstruction | target | zero-filled | 5×|error|, scaled by the target maximum, in [0, 1]."""
+    scale = target.max().clamp_min(1e-12)
+    panels = [pred, target, zero_filled, 5 * (pred - target).abs()]
+    return torch.cat([(p / scale).clamp(0, 1) for p in panels], dim=-1).float()

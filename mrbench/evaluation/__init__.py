@@ -1,0 +1,1 @@
+"""Evaluation: fastMRI-exact reconstruction metrics (NMSE, PSNR, SSIM)."""

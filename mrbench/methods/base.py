@@ -1,0 +1,149 @@
+"""The one small interface every training regime implements.
+
+A :class:`Method` owns its networks (``self.models``, an ``nn.ModuleDict``) and
+describes its training as a list of :class:`Phase` objects; the engine
+(:mod:`mrbench.engine`) runs the phases within the budget, validates,
+checkpoints and resumes, without knowing which method it runs. After
+training, :meth:`Method.reconstructor` gives the network for a seen task and
+:meth:`Method.adapt` adapts to an unseen context from a k-shot support batch —
+plain fine-tuning unless a method (meta-learning) says otherwise, with the same
+support set and step counts for every method (DESIGN.md §5, fair comparison).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..data.contexts import Context
+from ..data.dataset import Sample, TaskData
+from ..fourier import center_crop
+
+Reconstructor = Callable[[Sample], torch.Tensor]
+
+
+def reconstruct(model: nn.Module, batch: Sample) -> torch.Tensor:
+    """Run a backbone on a batch and crop its (B, H, W) output to the targets."""
+    out = model(batch.kspace, batch.mask, batch.num_low_frequencies)
+    return center_crop(out, tuple(batch.target.shape[-2:]))
+
+
+def l1_per_sample(pred: torch.Tensor, batch: Sample) -> torch.Tensor:
+    """L1 between magnitude images, divided by each volume's maximum (scale-free across datasets)."""
+    err = (pred - batch.target).abs().mean(dim=(-2, -1))
+    return err / batch.max_value.to(err.dtype)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    slices: int  # slices through forward+backward in this step (support and query both count)
+    task_losses: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Phase:
+    """A stretch of training with one optimiser over one set of modules.
+
+    ``step(batch)`` computes the loss and calls ``backward`` (the engine zeroes
+    gradients, clips, and steps the optimiser and scheduler). A method with an
+    unusual step (MAML draws its own support/query batches) sets ``custom_step``
+    instead, which receives the engine's batch source.
+    """
+
+    name: str
+    budget: int
+    lr: float
+    modules: list[str]  # keys of Method.models trained here; their best-validation state is kept
+    tasks: list[int]  # tasks sampled for training and used for checkpoint selection
+    step: Callable[[Sample], StepResult] | None = None
+    custom_step: Callable[..., StepResult] | None = None
+    sampling: str = "uniform"
+    on_start: Callable[[], None] | None = None  # runs when the phase starts afresh (not on resume)
+
+
+class Method:
+    name: ClassVar[str] = "base"
+    learned: ClassVar[bool] = True  # False: no training (zero-filled)
+
+    def __init__(self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module]):
+        self.cfg = cfg
+        self.tasks = list(tasks)
+        self.scarce = list(scarce)
+        self.make_backbone = make_backbone
+        self.models = nn.ModuleDict()
+
+    # -- training
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def supervised_step(self, key: str) -> Callable[[Sample], StepResult]:
+        """The standard step: L1 of ``models[key]`` on a batch, per-task losses logged."""
+
+        def step(batch: Sample) -> StepResult:
+            per_sample = l1_per_sample(reconstruct(self.models[key], batch), batch)
+            per_sample.mean().backward()
+            return StepResult(float(per_sample.detach().mean()), len(per_sample), _per_task(per_sample, batch.task))
+
+        return step
+
+    def parameters(self, modules: Sequence[str]) -> list[nn.Parameter]:
+        return [p for m in modules for p in self.models[m].parameters()]
+
+    # -- inference
+    def model_key(self, task: int) -> str:
+        """Which of ``self.models`` reconstructs seen task ``task``."""
+        return next(iter(self.models))
+
+    def reconstructor(self, task: int) -> Reconstructor:
+        model = self.models[self.model_key(task)]
+        return lambda batch: reconstruct(model, batch)
+
+    def nearest_task(self, ctx: Context) -> int:
+        """The seen task a method with per-task models starts from on an unseen context:
+        same contrast, else same mask and acceleration, else the first (abundant) task."""
+        for pred in (
+            lambda c: c.contrast == ctx.contrast,
+            lambda c: (c.mask, c.acceleration) == (ctx.mask, ctx.acceleration),
+            lambda c: True,
+        ):
+            for i, t in enumerate(self.tasks):
+                if pred(t.context) and not self.scarce[i]:
+                    return i
+            for i, t in enumerate(self.tasks):
+                if pred(t.context):
+                    return i
+        return 0
+
+    def adapt(self, ctx: Context, support: Sample, steps: int, lr: float) -> Reconstructor:
+        """Fine-tune a copy of the starting network on the support batch for ``steps`` Adam steps."""
+        model = copy.deepcopy(self.models[self.model_key(self.nearest_task(ctx))])
+        if steps:
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                l1_per_sample(reconstruct(model, support), support).mean().backward()
+                opt.step()
+        model.eval()
+        return lambda batch: reconstruct(model, batch)
+
+    # -- state
+    def state_dict(self) -> dict:
+        return {k: m.state_dict() for k, m in self.models.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.models.items():
+            m.load_state_dict(state[k])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.models.parameters())
+
+
+def _per_task(per_sample: torch.Tensor, task: torch.Tensor) -> dict[int, float]:
+    values = per_sample.detach()
+    return {int(t): float(values[task == t].mean()) for t in task.unique()}

@@ -1,0 +1,48 @@
+"""transfer: pre-train on the abundant task(s), fine-tune on the scarce task(s).
+
+Both phases count against the budget: ``train.pretrain_fraction`` of it
+pre-trains, the rest fine-tunes at ``lr × train.finetune_lr_factor``. The
+fine-tuned network reconstructs the scarce tasks; the pre-trained one the
+abundant tasks it was trained on.
+"""
+
+from __future__ import annotations
+
+from ..errors import MrbenchError
+from .base import Method, Phase
+
+
+class Transfer(Method):
+    name = "transfer"
+
+    def __init__(self, cfg, tasks, scarce, make_backbone):
+        super().__init__(cfg, tasks, scarce, make_backbone)
+        if all(scarce) or not any(scarce):
+            raise MrbenchError(
+                "transfer needs at least one abundant and one scarce task "
+                f"(data.tasks = {[t.context.contrast for t in tasks]}, data.scarce = {cfg.data.scarce})"
+            )
+        self.models["pretrained"] = make_backbone()
+        self.models["finetuned"] = make_backbone()
+
+    def phases(self) -> list[Phase]:
+        train = self.cfg.train
+        pre = max(1, round(train.budget * train.pretrain_fraction))
+        abundant = [i for i, s in enumerate(self.scarce) if not s]
+        scarce = [i for i, s in enumerate(self.scarce) if s]
+        return [
+            Phase("pretrain", pre, train.lr, ["pretrained"], abundant, self.supervised_step("pretrained"), sampling=train.sampling),
+            Phase(
+                "finetune",
+                train.budget - pre,
+                train.lr * train.finetune_lr_factor,
+                ["finetuned"],
+                scarce,
+                self.supervised_step("finetuned"),
+                sampling=train.sampling,
+                on_start=lambda: self.models["finetuned"].load_state_dict(self.models["pretrained"].state_dict()),
+            ),
+        ]
+
+    def model_key(self, task: int) -> str:
+        return "finetuned" if self.scarce[task] else "pretrained"

@@ -1,0 +1,198 @@
+"""U-Net regulariser and the ``unet`` backbone.
+
+* :class:`UNet` — a plain real-valued U-Net (DESIGN.md §4): per level two
+  (conv3×3 → instance norm → LeakyReLU(0.2)), 2×2 average pooling down,
+  stride-2 transpose convolution (→ instance norm → LeakyReLU) up,
+  concatenation with the skip, final 1×1 convolution. Channels double per
+  level. Any H, W: the input is zero-padded (centred) to a multiple of
+  ``2**pools`` and the output cropped back.
+* :class:`NormUNet` — complex images in, complex images out, with per-sample
+  normalisation around the U-Net. Used inside every VarNet cascade, by the
+  VarNet sensitivity model and by :class:`UNetRecon`.
+* :class:`UNetRecon` — the ``unet`` backbone (common backbone interface, see
+  :mod:`mrbench.models`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrbench.fourier import ifft2c, rss
+
+__all__ = ["Conv1x1", "InstanceNorm", "UNet", "NormUNet", "UNetRecon"]
+
+# Added to the variance before the square root in NormUNet: keeps an all-zero
+# input finite (forward and backward) while being ~20 orders of magnitude below
+# the variance of real fastMRI images, so scale equivariance is unaffected.
+_VAR_EPS = 1e-30
+
+
+class InstanceNorm(nn.Module):
+    """Instance normalisation without affine parameters (= ``nn.InstanceNorm2d(c)``).
+
+    Computed as a group norm with one group per channel, which is the same
+    function (per sample and channel: subtract the spatial mean, divide by the
+    biased spatial std, eps 1e-5) but uses PyTorch's fused group-norm kernel;
+    on CPU that is about twice as fast, forward and backward, as
+    ``F.instance_norm`` (which goes through batch norm on a reshaped tensor).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.channels, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, eps={self.eps}"
+
+
+class Conv1x1(nn.Conv2d):
+    """1×1 convolution with bias, computed as one batched matrix multiply.
+
+    Same parameters (and state-dict keys) as ``nn.Conv2d(cin, cout, 1)``.
+    For the U-Nets' final projection to 2 channels ``baddbmm`` was 1.1-7x
+    faster on CPU than oneDNN's 1×1 convolution (forward+backward) in our
+    measurements; oneDNN is slow for so few channels.
+    """
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        o = self.out_channels
+        y = torch.baddbmm(
+            self.bias.view(1, o, 1).expand(b, o, h * w),
+            self.weight.view(1, o, c).expand(b, o, c),
+            x.reshape(b, c, h * w),
+        )
+        return y.view(b, o, h, w)
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    """Twice conv3×3 (no bias: the norm removes it) → instance norm → LeakyReLU(0.2)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        InstanceNorm(cout),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        InstanceNorm(cout),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+def _up_block(cin: int, cout: int) -> nn.Sequential:
+    """Stride-2 transpose conv (doubles H, W) → instance norm → LeakyReLU(0.2)."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False),
+        InstanceNorm(cout),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Real-valued U-Net: (N, in_chans, H, W) → (N, out_chans, H, W), any H, W.
+
+    Level ``l`` (0 = full resolution) has ``chans * 2**l`` channels; the
+    bottleneck, after ``pools`` poolings, has ``chans * 2**pools``.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, chans: int = 16, pools: int = 3):
+        super().__init__()
+        if pools < 0 or chans < 1:
+            raise ValueError(f"UNet needs chans >= 1 and pools >= 0, got chans={chans}, pools={pools}")
+        self.in_chans, self.out_chans, self.chans, self.pools = in_chans, out_chans, chans, pools
+        widths = [chans * 2**level for level in range(pools + 1)]
+        self.down = nn.ModuleList()
+        cin = in_chans
+        for w in widths[:-1]:
+            self.down.append(_conv_block(cin, w))
+            cin = w
+        self.bottleneck = _conv_block(cin, widths[-1])
+        # decoder, deepest first: upsample widths[l+1] → widths[l], concat skip, conv block
+        self.up = nn.ModuleList(_up_block(widths[l + 1], widths[l]) for l in reversed(range(pools)))
+        self.up_conv = nn.ModuleList(_conv_block(2 * widths[l], widths[l]) for l in reversed(range(pools)))
+        self.final = Conv1x1(widths[0], out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        mult = 2**self.pools
+        ph, pw = (-h) % mult, (-w) % mult
+        if ph or pw:  # centred zero padding to a multiple of 2**pools
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.avg_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for up, conv in zip(self.up, self.up_conv):
+            x = conv(torch.cat([up(x), skips.pop()], dim=1))
+        x = self.final(x)
+        if ph or pw:
+            x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        return x
+
+
+class NormUNet(nn.Module):
+    """Complex (B, in_complex, H, W) → complex (B, in_complex, H, W) through a normalised U-Net.
+
+    The ``in_complex`` complex channels become ``2 * in_complex`` real
+    channels ordered ``[re_1 … re_n, im_1 … im_n]``. Normalisation is **per
+    sample and per real/imaginary group**: the mean and (biased) std of all
+    real parts of a sample (over its ``in_complex`` channels and H, W), and
+    likewise of all imaginary parts. The U-Net sees zero-mean, unit-std
+    input; its output is un-normalised with the same statistics, which makes
+    the module scale-equivariant (``f(a·x) = a·f(x)`` for real ``a > 0``) —
+    inputs may be ~1 (synthetic) or ~1e-5 (raw fastMRI k-space).
+    """
+
+    def __init__(self, chans: int, pools: int, in_complex: int = 1):
+        super().__init__()
+        self.in_complex = in_complex
+        self.unet = UNet(2 * in_complex, 2 * in_complex, chans=chans, pools=pools)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, n, h, w = z.shape
+        x = torch.cat([z.real, z.imag], dim=1)  # (B, 2n, H, W) NCHW-contiguous: one copy
+        var, mean = torch.var_mean(x.view(b, 2, n * h * w), dim=2, correction=0, keepdim=True)
+        std = torch.sqrt(var + _VAR_EPS).unsqueeze(-1)  # (B, 2, 1, 1)
+        mean = mean.unsqueeze(-1)
+        if n > 1:
+            std = std.repeat_interleave(n, dim=1)
+            mean = mean.repeat_interleave(n, dim=1)
+        x = self.unet((x - mean) / std) * std + mean
+        return torch.complex(x[:, :n], x[:, n:])
+
+
+class UNetRecon(nn.Module):
+    """The ``unet`` backbone: zero-filled image + residual NormUNet, magnitude out.
+
+    ``x0`` is the zero-filled coil-combined image. Single-coil: the complex
+    image ``ifft2c(kspace)[:, 0]``, phase included. Multi-coil: the RSS
+    magnitude over coils, as a complex tensor with zero phase — without coil
+    sensitivities the coil phases cannot be combined coherently, and RSS is
+    what the fastMRI multi-coil targets are, so the network only has to remove
+    aliasing, not learn a coil combination. Output: ``|x0 + NormUNet(x0)|``,
+    float32 (B, H, W).
+    """
+
+    def __init__(self, chans: int = 16, pools: int = 3):
+        super().__init__()
+        self.chans, self.pools = chans, pools
+        self.net = NormUNet(chans, pools, in_complex=1)
+
+    def forward(
+        self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor
+    ) -> torch.Tensor:
+        images = ifft2c(kspace)
+        if images.shape[1] == 1:
+            x0 = images
+        else:
+            x0 = rss(images, dim=1).unsqueeze(1).to(images.dtype)  # zero phase
+        return (x0 + self.net(x0)).abs()[:, 0]

@@ -1,0 +1,259 @@
+"""One run end to end: data → method → engine → evaluation → run store.
+
+``execute`` is what ``mrbench run`` calls; ``evaluate_run_dir`` is what
+``mrbench evaluate`` calls on a finished (or checkpointed) run. Neither knows
+which method runs: methods come from :data:`mrbench.methods.METHODS`,
+backbones from :data:`mrbench.models.BACKBONES`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Config, config_from_dict
+from .data.assemble import ExperimentData, assemble
+from .data.dataset import SliceDataset, VolumeStore
+from .engine import Preempted, Trainer
+from .errors import MrbenchError
+from .evaluation.evaluate import predict_volumes, score_volumes, to_device
+from .methods import METHODS, Method
+from .models import build_backbone
+from .store import RunStore, environment, file_digest, now
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MrbenchError("train.device = cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def build_method(cfg: Config, data: ExperimentData, device: torch.device) -> Method:
+    torch.manual_seed(cfg.train.seed)
+    kwargs = cfg.model.backbone_kwargs()
+    method = METHODS[cfg.method](cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs))
+    method.models.to(device)
+    return method
+
+
+def _progress_bar(total: int, quiet: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="slice", disable=quiet, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def update(n: int, info: dict) -> None:
+        if info.get("resumed"):
+            bar.n = n
+            bar.refresh()
+            return
+        bar.update(n)
+        if "loss" in info:
+            bar.set_postfix(phase=info["phase"], loss=f"{info['loss']:.4f}", refresh=False)
+
+    return bar, update
+
+
+def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore:
+    """Train, evaluate and store one run; return its store."""
+    store = RunStore(cfg.run_dir)
+    if store.exists() and not (resume or overwrite):
+        raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
+    if resume and store.is_done():
+        return store
+    resume_state = None
+    if resume and store.checkpoint_path("last").exists():
+        if _identity(store.read_json("config.json")) != _identity(cfg.to_dict()):
+            raise MrbenchError(f"{store.config_path}: the run was started with another configuration; --resume needs the same one")
+        resume_state = store.load_checkpoint("last")
+    if overwrite and store.exists():
+        store.clear_done()
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    device = select_device(cfg.train.device)
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support)
+    started = now()
+    t0 = time.perf_counter()
+    store.write_json("config.json", cfg.to_dict())
+    manifest = _manifest(cfg, data, device, started)
+    store.write_json("manifest.json", manifest)
+    volumes = VolumeStore()
+    train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes)
+    val = SliceDataset(data.val, train=False, store=volumes)
+    method = build_method(cfg, data, device)
+    writer = _writer(store)
+    bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
+    try:
+        trainer = Trainer(method, train, val, cfg, store, device, writer, update)
+        if method.learned:
+            trainer.fit(resume_state)
+        train_seconds = time.perf_counter() - t0
+        metrics = evaluate(method, cfg, data, device, volumes, writer=writer)
+    except Preempted as stop:
+        bar.close()
+        writer.close()
+        raise MrbenchError(
+            f"stopped after {stop.args[0]} slices (train.stop_after); continue with: mrbench run {cfg.method} --resume"
+        ) from None
+    finally:
+        bar.close()
+    # metrics.json is a pure function of config + data (the determinism test compares it
+    # byte for byte); timings live in manifest.json
+    metrics["history"] = trainer.history
+    metrics["cost"] = {
+        "budget_slices": cfg.train.budget if method.learned else 0,
+        "trained_slices": trainer.total_used,
+        "parameters": method.num_parameters(),
+    }
+    store.write_json("metrics.json", metrics)
+    manifest["finished"] = now()
+    manifest["wall_seconds"] = round(time.perf_counter() - t0, 2)  # this process only (resumes add up)
+    manifest["train_seconds"] = round(train_seconds, 2)
+    manifest["threads"] = torch.get_num_threads()
+    store.write_json("manifest.json", manifest)
+    writer.close()
+    store.mark_done()
+    return store
+
+
+# operational keys: they may change between an interrupted run and its resumption
+_OPERATIONAL = ("stop_after", "threads", "device")
+
+
+def _identity(cfg: dict) -> dict:
+    train = {k: v for k, v in cfg["train"].items() if k not in _OPERATIONAL}
+    return {**cfg, "train": train}
+
+
+def _writer(store: RunStore):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(store.tb_dir))
+
+
+def _manifest(cfg: Config, data: ExperimentData, device: torch.device, started: str) -> dict:
+    files = {}
+    for group in (data.train, data.val, data.test, data.unseen_test, data.unseen_support):
+        for task in group:
+            for v in task.volumes:
+                files.setdefault(str(v.path), None)
+    return {
+        "run": cfg.run_name,
+        "experiment": cfg.run.experiment,
+        "method": cfg.method,
+        "scarcity": cfg.scarcity,
+        "seed": cfg.train.seed,
+        "data_root": str(Path(cfg.data.root).resolve()),
+        "files": {f: file_digest(Path(f)) for f in sorted(files)},
+        "training_slices": data.slice_lists(),
+        "support_slices": data.support_slices,
+        "device": str(device),
+        "started": started,
+        **environment(),
+    }
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    method: Method,
+    cfg: Config,
+    data: ExperimentData,
+    device: torch.device,
+    volumes: VolumeStore,
+    *,
+    contexts: str = "all",
+    adapt_steps: list[int] | None = None,
+    writer=None,
+) -> dict:
+    """Seen test tasks (no adaptation) and unseen contexts after 0…k adaptation steps."""
+    adapt_steps = sorted(set([0, *(adapt_steps if adapt_steps is not None else cfg.eval.adapt_steps)]))
+    for m in method.models.values():
+        m.eval()
+    out: dict = {"run": cfg.run_name, "method": cfg.method, "scarcity": cfg.scarcity, "seed": cfg.train.seed, "contexts": {}}
+    batch = max(8, cfg.train.batch)
+    train_counts = data.slice_lists()
+    if contexts in ("seen", "all"):
+        test = SliceDataset(data.test, train=False, store=volumes)
+        for t, task in enumerate(data.test):
+            vols = predict_volumes(method.reconstructor(t), test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
+            _log_volume(writer, f"test/{task.name}", vols)
+            out["contexts"][task.name] = {
+                "seen": True,
+                "scarce": data.scarce[t],
+                "context": task.context.as_dict(),
+                "train_slices": train_counts[task.name]["slices"],
+                "steps": {"0": score_volumes(vols)},
+            }
+    if contexts in ("unseen", "all") and data.unseen_test:
+        test = SliceDataset(data.unseen_test, train=False, store=volumes)
+        pool = SliceDataset(data.unseen_support, train=False, store=volumes)
+        for t, task in enumerate(data.unseen_test):
+            wanted = set(data.support_slices[task.name])
+            idx = [i for i in pool.task_items(t) if (pool.items[i][1].name, pool.items[i][2]) in wanted]
+            support = to_device(torch.utils.data.default_collate([pool[i] for i in idx]), device)
+            steps_out = {}
+            for steps in adapt_steps:
+                recon = method.adapt(task.context, support, steps, cfg.eval.adapt_lr)
+                vols = predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
+                steps_out[str(steps)] = score_volumes(vols)
+                if steps == adapt_steps[-1]:
+                    _log_volume(writer, f"unseen/{task.name}/steps{steps}", vols)
+            out["contexts"][task.name] = {
+                "seen": False,
+                "scarce": False,
+                "context": task.context.as_dict(),
+                "train_slices": 0,
+                "support_slices": [list(s) for s in data.support_slices[task.name]],
+                "steps": steps_out,
+            }
+    out["summary"] = _summary(out["contexts"])
+    return out
+
+
+def _summary(contexts: dict) -> dict:
+    summary = {}
+    for kind, seen in (("seen", True), ("unseen", False)):
+        rows = [c for c in contexts.values() if c["seen"] == seen]
+        if not rows:
+            continue
+        summary[kind] = {}
+        for steps in sorted({s for c in rows for s in c["steps"]}, key=int):
+            vals = [c["steps"][steps]["mean"] for c in rows if steps in c["steps"]]
+            summary[kind][steps] = {m: sum(v[m] for v in vals) / len(vals) for m in ("nmse", "psnr", "ssim")}
+    return summary
+
+
+def _log_volume(writer, tag: str, vols: dict) -> None:
+    """One image per slice of the first volume, so TensorBoard's step slider scrolls through it."""
+    if writer is None or not vols:
+        return
+    from .engine import image_grid
+
+    v = vols[sorted(vols)[0]]
+    for s in range(v["pred"].shape[0]):
+        writer.add_image(tag, image_grid(v["pred"][s], v["target"][s], v["zero_filled"][s]), s, dataformats="HW")
+
+
+def evaluate_run_dir(path: str | os.PathLike, contexts: str = "all", adapt_steps: list[int] | None = None) -> dict:
+    """Re-evaluate a stored run from its config.json and best.pt; rewrite metrics.json."""
+    store = RunStore(path)
+    cfg = config_from_dict(store.read_json("config.json"))
+    device = select_device(cfg.train.device)
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support)
+    method = build_method(cfg, data, device)
+    if method.learned:
+        method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])
+    metrics = evaluate(method, cfg, data, device, VolumeStore(), contexts=contexts, adapt_steps=adapt_steps)
+    if store.metrics_path.exists():
+        old = store.read_json("metrics.json")
+        for key in ("history", "cost"):
+            if key in old:
+                metrics[key] = old[key]
+    store.write_json("metrics.json", metrics)
+    return metrics

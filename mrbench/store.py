@@ -1,0 +1,167 @@
+"""The run directory (DESIGN.md §7).
+
+```
+<out>/<experiment>/<run>/
+  config.json  manifest.json  checkpoints/{last,best}.pt  tb/  metrics.json  DONE
+```
+
+Every file is written under a temporary name and renamed into place. ``DONE``
+is written last; a run without it is incomplete and is resumed or redone.
+Checkpoints are loaded with ``torch.load(weights_only=True)``: they hold only
+tensors and plain containers (RNG states of numpy are stored as JSON text).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import atomic
+from .errors import MrbenchError
+
+
+class RunStore:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def done_path(self) -> Path:
+        return self.path / "DONE"
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.path / "checkpoints" / f"{name}.pt"
+
+    # state
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def is_done(self) -> bool:
+        return self.done_path.exists()
+
+    def status(self) -> str:
+        if self.is_done():
+            return "done"
+        if self.checkpoint_path("last").exists():
+            return "incomplete"
+        return "new" if not self.exists() else "started"
+
+    # json files
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic.write_json(self.path / name, obj)
+
+    def read_json(self, name: str) -> Any:
+        p = self.path / name
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            raise MrbenchError(f"{p} does not exist (is {self.path} a run directory?)") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MrbenchError(f"{p} is not valid JSON ({exc})") from None
+
+    def mark_done(self) -> None:
+        atomic.write_text(self.done_path, _now() + "\n")
+
+    def clear_done(self) -> None:
+        self.done_path.unlink(missing_ok=True)
+
+    # checkpoints
+    def save_checkpoint(self, name: str, state: dict) -> None:
+        with atomic.atomic_path(self.checkpoint_path(name)) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
+        p = self.checkpoint_path(name)
+        if not p.exists():
+            raise MrbenchError(f"{p} does not exist")
+        try:
+            return torch.load(p, map_location=map_location, weights_only=True)
+        except Exception as exc:  # corrupt/truncated/foreign pickles all land here
+            msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise MrbenchError(f"checkpoint {p} is corrupt or not an mrbench checkpoint ({msg})") from None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def file_digest(path: Path, full_limit: int = 64 * 2**20) -> str:
+    """SHA-256 of the file; files over ``full_limit`` bytes hash size + first and last MiB.
+
+    Hashing hundreds of GB of real fastMRI data at every run would dominate
+    small runs; the partial hash still detects a changed or swapped file.
+    """
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= full_limit:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                h.update(chunk)
+            return h.hexdigest()
+        h.update(str(size).encode())
+        h.update(f.read(2**20))
+        f.seek(-(2**20), os.SEEK_END)
+        h.update(f.read())
+    return "partial:" + h.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Versions, machine and threads, for the manifest."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("mrbench", "torch", "numpy", "h5py", "scipy"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }
+
+
+now = _now
