@@ -10,15 +10,18 @@ profiles, 4× equispaced column mask with a fully sampled centre). fastMRI's
 ``VarNet`` takes real (B, C, H, W, 2) k-space and a bool (B, 1, 1, W, 1) mask.
 Timing runs both in this process, interleaved (the order alternates every
 repetition so load spikes hit both alike), and reports the median over
-``--steps`` timed steps after ``--warmup`` untimed ones. Single-coil (C = 1)
+``--steps`` timed steps after ``--warmup`` untimed ones (the quartiles and
+the ratio of the fastest steps are reported too: on a shared machine other
+processes' load shows up as spread). The host's load average is recorded. Single-coil (C = 1)
 throughput is measured the same way for both (fastMRI's VarNet runs its
 sensitivity network on the one coil, mrbench skips it).
 
-Peak memory of one training step: on CUDA ``torch.cuda.max_memory_allocated``
-in this process; on CPU a fresh child process per model reports the growth of
-``ru_maxrss`` (the peak resident set, which never decreases, so it cannot be
-attributed per model inside one process) from after model/input creation to
-after the steps.
+Peak memory of training: a fresh child process per model (the peak resident
+set never decreases, so it cannot be attributed per model inside one process)
+reports the growth over 3 steps from a freshly built model: on CPU of the
+peak RSS (VmHWM, reset via /proc/self/clear_refs once model and input exist;
+``ru_maxrss`` growth where that is unavailable), on CUDA of
+``torch.cuda.max_memory_allocated``.
 
 Prints one JSON object on stdout.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -123,8 +127,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(steps: dict, device: str, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per step for each named step function, interleaved."""
+def time_interleaved(steps: dict, device: str, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per step (one entry per timed step) for each named step function, interleaved."""
     names = list(steps)
     for _ in range(warmup):
         for n in names:
@@ -138,11 +142,42 @@ def time_interleaved(steps: dict, device: str, warmup: int, repeats: int) -> dic
             steps[n]()
             _sync(device)
             times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return times
 
 
-def memory_probe(which: str, args) -> float:
-    """Peak memory growth (MiB) of a few training steps, measured in this (fresh) process."""
+def summarise(times: dict[str, list[float]], result: dict, prefix: str) -> None:
+    """steps/s from the median step time; speed-up from medians and from the fastest steps."""
+    med = {n: statistics.median(t) for n, t in times.items()}
+    result[f"{prefix}_steps_per_s"] = {n: round(1.0 / m, 3) for n, m in med.items()}
+    result[f"{prefix}_step_ms_quartiles"] = {
+        n: [round(1e3 * q, 1) for q in statistics.quantiles(t, n=4)] for n, t in times.items()
+    }
+    if "fastmri" in med:
+        result[f"{prefix}_speedup"] = round(med["fastmri"] / med["mrbench"], 3)
+        result[f"{prefix}_speedup_best_step"] = round(min(times["fastmri"]) / min(times["mrbench"]), 3)
+
+
+def _vm_kib(field: str) -> int | None:
+    """VmRSS / VmHWM of this process in KiB from /proc/self/status (None off Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def memory_probe(which: str, args) -> dict:
+    """Peak memory growth (MiB) of 3 training steps from a fresh model, in this (fresh) process.
+
+    CPU: the peak resident set (VmHWM) is reset through /proc/self/clear_refs
+    after the model and the input exist, so the growth counts activations,
+    gradients, Adam state and allocator slack of the steps only. Without
+    that reset (non-Linux), ``ru_maxrss`` growth is reported, which can
+    under-count (the import-time peak may be higher than the steps').
+    """
     data = make_input(args.batch, args.coils, args.height, args.width, args.device)
     model = build(which, args.size, args.device)
     step = make_step(which, model, data)
@@ -153,11 +188,20 @@ def memory_probe(which: str, args) -> float:
         for _ in range(3):
             step()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    base = _vm_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        reset = base is not None
+    except OSError:
+        reset = False
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(3):
         step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # KiB on Linux
+    if reset:
+        return {"peak_mib": (_vm_kib("VmHWM") - base) / 1024, "how": "VmHWM reset"}
+    return {"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "how": "ru_maxrss"}
 
 
 def main() -> int:
@@ -179,7 +223,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
-        print(json.dumps({"peak_mib": memory_probe(args.memory_probe, args)}))
+        print(json.dumps(memory_probe(args.memory_probe, args)))
         return 0
 
     result: dict = {
@@ -194,13 +238,14 @@ def main() -> int:
         "steps_timed": args.steps,
         "warmup": args.warmup,
     }
+    if hasattr(os, "getloadavg"):
+        result["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     models = {w: build(w, args.size, args.device) for w in ("mrbench", "fastmri")}
     result["params"] = {w: sum(p.numel() for p in m.parameters()) for w, m in models.items()}
 
     multi = make_input(args.batch, args.coils, args.height, args.width, args.device)
-    sec = time_interleaved({w: make_step(w, m, multi) for w, m in models.items()}, args.device, args.warmup, args.steps)
-    result["multicoil_steps_per_s"] = {w: 1.0 / s for w, s in sec.items()}
-    result["multicoil_speedup"] = sec["fastmri"] / sec["mrbench"]
+    times = time_interleaved({w: make_step(w, m, multi) for w, m in models.items()}, args.device, args.warmup, args.steps)
+    summarise(times, result, "multicoil")
 
     single = make_input(args.batch, 1, args.height, args.width, args.device, seed=1)
     single_models = {w: build(w, args.size, args.device) for w in ("mrbench", "fastmri")}
@@ -210,25 +255,21 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - report, don't fail the benchmark
         result["singlecoil_fastmri_error"] = f"{type(exc).__name__}: {exc}"
         del steps["fastmri"]
-    sec = time_interleaved(steps, args.device, args.warmup, args.steps)
-    result["singlecoil_steps_per_s"] = {w: 1.0 / s for w, s in sec.items()}
-    if "fastmri" in sec:
-        result["singlecoil_speedup"] = sec["fastmri"] / sec["mrbench"]
+    summarise(time_interleaved(steps, args.device, args.warmup, args.steps), result, "singlecoil")
 
-    if args.device == "cuda":
-        result["peak_memory_mib"] = {
-            "method": "torch.cuda.max_memory_allocated growth over 3 training steps",
-            **{w: memory_probe(w, args) for w in ("mrbench", "fastmri")},
-        }
-    else:
-        peaks = {"method": "ru_maxrss growth over 3 training steps, fresh process per model"}
-        for w in ("mrbench", "fastmri"):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", w] + [
-                f"--{k}={getattr(args, k)}" for k in ("device", "size", "batch", "coils", "height", "width", "threads")
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            peaks[w] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
-        result["peak_memory_mib"] = peaks
+    # peak memory: a fresh process per model, so neither sees the other's allocations
+    peaks: dict = {}
+    for w in ("mrbench", "fastmri"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", w] + [
+            f"--{k}={getattr(args, k)}" for k in ("device", "size", "batch", "coils", "height", "width", "threads")
+        ]
+        out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        peaks[w] = round(out["peak_mib"], 1)
+        how = out.get("how", "torch.cuda.max_memory_allocated")
+    peaks["method"] = f"growth over 3 training steps from a fresh model ({how}), one process per model"
+    result["multicoil_peak_memory_mib"] = peaks
+    if hasattr(os, "getloadavg"):
+        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print(json.dumps(result, indent=1))
     return 0

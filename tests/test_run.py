@@ -181,3 +181,10 @@ def test_cli_errors(args, fragment, tmp_path):
 def test_unknown_contrast_in_data(data_root, tmp_path):
     with pytest.raises(Exception, match="'AXPD' is not in"):
         execute(run_cfg(data_root, tmp_path, "stl", "data.tasks=AXT1,AXPD", "data.scarce=AXPD"), quiet=True)
+
+
+def test_scarcity_level_leaving_no_volume_is_a_cli_error(data_root, tmp_path):
+    res = CliRunner().invoke(main, ["run", "stl", "--scarcity", "3", *sum((["--set", s] for s in tiny(data_root, tmp_path)), [])])
+    assert res.exit_code == 2
+    assert "scarcity level 3 leaves no training volume of AXT2 (4 volumes; the highest level is 2)" in res.output
+    assert not (tmp_path / "default" / "stl-varnet-s3-seed0").exists()  # nothing written

@@ -58,7 +58,8 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     except (KeyError, TypeError):
         raise MrbenchError(f"unknown backbone {name!r}; valid backbones: {', '.join(sorted(BACKBONES))}") from None
     params = inspect.signature(cls.__init__).parameters
-    accepted = [p for p in params if p != "self" and params[p].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [p for p in params if p != "self" and params[p].kind in named]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise MrbenchError(

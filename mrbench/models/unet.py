@@ -23,10 +23,13 @@ from mrbench.fourier import ifft2c, rss
 
 __all__ = ["Conv1x1", "InstanceNorm", "UNet", "NormUNet", "UNetRecon"]
 
-# Added to the variance before the square root in NormUNet: keeps an all-zero
-# input finite (forward and backward) while being ~20 orders of magnitude below
-# the variance of real fastMRI images, so scale equivariance is unaffected.
-_VAR_EPS = 1e-30
+# Added to the variance before the square root in NormUNet (a std floor of
+# 1e-10). Keeps an all-zero input (a blank slice) finite in the forward *and*
+# backward pass (with 1e-30 the backward overflows to NaN), while staying many
+# orders of magnitude below the variance of any real image (fastMRI's raw
+# k-space values are ~1e-5; the tests check equivariance at that scale), so
+# scale equivariance is unaffected in practice.
+_VAR_EPS = 1e-20
 
 
 class InstanceNorm(nn.Module):
@@ -55,9 +58,10 @@ class Conv1x1(nn.Conv2d):
     """1×1 convolution with bias, computed as one batched matrix multiply.
 
     Same parameters (and state-dict keys) as ``nn.Conv2d(cin, cout, 1)``.
-    For the U-Nets' final projection to 2 channels ``baddbmm`` was 1.1-7x
-    faster on CPU than oneDNN's 1×1 convolution (forward+backward) in our
-    measurements; oneDNN is slow for so few channels.
+    For the U-Nets' final projection to 2 channels, measured in isolation on
+    CPU (forward+backward), ``baddbmm`` was 1.1-7x faster than oneDNN's 1×1
+    convolution, which is slow for so few channels (within a whole U-Net the
+    gain is small).
     """
 
     def __init__(self, cin: int, cout: int):
@@ -99,7 +103,10 @@ class UNet(nn.Module):
     """Real-valued U-Net: (N, in_chans, H, W) → (N, out_chans, H, W), any H, W.
 
     Level ``l`` (0 = full resolution) has ``chans * 2**l`` channels; the
-    bottleneck, after ``pools`` poolings, has ``chans * 2**pools``.
+    bottleneck, after ``pools`` poolings, has ``chans * 2**pools``. The same
+    architecture (and parameter count) as fastMRI's ``Unet`` without
+    dropout. Instance norm needs more than one pixel per channel, so H or W
+    must exceed ``2**pools`` (else the bottleneck is 1×1).
     """
 
     def __init__(self, in_chans: int, out_chans: int, chans: int = 16, pools: int = 3):
@@ -144,29 +151,47 @@ class NormUNet(nn.Module):
 
     The ``in_complex`` complex channels become ``2 * in_complex`` real
     channels ordered ``[re_1 … re_n, im_1 … im_n]``. Normalisation is **per
-    sample and per real/imaginary group**: the mean and (biased) std of all
-    real parts of a sample (over its ``in_complex`` channels and H, W), and
-    likewise of all imaginary parts. The U-Net sees zero-mean, unit-std
-    input; its output is un-normalised with the same statistics, which makes
-    the module scale-equivariant (``f(a·x) = a·f(x)`` for real ``a > 0``) —
-    inputs may be ~1 (synthetic) or ~1e-5 (raw fastMRI k-space).
+    sample and per real/imaginary group**: the mean and (unbiased, as in
+    fastMRI's NormUnet) std of all real parts of a sample (over its
+    ``in_complex`` channels and H, W), and likewise of all imaginary parts.
+    The U-Net sees zero-mean, unit-std input; its output is un-normalised
+    with the same statistics, which makes the module scale-equivariant
+    (``f(a·x) = a·f(x)`` for real ``a > 0``) — inputs may be ~1 (synthetic)
+    or ~1e-5 (raw fastMRI k-space). For ``in_complex = 1`` this is exactly
+    fastMRI's NormUnet (tests/test_models.py checks it with shared weights).
+
+    ``correction=True`` makes the module predict a *correction* to its input
+    instead: the output is ``U((x − μ)/σ)·σ`` (no mean added back) and the last
+    layer starts 100× smaller than PyTorch's default, so an untrained VarNet or
+    residual U-Net starts as the zero-filled reconstruction rather than a noisy
+    image of the input's mean. With a CPU-sized budget (a few hundred steps) this
+    is what lets learned methods beat zero-filled; fastMRI's form needs far
+    longer training to unlearn its initial offset. Adam normalises gradient
+    scales, so the small last layer does not slow learning.
     """
 
-    def __init__(self, chans: int, pools: int, in_complex: int = 1):
+    def __init__(self, chans: int, pools: int, in_complex: int = 1, correction: bool = False):
         super().__init__()
         self.in_complex = in_complex
+        self.correction = correction
         self.unet = UNet(2 * in_complex, 2 * in_complex, chans=chans, pools=pools)
+        if correction:
+            with torch.no_grad():
+                self.unet.final.weight.mul_(0.01)
+                self.unet.final.bias.zero_()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b, n, h, w = z.shape
         x = torch.cat([z.real, z.imag], dim=1)  # (B, 2n, H, W) NCHW-contiguous: one copy
-        var, mean = torch.var_mean(x.view(b, 2, n * h * w), dim=2, correction=0, keepdim=True)
+        var, mean = torch.var_mean(x.view(b, 2, n * h * w), dim=2, correction=1, keepdim=True)
         std = torch.sqrt(var + _VAR_EPS).unsqueeze(-1)  # (B, 2, 1, 1)
         mean = mean.unsqueeze(-1)
         if n > 1:
             std = std.repeat_interleave(n, dim=1)
             mean = mean.repeat_interleave(n, dim=1)
-        x = self.unet((x - mean) / std) * std + mean
+        inv = 1.0 / std
+        x = self.unet(torch.addcmul(-mean * inv, x, inv))  # (x - mean) / std in one pass
+        x = x * std if self.correction else torch.addcmul(mean, x, std)  # x * std (+ mean)
         return torch.complex(x[:, :n], x[:, n:])
 
 
@@ -185,7 +210,7 @@ class UNetRecon(nn.Module):
     def __init__(self, chans: int = 16, pools: int = 3):
         super().__init__()
         self.chans, self.pools = chans, pools
-        self.net = NormUNet(chans, pools, in_complex=1)
+        self.net = NormUNet(chans, pools, in_complex=1, correction=True)
 
     def forward(
         self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor

@@ -152,19 +152,22 @@ class _SensExpand(torch.autograd.Function):
 
 
 class _DataConsistency(torch.autograd.Function):
-    """``k − η · M ⊙ (k − k₀) + r`` with a real mask M (B, 1, H|1, W) and a 0-d real η."""
+    """``k − η · M ⊙ (k − k₀) + r`` with a real mask M (B, 1, H|1, W) and a 0-d real η.
+
+    Four passes over the coil k-space forward, two backward (autograd's
+    version needs a conjugate copy and a coil reduction for η's gradient).
+    """
 
     @staticmethod
     def forward(ctx, k, k0, r, eta, mask):
-        d = k - k0
-        out = k - d * (eta * mask)
-        out += r
-        ctx.save_for_backward(d, eta, mask)
+        dm = (k - k0).mul_(mask)  # M ⊙ (k − k₀)
+        out = torch.add(k, r).addcmul_(dm, -eta)
+        ctx.save_for_backward(dm, eta, mask)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        d, eta, mask = ctx.saved_tensors
+        dm, eta, mask = ctx.saved_tensors
         gk = gk0 = geta = None
         w = eta * mask  # small (B, 1, H|1, W)
         if ctx.needs_input_grad[0]:
@@ -172,9 +175,8 @@ class _DataConsistency(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gk0 = g * w
         if ctx.needs_input_grad[3]:
-            # dL/dη = −Re Σ conj(M ⊙ d) · g, one pass over real views
-            prod = torch.view_as_real(d) * torch.view_as_real(g)
-            geta = -(prod.sum(dim=(1, -1), keepdim=False) * mask.squeeze(1)).sum().reshape(eta.shape)
+            # dL/dη = −Re Σ conj(M ⊙ (k − k₀)) · g: one dot product
+            geta = -torch.vdot(dm.reshape(-1), g.reshape(-1)).real.reshape(eta.shape)
         return gk, gk0, g, geta, None
 
 
@@ -288,12 +290,23 @@ class VarNet(nn.Module):
     fast_fourier: bool = True
 
     def __init__(
-        self, cascades: int = 4, chans: int = 8, pools: int = 3, sens_chans: int = 4, sens_pools: int = 2
+        self,
+        cascades: int = 4,
+        chans: int = 8,
+        pools: int = 3,
+        sens_chans: int = 4,
+        sens_pools: int = 2,
+        residual_init: bool = True,
     ):
+        """``residual_init``: regularisers predict a correction that starts near zero
+        (:class:`NormUNet` ``correction=True``), so the untrained network is the
+        zero-filled reconstruction; False gives fastMRI's NormUnet exactly."""
         super().__init__()
         self.config = dict(cascades=cascades, chans=chans, pools=pools, sens_chans=sens_chans, sens_pools=sens_pools)
         self.sens_net = SensitivityModel(sens_chans, sens_pools)
-        self.cascades = nn.ModuleList(VarNetCascade(NormUNet(chans, pools)) for _ in range(cascades))
+        self.cascades = nn.ModuleList(
+            VarNetCascade(NormUNet(chans, pools, correction=residual_init)) for _ in range(cascades)
+        )
 
     def etas(self) -> list[float]:
         """η of each cascade, in order."""
