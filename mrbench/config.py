@@ -142,6 +142,26 @@ class EvalConfig:
 
 
 @dataclass
+class MtlConfig:
+    """Multi-task VarNet (Liu et al. 2021): block structure and loss weighting."""
+
+    blocks: str = ""  # one letter per cascade: I shared, V split, Y shared encoder, W attention; "" = "II" + "V"…
+    share_etas: bool = True  # one η per cascade (True) or one per task per cascade
+    weighting: str = "naive"  # naive | uncert | dwa | gradnorm | pcgrad (mrbench.methods.weighting.WEIGHTINGS)
+    dwa_temperature: float = 2.0
+    gradnorm_alpha: float = 1.5
+
+    def check(self, key):
+        from .methods.weighting import WEIGHTINGS
+
+        bad = set(self.blocks) - set("IVYW")
+        _require(not bad, key("blocks"), f"letters must be I, V, Y or W, got {''.join(sorted(bad))!r}")
+        _require(self.weighting in WEIGHTINGS, key("weighting"), f"unknown weighting {self.weighting!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
+        _require(self.dwa_temperature > 0, key("dwa_temperature"), "must be > 0")
+        _require(self.gradnorm_alpha >= 0, key("gradnorm_alpha"), "must be ≥ 0")
+
+
+@dataclass
 class RunConfig:
     out: str = "runs"
     experiment: str = "default"
@@ -159,6 +179,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mtl: MtlConfig = field(default_factory=MtlConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def check(self):

@@ -245,6 +245,10 @@ class Trainer:
         self.writer.add_scalar(f"train/lr/{phase.name}", opt.param_groups[0]["lr"], self.total_used)
         for t, v in result.task_losses.items():
             self.writer.add_scalar(f"train/loss/{self.train.tasks[t].name}", v, self.total_used)
+        scalars = getattr(self.method, "scalars", None)  # e.g. MTL loss weights, s_t
+        if callable(scalars):
+            for k, v in scalars().items():
+                self.writer.add_scalar(f"train/{k}", v, self.total_used)
 
     def _checkpoint(self, p_idx, used, steps, next_val, best_score, best_state, opt, sched, sampler) -> None:
         self.store.save_checkpoint(

@@ -402,7 +402,7 @@ def test_matches_fastmri_varnet_with_same_weights():
 
 
 def test_registry_and_sizes():
-    assert set(BACKBONES) == {"unet", "varnet"}
+    assert set(BACKBONES) == {"unet", "varnet", "mtl-varnet"}
     model = build_backbone("varnet", **SIZES["demo"])
     assert isinstance(model, VarNet) and len(model.cascades) == 4
     assert model.etas() == [1.0] * 4

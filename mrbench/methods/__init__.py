@@ -2,10 +2,11 @@
 
 from .base import Method, Phase, StepResult
 from .joint import Joint
+from .mtl import MTL
 from .stl import STL
 from .transfer import Transfer
 from .zero_filled import ZeroFilled
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL)}
 
 __all__ = ["METHODS", "Method", "Phase", "StepResult"]

@@ -26,9 +26,17 @@ from ..fourier import center_crop
 Reconstructor = Callable[[Sample], torch.Tensor]
 
 
-def reconstruct(model: nn.Module, batch: Sample) -> torch.Tensor:
-    """Run a backbone on a batch and crop its (B, H, W) output to the targets."""
-    out = model(batch.kspace, batch.mask, batch.num_low_frequencies)
+def reconstruct(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> torch.Tensor:
+    """Run a backbone on a batch and crop its (B, H, W) output to the targets.
+
+    Task-aware backbones (``task_aware = True``, e.g. ``mtl-varnet``) also get the
+    task index of every sample (``task``, default ``batch.task``) to route it
+    through that task's parameters.
+    """
+    if getattr(model, "task_aware", False):
+        out = model(batch.kspace, batch.mask, batch.num_low_frequencies, batch.task if task is None else task)
+    else:
+        out = model(batch.kspace, batch.mask, batch.num_low_frequencies)
     return center_crop(out, tuple(batch.target.shape[-2:]))
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from mrbench.errors import MrbenchError
 from mrbench.models.unet import NormUNet, UNet, UNetRecon
 from mrbench.models.varnet import SensitivityModel, VarNet, VarNetCascade
+from mrbench.models.mtl_varnet import MTLVarNet  # noqa: E402
 
 __all__ = [
     "BACKBONES",
@@ -37,7 +38,7 @@ __all__ = [
     "VarNetCascade",
 ]
 
-BACKBONES: dict[str, type[nn.Module]] = {"unet": UNetRecon, "varnet": VarNet}
+BACKBONES: dict[str, type[nn.Module]] = {"unet": UNetRecon, "varnet": VarNet, "mtl-varnet": MTLVarNet}  # noqa: E501 — mtl-varnet needs num_tasks (built by method mtl)
 
 #: VarNet sizes: ``demo`` runs on a laptop CPU; ``paper`` is fastMRI's E2E-VarNet.
 SIZES: dict[str, dict[str, int]] = {

@@ -1,0 +1,144 @@
+"""mtl: one multi-task VarNet (``mtl-varnet``) trained on all tasks with a loss weighting.
+
+Liu et al. 2021 ("Multi-task accelerated MR reconstruction schemes for jointly
+training multiple contrasts"). The network (:class:`~mrbench.models.mtl_varnet.MTLVarNet`)
+has one block letter per cascade (``mtl.blocks``; default ``"II" + "V"·(cascades−2)``)
+and shares η or not (``mtl.share_etas``); the loss weighting
+(:mod:`mrbench.methods.weighting`, ``mtl.weighting``) is an independent
+plug-in, kept in ``models["weighting"]`` so its learned weights are optimised
+and its state (e.g. DWA's epoch means) checkpointed and restored with the
+network.
+
+One phase over all tasks with ``train.sampling``: ``stratified`` interleaves
+the tasks (the scarce one up-sampled); ``uniform`` draws slices in proportion
+to the tasks' sizes, and then ``naive`` uses inverse-frequency weights. A step
+computes the per-sample L1 (:func:`~mrbench.methods.base.l1_per_sample`),
+averages it per task and hands the per-task means and counts to the weighting,
+which back-propagates (PCGrad and GradNorm do their own per-task backward
+passes). ``StepResult.loss`` is the plain mean L1 of the batch (comparable
+with the other methods); the weighted objective and the weights are in
+:meth:`MTL.scalars`.
+
+Sizes: ``model.size`` preset overridden by explicit ``model.*`` values;
+``model.backbone`` must be ``varnet`` or ``mtl-varnet`` (mtl always builds an
+``mtl-varnet``; the run directory carries ``model.backbone``'s name). With
+``mtl.blocks`` set the number of cascades is ``len(blocks)``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..errors import MrbenchError
+from .base import Method, Phase, Reconstructor, StepResult, _per_task, l1_per_sample, reconstruct
+from .weighting import make_weighting
+
+
+def mtl_backbone_kwargs(cfg) -> dict:
+    """MTLVarNet constructor arguments (without ``num_tasks``) from a run configuration."""
+    from ..models import SIZES
+    from ..models.mtl_varnet import default_blocks
+
+    if cfg.model.backbone not in ("varnet", "mtl-varnet"):
+        raise MrbenchError(
+            f"model.backbone: method mtl trains an mtl-varnet; set model.backbone to mtl-varnet (or varnet), got {cfg.model.backbone!r}"
+        )
+    kw = dict(SIZES[cfg.model.size])
+    for name in kw:
+        if getattr(cfg.model, name, 0):
+            kw[name] = getattr(cfg.model, name)
+    blocks = cfg.mtl.blocks
+    if blocks and cfg.model.cascades and cfg.model.cascades != len(blocks):
+        raise MrbenchError(
+            f"mtl.blocks {blocks!r} has {len(blocks)} cascades but model.cascades = {cfg.model.cascades}; "
+            "set model.cascades = 0 (or the same number)"
+        )
+    cascades = kw.pop("cascades")
+    return dict(blocks=blocks or default_blocks(cascades), share_etas=cfg.mtl.share_etas, **kw)
+
+
+class MTL(Method):
+    name = "mtl"
+
+    def __init__(self, cfg, tasks, scarce, make_backbone):
+        super().__init__(cfg, tasks, scarce, make_backbone)
+        from ..models.mtl_varnet import MTLVarNet
+
+        n = len(self.tasks)
+        self.models["mtl"] = MTLVarNet(num_tasks=n, **mtl_backbone_kwargs(cfg))
+        self.models["weighting"] = make_weighting(
+            cfg.mtl.weighting,
+            n,
+            cfg.mtl,
+            task_sizes=[t.num_slices for t in self.tasks],
+            inverse_frequency=cfg.train.sampling != "stratified",
+        )
+        self._last: dict[str, float] = {}
+
+    # -- training
+    def phases(self) -> list[Phase]:
+        return [
+            Phase(
+                name="mtl",
+                budget=self.cfg.train.budget,
+                lr=self.cfg.train.lr,
+                modules=["mtl", "weighting"],
+                tasks=list(range(len(self.tasks))),
+                step=self.step,
+                sampling=self.cfg.train.sampling,
+            )
+        ]
+
+    def task_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-sample L1 (B,), per-task mean L1 (T,), per-task sample counts (T,))."""
+        per_sample = l1_per_sample(reconstruct(self.models["mtl"], batch), batch)
+        task = batch.task.to(per_sample.device).long()
+        n = len(self.tasks)
+        counts = torch.bincount(task, minlength=n)
+        sums = torch.zeros(n, dtype=per_sample.dtype, device=per_sample.device).index_add(0, task, per_sample)
+        return per_sample, sums / counts.clamp_min(1).to(sums.dtype), counts
+
+    def step(self, batch) -> StepResult:
+        per_sample, means, counts = self.task_losses(batch)
+        total = self.models["weighting"].backward(means, counts, self.models["mtl"])
+        self._last = {"loss/weighted": float(total)}
+        return StepResult(float(per_sample.detach().mean()), len(per_sample), _per_task(per_sample, batch.task))
+
+    def scalars(self) -> dict[str, float]:
+        """For TensorBoard (the engine does not log these yet): loss weights, the last
+        weighted objective and η per cascade and task."""
+        out = dict(self._last)
+        out.update(self.models["weighting"].weights())
+        for i, row in enumerate(self.models["mtl"].eta_table()):
+            for t, eta in enumerate(row):
+                out[f"eta/cascade{i}/{t}"] = eta
+        return out
+
+    # -- inference
+    def model_key(self, task: int) -> str:
+        return "mtl"
+
+    def reconstructor(self, task: int) -> Reconstructor:
+        model = self.models["mtl"]
+        return lambda batch: reconstruct(model, batch, task=torch.full_like(batch.task, task))
+
+    def adapt(self, ctx, support, steps: int, lr: float) -> Reconstructor:
+        """Fine-tune a copy of the network routed through the nearest seen task."""
+        t = self.nearest_task(ctx)
+        model = copy.deepcopy(self.models["mtl"])
+        if steps:
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            task = torch.full_like(support.task, t)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                l1_per_sample(reconstruct(model, support, task=task), support).mean().backward()
+                opt.step()
+        model.eval()
+        return lambda batch: reconstruct(model, batch, task=torch.full_like(batch.task, t))
+
+    def num_parameters(self) -> int:
+        """The network's parameters (the weighting's few learned weights are not counted)."""
+        return sum(p.numel() for p in self.models["mtl"].parameters())
