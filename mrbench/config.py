@@ -97,9 +97,15 @@ class ModelConfig:
     pools: int = 0
     sens_chans: int = 0
     sens_pools: int = 0
+    # mtl-varnet: one letter per cascade, I shared, V split, Y shared encoder, W attention
+    blocks: str = ""  # "" = "II" + "V"·(cascades − 2)
+    share_etas: bool = True  # one η per cascade (True) or one per task per cascade
 
     def check(self, key):
         from .models import BACKBONES, SIZES
+
+        bad = set(self.blocks) - set("IVYW")
+        _require(not bad, key("blocks"), f"letters must be I, V, Y or W, got {''.join(sorted(bad))!r}")
 
         _require(self.backbone in BACKBONES, key("backbone"), f"unknown backbone {self.backbone!r}; valid: {', '.join(sorted(BACKBONES))}")
         _require(self.size in SIZES, key("size"), f"must be one of {', '.join(SIZES)}, got {self.size!r}")
@@ -143,10 +149,8 @@ class EvalConfig:
 
 @dataclass
 class MtlConfig:
-    """Multi-task VarNet (Liu et al. 2021): block structure and loss weighting."""
+    """Multi-task loss weighting (Liu et al. 2021); the block structure is in [model]."""
 
-    blocks: str = ""  # one letter per cascade: I shared, V split, Y shared encoder, W attention; "" = "II" + "V"…
-    share_etas: bool = True  # one η per cascade (True) or one per task per cascade
     weighting: str = "naive"  # naive | uncert | dwa | gradnorm | pcgrad (mrbench.methods.weighting.WEIGHTINGS)
     dwa_temperature: float = 2.0
     gradnorm_alpha: float = 1.5
@@ -154,8 +158,6 @@ class MtlConfig:
     def check(self, key):
         from .methods.weighting import WEIGHTINGS
 
-        bad = set(self.blocks) - set("IVYW")
-        _require(not bad, key("blocks"), f"letters must be I, V, Y or W, got {''.join(sorted(bad))!r}")
         _require(self.weighting in WEIGHTINGS, key("weighting"), f"unknown weighting {self.weighting!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
         _require(self.dwa_temperature > 0, key("dwa_temperature"), "must be > 0")
         _require(self.gradnorm_alpha >= 0, key("gradnorm_alpha"), "must be ≥ 0")
@@ -198,8 +200,19 @@ class Config:
 
     @property
     def run_name(self) -> str:
-        backbone = "none" if self.method == "zero-filled" else self.model.backbone
-        return self.run.name or f"{self.method}-{backbone}-s{self.scarcity}-seed{self.train.seed}"
+        """``<method>-<backbone>-s<scarcity>-seed<seed>``; mtl runs name their blocks and weighting
+        instead of the backbone, so the variants of a grid get their own directories."""
+        if self.method == "zero-filled":
+            variant = "none"
+        elif self.method == "mtl":
+            from .models import SIZES
+
+            cascades = self.model.cascades or SIZES[self.model.size]["cascades"]
+            blocks = self.model.blocks or "II" + "V" * (cascades - 2)
+            variant = f"{blocks}-{self.mtl.weighting}" + ("" if self.model.share_etas else "-etas")
+        else:
+            variant = self.model.backbone
+        return self.run.name or f"{self.method}-{variant}-s{self.scarcity}-seed{self.train.seed}"
 
     @property
     def run_dir(self) -> Path:

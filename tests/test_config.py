@@ -70,3 +70,14 @@ def test_file_errors_name_the_file(tmp_path):
     wrong.write_text("[train]\nepochs = 3\n")
     with pytest.raises(MrbenchError, match=f"config file {wrong}: unknown key 'train.epochs'"):
         load_config(wrong)
+
+
+def test_mtl_run_names_carry_blocks_and_weighting():
+    cfg = load_config(None, ["model.blocks=IIYY", "mtl.weighting=uncert"], method="mtl", scarcity=2)
+    assert cfg.run_name == "mtl-IIYY-uncert-s2-seed0"
+    assert load_config(None, [], method="mtl").run_name == "mtl-IIVV-naive-s0-seed0"  # demo: 4 cascades
+    assert load_config(None, ["model.share_etas=false"], method="mtl").run_name == "mtl-IIVV-naive-etas-s0-seed0"
+    with pytest.raises(MrbenchError, match="model.blocks: letters must be I, V, Y or W, got 'X'"):
+        load_config(None, ["model.blocks=IIX"], method="mtl")
+    with pytest.raises(MrbenchError, match="unknown weighting 'softmax'; valid: dwa, gradnorm, naive, pcgrad, uncert"):
+        load_config(None, ["mtl.weighting=softmax"], method="mtl")

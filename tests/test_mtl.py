@@ -293,9 +293,9 @@ def tiny(data_root, out, *extra):
 
 @pytest.mark.parametrize("blocks", ["IV", "IY", "IW"])
 def test_mtl_run_end_to_end(data_root, tmp_path, blocks):
-    extra = [f"mtl.blocks={blocks}", "mtl.weighting=uncert"]
+    extra = [f"model.blocks={blocks}", "mtl.weighting=uncert"]
     if blocks == "IV":
-        extra += ['data.unseen=[{contrast="AXFLAIR", acceleration=6}]', "eval.adapt_steps=0,1", "mtl.share_etas=false"]
+        extra += ['data.unseen=[{contrast="AXFLAIR", acceleration=6}]', "eval.adapt_steps=0,1", "model.share_etas=false"]
     cfg = load_config(None, tiny(data_root, tmp_path, *extra), method="mtl")
     store = execute(cfg, quiet=True)
     m = store.read_json("metrics.json")
@@ -312,7 +312,7 @@ def test_mtl_run_end_to_end(data_root, tmp_path, blocks):
 
 
 def test_mtl_dwa_resume_equivalence(data_root, tmp_path):
-    base = ["mtl.blocks=IV", "mtl.weighting=dwa", "train.val_every=8", "train.sampling=stratified"]
+    base = ["model.blocks=IV", "mtl.weighting=dwa", "train.val_every=8", "train.sampling=stratified"]
     full = execute(load_config(None, tiny(data_root, tmp_path / "a", *base), method="mtl"), quiet=True)
     cfg = load_config(None, tiny(data_root, tmp_path / "b", *base, "train.stop_after=16"), method="mtl")
     with pytest.raises(MrbenchError, match="stopped after 16 slices"):
@@ -328,9 +328,9 @@ def test_mtl_dwa_resume_equivalence(data_root, tmp_path):
 
 def test_experiment_file_parses():
     path = REPO / "evaluate" / "liu2021_mtl.toml"
-    cfg = load_config(path, ["mtl.blocks=IIYYYYYYYYYY", "mtl.weighting=dwa"], method="mtl", scarcity=3)
+    cfg = load_config(path, ["model.blocks=IIYYYYYYYYYY", "mtl.weighting=dwa"], method="mtl", scarcity=3)
     assert cfg.data.tasks == ["AXT1", "AXT2"] and cfg.data.scarce == ["AXT2"]
-    assert cfg.mtl.blocks == "IIYYYYYYYYYY" and cfg.mtl.weighting == "dwa" and cfg.scarcity == 3
+    assert cfg.model.blocks == "IIYYYYYYYYYY" and cfg.mtl.weighting == "dwa" and cfg.scarcity == 3
     from mrbench.methods.mtl import mtl_backbone_kwargs
 
     assert mtl_backbone_kwargs(cfg)["blocks"] == "IIYYYYYYYYYY"
@@ -345,8 +345,8 @@ def test_experiment_file_parses():
         assert c.method == entry["method"]
     with pytest.raises(MrbenchError, match="mtl.weighting"):
         load_config(path, ["mtl.weighting=kendall"], method="mtl")
-    with pytest.raises(MrbenchError, match="mtl.blocks"):
-        load_config(path, ["mtl.blocks=IIX"], method="mtl")
+    with pytest.raises(MrbenchError, match="model.blocks"):
+        load_config(path, ["model.blocks=IIX"], method="mtl")
 
 
 @pytest.mark.parametrize("name", ["pcgrad", "gradnorm"])

@@ -2,8 +2,8 @@
 
 Liu et al. 2021 ("Multi-task accelerated MR reconstruction schemes for jointly
 training multiple contrasts"). The network (:class:`~mrbench.models.mtl_varnet.MTLVarNet`)
-has one block letter per cascade (``mtl.blocks``; default ``"II" + "V"·(cascades−2)``)
-and shares η or not (``mtl.share_etas``); the loss weighting
+has one block letter per cascade (``model.blocks``; default ``"II" + "V"·(cascades−2)``)
+and shares η or not (``model.share_etas``); the loss weighting
 (:mod:`mrbench.methods.weighting`, ``mtl.weighting``) is an independent
 plug-in, kept in ``models["weighting"]`` so its learned weights are optimised
 and its state (e.g. DWA's epoch means) checkpointed and restored with the
@@ -21,8 +21,8 @@ with the other methods); the weighted objective and the weights are in
 
 Sizes: ``model.size`` preset overridden by explicit ``model.*`` values;
 ``model.backbone`` must be ``varnet`` or ``mtl-varnet`` (mtl always builds an
-``mtl-varnet``; the run directory carries ``model.backbone``'s name). With
-``mtl.blocks`` set the number of cascades is ``len(blocks)``.
+``mtl-varnet``; the run directory is named ``mtl-<blocks>-<weighting>-s<N>-seed<S>``). With
+``model.blocks`` set the number of cascades is ``len(blocks)``.
 """
 
 from __future__ import annotations
@@ -38,25 +38,21 @@ from .weighting import make_weighting
 
 def mtl_backbone_kwargs(cfg) -> dict:
     """MTLVarNet constructor arguments (without ``num_tasks``) from a run configuration."""
-    from ..models import SIZES
     from ..models.mtl_varnet import default_blocks
 
     if cfg.model.backbone not in ("varnet", "mtl-varnet"):
         raise MrbenchError(
             f"model.backbone: method mtl trains an mtl-varnet; set model.backbone to mtl-varnet (or varnet), got {cfg.model.backbone!r}"
         )
-    kw = dict(SIZES[cfg.model.size])
-    for name in kw:
-        if getattr(cfg.model, name, 0):
-            kw[name] = getattr(cfg.model, name)
-    blocks = cfg.mtl.blocks
+    kw = cfg.model.backbone_kwargs()  # size preset + explicit values
+    blocks = cfg.model.blocks
     if blocks and cfg.model.cascades and cfg.model.cascades != len(blocks):
         raise MrbenchError(
-            f"mtl.blocks {blocks!r} has {len(blocks)} cascades but model.cascades = {cfg.model.cascades}; "
+            f"model.blocks {blocks!r} has {len(blocks)} cascades but model.cascades = {cfg.model.cascades}; "
             "set model.cascades = 0 (or the same number)"
         )
     cascades = kw.pop("cascades")
-    return dict(blocks=blocks or default_blocks(cascades), share_etas=cfg.mtl.share_etas, **kw)
+    return dict(blocks=blocks or default_blocks(cascades), share_etas=cfg.model.share_etas, **kw)
 
 
 class MTL(Method):
