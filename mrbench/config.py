@@ -164,6 +164,40 @@ class MtlConfig:
 
 
 @dataclass
+class MetaConfig:
+    """Meta-learning (maml, metadrop, kmmaml): episodes, inner loop, test-time mode."""
+
+    order: int = 1  # 1 = first-order, 2 = differentiate through the inner loop
+    inner_steps: int = 1  # SGD steps on the support loss per task
+    inner_lr: float = 1e-2
+    support: int = 2  # support slices per task per episode
+    query: int = 2  # query slices per task per episode
+    tasks_per_batch: int = 2  # tasks (contexts) per meta-batch
+    adapt: str = "all"  # parameter groups adapted in the inner loop (method-specific names, e.g. all | hyper)
+    alpha: float = 1.0  # metadrop: φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇L_meta(φ̃)
+    eta_meta: float = 1e-3  # metadrop
+    meta_context: str = "any"  # metadrop: other-contrast | other-mask | other-acceleration | any
+    embedding: int = 256  # kmmaml: context embedding size
+    rank: int = 1  # kmmaml: rank of the kernel modulation
+    test_mode: str = "hyper"  # kmmaml at test time: on-the-fly | hyper | all
+
+    def check(self, key):
+        _require(self.order in (1, 2), key("order"), f"must be 1 or 2, got {self.order}")
+        _require(self.inner_steps >= 0, key("inner_steps"), "must be ≥ 0")
+        _require(self.inner_lr > 0, key("inner_lr"), "must be > 0")
+        for name in ("support", "query", "tasks_per_batch", "embedding", "rank"):
+            _require(getattr(self, name) > 0, key(name), "must be > 0")
+        _require(self.alpha > 0, key("alpha"), "must be > 0")
+        _require(self.eta_meta > 0, key("eta_meta"), "must be > 0")
+        _require(
+            self.meta_context in ("other-contrast", "other-mask", "other-acceleration", "any"),
+            key("meta_context"),
+            f"must be other-contrast, other-mask, other-acceleration or any, got {self.meta_context!r}",
+        )
+        _require(self.test_mode in ("on-the-fly", "hyper", "all"), key("test_mode"), f"must be on-the-fly, hyper or all, got {self.test_mode!r}")
+
+
+@dataclass
 class RunConfig:
     out: str = "runs"
     experiment: str = "default"
@@ -182,6 +216,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mtl: MtlConfig = field(default_factory=MtlConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def check(self):
