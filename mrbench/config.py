@@ -121,7 +121,7 @@ class ModelConfig:
         from .models import BACKBONES, SIZES
 
         kw = dict(SIZES[self.size])
-        if self.backbone == "unet":
+        if self.backbone in ("unet", "km-unet"):
             kw["chans"] *= 2
         for name in kw:
             if getattr(self, name, 0):

@@ -1,13 +1,14 @@
 """The budgeted, deterministic, resumable training loop.
 
 The engine runs a method's :class:`~mrbench.methods.base.Phase` list. For each
-phase it builds Adam (and the cosine schedule over the phase's steps), draws
+phase it builds Adam (with a cosine decay over the phase's slices), draws
 batches from a :class:`TaskSampler`, lets the phase compute the loss, clips the
 gradient norm and steps — until the phase's budget of slices through
 forward+backward is spent. Every ``train.val_every`` slices it validates (mean
 SSIM over the phase's tasks), keeps the best state (the same checkpoint
 selection rule for every method) and writes ``last.pt`` holding the models,
-optimiser, scheduler, sampler, mask-RNG and torch-RNG states. A phase ends by
+optimiser, sampler, mask-RNG and torch-RNG states (the learning rate is a
+function of the slices used, so it needs no state of its own). A phase ends by
 restoring its best-validation weights.
 
 Determinism: every random draw comes from generators seeded by the run seed
@@ -129,21 +130,24 @@ class Trainer:
 
     def _make_optim(self, phase: Phase):
         params = self.method.parameters(phase.modules)
-        opt = torch.optim.Adam(params, lr=phase.lr)
-        steps = max(1, math.ceil(phase.budget / self.cfg.train.batch))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if self.cfg.train.schedule == "cosine" else None
-        return params, opt, sched
+        return params, torch.optim.Adam(params, lr=phase.lr)
+
+    def _set_lr(self, opt, phase: Phase, used: int) -> None:
+        """Cosine decay over the phase's *slices* (not steps): methods whose steps push
+        different numbers of slices (meta-learning episodes) follow the same schedule."""
+        if self.cfg.train.schedule == "cosine" and phase.budget > 0:
+            lr = phase.lr * 0.5 * (1 + math.cos(math.pi * min(used, phase.budget) / phase.budget))
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     def _run_phase(self, p_idx: int, phase: Phase, resume: dict | None) -> None:
         cfg = self.cfg.train
-        params, opt, sched = self._make_optim(phase)
+        params, opt = self._make_optim(phase)
         sampler = TaskSampler(self.train, phase.tasks, phase.sampling, seed=cfg.seed * 1000 + p_idx)
         used, steps, next_val = 0, 0, min(cfg.val_every, phase.budget)
         best_score, best_state = -math.inf, None
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
-            if sched is not None and resume["scheduler"] is not None:
-                sched.load_state_dict(resume["scheduler"])
             sampler.load(resume["sampler"])
             used, steps, next_val = int(resume["used"]), int(resume["steps"]), int(resume["next_val"])
             best_score = float(resume["best_score"])
@@ -162,9 +166,8 @@ class Trainer:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            if sched is not None:
-                sched.step()
             used += result.slices
+            self._set_lr(opt, phase, used)
             steps += 1
             self.total_used += result.slices
             self._log_step(phase, result, opt)
@@ -175,7 +178,7 @@ class Trainer:
                     best_score = score
                     best_state = {m: _clone(self.method.models[m].state_dict()) for m in phase.modules}
                 next_val = min(phase.budget, used + cfg.val_every) if used < phase.budget else used
-                self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sched, sampler)
+                self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sampler)
                 if cfg.stop_after and self.total_used >= cfg.stop_after and used < phase.budget:
                     raise Preempted(self.total_used)
                 for m in phase.modules:
@@ -187,7 +190,7 @@ class Trainer:
         for m in phase.modules:
             self.method.models[m].eval()
         # the next phase starts from here; a crash between phases resumes at its start
-        self._checkpoint(p_idx + 1, 0, 0, 0, -math.inf, None, None, None, None)
+        self._checkpoint(p_idx + 1, 0, 0, 0, -math.inf, None, None, None)
 
     def _batch(self, indices: list[int]) -> Sample:
         samples = [self.train.sample(i) for i in indices]
@@ -250,7 +253,7 @@ class Trainer:
             for k, v in scalars().items():
                 self.writer.add_scalar(f"train/{k}", v, self.total_used)
 
-    def _checkpoint(self, p_idx, used, steps, next_val, best_score, best_state, opt, sched, sampler) -> None:
+    def _checkpoint(self, p_idx, used, steps, next_val, best_score, best_state, opt, sampler) -> None:
         self.store.save_checkpoint(
             "last",
             {
@@ -263,7 +266,6 @@ class Trainer:
                 "best_state": best_state or {},
                 "models": self.method.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else {},
-                "scheduler": sched.state_dict() if sched is not None else None,
                 "sampler": sampler.state() if sampler is not None else {},
                 "dataset_rng": json.dumps(self.train.rng_state()),
                 "torch_rng": torch.get_rng_state(),

@@ -402,7 +402,7 @@ def test_matches_fastmri_varnet_with_same_weights():
 
 
 def test_registry_and_sizes():
-    assert set(BACKBONES) == {"unet", "varnet", "mtl-varnet"}
+    assert set(BACKBONES) == {"unet", "varnet", "mtl-varnet", "km-unet"}
     model = build_backbone("varnet", **SIZES["demo"])
     assert isinstance(model, VarNet) and len(model.cascades) == 4
     assert model.etas() == [1.0] * 4
@@ -441,3 +441,17 @@ def test_untrained_backbone_starts_near_zero_filled(name):
         out = model(k, m, nlf)
     rel = (out - zero_filled).norm() / zero_filled.norm()
     assert rel < 0.05
+
+
+def test_data_consistency_is_twice_differentiable():
+    """Second-order MAML differentiates through the backward pass of the DC step."""
+    from mrbench.models.varnet import _DataConsistency
+
+    g = torch.Generator().manual_seed(0)
+    shape = (1, 2, 4, 5)
+    k = torch.randn(shape, dtype=torch.complex128, generator=g, requires_grad=True)
+    k0 = torch.randn(shape, dtype=torch.complex128, generator=g, requires_grad=True)
+    r = torch.randn(shape, dtype=torch.complex128, generator=g, requires_grad=True)
+    eta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand((1, 1, 1, 5), generator=g) > 0.5).double()
+    assert torch.autograd.gradgradcheck(lambda *a: _DataConsistency.apply(*a, mask), (k, k0, r, eta))

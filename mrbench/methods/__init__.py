@@ -2,11 +2,14 @@
 
 from .base import Method, Phase, StepResult
 from .joint import Joint
+from .kmmaml import KMMAML
+from .maml import MAML
+from .metadrop import MetaDrop
 from .mtl import MTL
 from .stl import STL
 from .transfer import Transfer
 from .zero_filled import ZeroFilled
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL, MAML, MetaDrop, KMMAML)}
 
 __all__ = ["METHODS", "Method", "Phase", "StepResult"]

@@ -25,11 +25,13 @@ from mrbench.errors import MrbenchError
 from mrbench.models.unet import NormUNet, UNet, UNetRecon
 from mrbench.models.varnet import SensitivityModel, VarNet, VarNetCascade
 from mrbench.models.mtl_varnet import MTLVarNet  # noqa: E402
+from mrbench.models.km_unet import KMUNet  # noqa: E402
 
 __all__ = [
     "BACKBONES",
     "SIZES",
     "build_backbone",
+    "KMUNet",
     "NormUNet",
     "SensitivityModel",
     "UNet",
@@ -38,7 +40,12 @@ __all__ = [
     "VarNetCascade",
 ]
 
-BACKBONES: dict[str, type[nn.Module]] = {"unet": UNetRecon, "varnet": VarNet, "mtl-varnet": MTLVarNet}  # noqa: E501 — mtl-varnet needs num_tasks (built by method mtl)
+BACKBONES: dict[str, type[nn.Module]] = {
+    "unet": UNetRecon,
+    "varnet": VarNet,
+    "mtl-varnet": MTLVarNet,  # needs num_tasks (built by method mtl)
+    "km-unet": KMUNet,  # KM-MAML's kernel-modulated U-Net; without an embedding it uses each sample's own
+}
 
 #: VarNet sizes: ``demo`` runs on a laptop CPU; ``paper`` is fastMRI's E2E-VarNet.
 SIZES: dict[str, dict[str, int]] = {

@@ -156,18 +156,21 @@ class _DataConsistency(torch.autograd.Function):
 
     Four passes over the coil k-space forward, two backward (autograd's
     version needs a conjugate copy and a coil reduction for η's gradient).
+    The backward recomputes ``M ⊙ (k − k₀)`` from the saved inputs, so it is itself
+    differentiable: second-order MAML through a VarNet gets exact meta-gradients.
     """
 
     @staticmethod
     def forward(ctx, k, k0, r, eta, mask):
         dm = (k - k0).mul_(mask)  # M ⊙ (k − k₀)
         out = torch.add(k, r).addcmul_(dm, -eta)
-        ctx.save_for_backward(dm, eta, mask)
+        ctx.save_for_backward(k, k0, eta, mask)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        dm, eta, mask = ctx.saved_tensors
+        k, k0, eta, mask = ctx.saved_tensors
+        dm = (k - k0) * mask if ctx.needs_input_grad[3] else None
         gk = gk0 = geta = None
         w = eta * mask  # small (B, 1, H|1, W)
         if ctx.needs_input_grad[0]:

@@ -1,0 +1,275 @@
+"""MAML meta-step time and peak memory: first- vs second-order, 1 and 3 inner steps.
+
+    .venv/bin/python benchmarks/bench_meta.py [--device auto|cpu|cuda] [--size 128] [--chans 8]
+        [--pools 3] [--support 4] [--query 4] [--tasks 2] [--steps 3] [--warmup 1] [--threads 1]
+
+One meta-step is exactly what the engine runs for method ``maml``: the
+method's own custom step (:meth:`mrbench.methods.maml.MAML.step`, i.e.
+:func:`mrbench.methods.meta.inner_loop` with ``torch.func.functional_call``)
+over ``--tasks`` tasks, each with a ``--support``-slice support batch and a
+``--query``-slice query batch, on a ``unet`` backbone (``--chans`` channels,
+``--pools`` pools; single-coil ``--size``² k-space, equispaced 4× mask), then
+gradient clipping and the Adam step. The batches are pre-made, so data loading
+is not timed. Reported per (order, inner steps): the median seconds per
+meta-step over ``--steps`` timed steps after ``--warmup`` untimed ones, and the
+peak memory of the step — on CUDA ``torch.cuda.max_memory_allocated`` above
+what is allocated before the first step; on CPU the growth of the process's
+``ru_maxrss`` (each configuration runs in its own subprocess, so one
+configuration's peak does not hide another's). ``ratio_second_over_first``
+divides order 2 by order 1 at the same number of inner steps (target ≤ 3×).
+
+``torchopt`` and ``higher`` are timed on the same step when importable
+(``torchopt.MetaSGD`` / ``higher.innerloop_ctx``, differentiable SGD, the
+same inner learning rate); otherwise they are reported as ``"not installed"``.
+Those two code paths are not exercised where the packages are missing.
+
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mrbench.config import load_config  # noqa: E402
+from mrbench.data.contexts import context_grid  # noqa: E402
+from mrbench.data.dataset import Sample, TaskData  # noqa: E402
+from mrbench.methods.base import l1_per_sample, reconstruct  # noqa: E402
+from mrbench.methods.maml import MAML  # noqa: E402
+from mrbench.models import UNetRecon  # noqa: E402
+
+CONFIGS = [(1, 1), (2, 1), (1, 3), (2, 3)]  # (order, inner steps)
+INNER_LR = 1e-2
+
+
+def make_batch(n: int, size: int, seed: int, device: torch.device) -> Sample:
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(n, 1, size, size, generator=g, dtype=torch.complex64)
+    mask = torch.zeros(n, 1, size, size)
+    mask[..., ::4] = 1
+    c = max(1, round(0.08 * size))
+    mask[..., size // 2 - c // 2 : size // 2 - c // 2 + c] = 1
+    target = torch.rand(n, size, size, generator=g)
+    s = Sample(k * mask, mask, target, target, torch.zeros(n, dtype=torch.long), ["x"] * n, torch.zeros(n), torch.ones(n), torch.full((n,), c))
+    return Sample(*(v.to(device) if torch.is_tensor(v) else v for v in s))
+
+
+def rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 2**10  # bytes on macOS, KiB on Linux
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(step, device: torch.device, warmup: int, steps: int) -> dict:
+    """Median seconds of ``step()`` and the peak memory above the state before it."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = rss_mb()
+    times = []
+    for i in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        peak = rss_mb() - base
+    return {"seconds_per_step": round(statistics.median(times), 4), "peak_memory_mb": round(peak, 1)}
+
+
+def run_one(args, order: int, inner: int, impl: str) -> dict:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = load_config(
+        None,
+        [
+            "model.backbone=unet",
+            f"model.chans={args.chans}",
+            f"model.pools={args.pools}",
+            f"meta.order={order}",
+            f"meta.inner_steps={inner}",
+            f"meta.inner_lr={INNER_LR}",
+            f"meta.support={args.support}",
+            f"meta.query={args.query}",
+            f"meta.tasks_per_batch={args.tasks}",
+        ],
+        method="maml",
+    )
+    contexts = context_grid([f"C{i}" for i in range(args.tasks)], ["equispaced"], [4.0])
+    tasks = [TaskData(c.name, c, ()) for c in contexts]
+    method = MAML(cfg, tasks, [False] * args.tasks, lambda: UNetRecon(args.chans, args.pools))
+    method.models.to(device).train()
+    batches = {
+        (t, n): make_batch(n, args.size, 10 * t + i, device)
+        for t in range(args.tasks)
+        for i, n in enumerate((args.support, args.query))
+    }
+
+    def source(n, task=None):
+        return batches[(task, n)]
+
+    net = method.models["net"]
+    params = list(net.parameters())
+    opt = torch.optim.Adam(params, lr=1e-4)
+
+    if impl == "mrbench":
+        def meta_step():
+            opt.zero_grad(set_to_none=True)
+            method.step(source)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+    elif impl == "torchopt":  # pragma: no cover - only where torchopt is installed
+        import torchopt
+
+        if order == 1:
+            return {"skipped": "torchopt.MetaSGD is timed second-order only"}
+
+        def meta_step():
+            opt.zero_grad(set_to_none=True)
+            for t in range(args.tasks):
+                state = torchopt.extract_state_dict(net)
+                inner = torchopt.MetaSGD(net, lr=INNER_LR)
+                for _ in range(inner):
+                    s = source(args.support, t)
+                    inner.step(l1_per_sample(reconstruct(net, s), s).mean())
+                q = source(args.query, t)
+                (l1_per_sample(reconstruct(net, q), q).mean() / args.tasks).backward()
+                torchopt.recover_state_dict(net, state)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+    elif impl == "higher":  # pragma: no cover - only where higher is installed
+        import higher
+
+        def meta_step():
+            opt.zero_grad(set_to_none=True)
+            inner_opt = torch.optim.SGD(net.parameters(), lr=INNER_LR)
+            for t in range(args.tasks):
+                with higher.innerloop_ctx(net, inner_opt, track_higher_grads=order == 2, copy_initial_weights=False) as (fnet, diffopt):
+                    for _ in range(inner):
+                        s = source(args.support, t)
+                        diffopt.step(l1_per_sample(reconstruct(fnet, s), s).mean())
+                    q = source(args.query, t)
+                    (l1_per_sample(reconstruct(fnet, q), q).mean() / args.tasks).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+    else:
+        raise ValueError(impl)
+    return measure(meta_step, device, args.warmup, args.steps)
+
+
+def child(args) -> None:
+    order, inner, impl = args.one.split(",")
+    torch.set_num_threads(args.threads)
+    print(json.dumps(run_one(args, int(order), int(inner), impl)))
+
+
+def spawn(args, order: int, inner: int, impl: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", f"{order},{inner},{impl}"]
+    for k in ("device", "size", "chans", "pools", "support", "query", "tasks", "steps", "warmup", "threads"):
+        cmd += [f"--{k}", str(getattr(args, k))]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--chans", type=int, default=8)
+    p.add_argument("--pools", type=int, default=3)
+    p.add_argument("--support", type=int, default=4)
+    p.add_argument("--query", type=int, default=4)
+    p.add_argument("--tasks", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    # one thread by default: on a small shared machine two threads made the timings erratic
+    # (a 2-core box under load gave 4-30 s per step, against 0.7-1.4 s with one thread)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.one:
+        child(args)
+        return
+    t0 = time.perf_counter()
+    results: dict = {"mrbench": {}}
+    for order, inner in CONFIGS:
+        results["mrbench"][f"order{order}_k{inner}"] = spawn(args, order, inner, "mrbench")
+    for lib in ("torchopt", "higher"):
+        if not available(lib):
+            results[lib] = "not installed"
+            continue
+        results[lib] = {f"order{o}_k{k}": spawn(args, o, k, lib) for o, k in CONFIGS}
+    ratios = {}
+    for inner in (1, 3):
+        a, b = results["mrbench"][f"order1_k{inner}"], results["mrbench"][f"order2_k{inner}"]
+        if "seconds_per_step" in a and "seconds_per_step" in b:
+            ratios[f"k{inner}"] = {
+                "time": round(b["seconds_per_step"] / a["seconds_per_step"], 2),
+                "memory": round(b["peak_memory_mb"] / a["peak_memory_mb"], 2) if a["peak_memory_mb"] > 0 else None,
+            }
+    print(
+        json.dumps(
+            {
+                "benchmark": "maml meta-step (unet backbone)",
+                "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
+                "cpu": platform.processor() or platform.machine(),
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "setup": {
+                    "size": args.size,
+                    "chans": args.chans,
+                    "pools": args.pools,
+                    "support": args.support,
+                    "query": args.query,
+                    "tasks": args.tasks,
+                    "timed_steps": args.steps,
+                    "warmup": args.warmup,
+                    "memory": "cuda max_memory_allocated above the pre-step allocation"
+                    if args.device != "cpu"
+                    else "ru_maxrss growth over the steps (own subprocess per configuration)",
+                },
+                "results": results["mrbench"],
+                "torchopt": results["torchopt"],
+                "higher": results["higher"],
+                "ratio_second_over_first": ratios,
+                "target_ratio_max": 3.0,
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""kmmaml: KM-MAML, meta-learned kernel-modulating hypernetworks (DESIGN.md §5.7).
+
+Ramanarayanan, Palla, Ram & Sivaprakasam (2023), "Generalizing supervised deep
+learning MRI reconstruction to multiple and unseen contrasts using
+meta-learning hypernetworks" (arXiv 2307.06771).
+
+**Network**: ``models["net"]`` is a :class:`~mrbench.models.km_unet.KMUNet`
+whatever the backbone factory would build: its base U-Net has the size the
+``unet`` backbone gets from the same configuration (``model.size`` preset with
+twice its width, overridden by ``model.chans`` / ``model.pools``), so kmmaml is
+compared with joint/stl/maml U-Nets of identical base width; ``meta.embedding``
+is the context-embedding size, ``meta.rank`` the modulation rank.
+``model.backbone`` must be ``unet`` or ``km-unet`` (anything else is a
+:class:`~mrbench.errors.MrbenchError`, so a grid never mislabels a run).
+Parameter groups (prefixes of the network's parameter names): ``base.`` (θ,
+the U-Net), ``hyper.`` (ω, the hypernetworks), ``encoder.`` (the context
+encoder). ``metrics.cost.parameters`` counts all three.
+
+**Episode** (one engine step, :meth:`KMMAML.step`): draw ``meta.tasks_per_batch``
+distinct seen tasks (contexts) uniformly with torch's global generator (which
+the engine checkpoints: runs resume exactly); for each task a support batch
+(``meta.support`` slices) and a query batch (``meta.query``) from its training
+slices. The context embedding z is the mean of the encoder's embeddings of the
+support images. Inner loop: ``meta.inner_steps`` SGD steps at
+``meta.inner_lr`` on the support loss that move **only ω**
+(:func:`~mrbench.methods.meta.inner_loop`), ``ω'_t = ω − α∇_ω L_sup(θ, ω; z)``.
+Outer objective: the mean query loss ``(1/T) Σ_t L_query(θ, ω'_t; z_t)``,
+back-propagated task by task into θ, ω and the encoder; the engine clips and
+takes its Adam step at ``train.lr``. ``meta.order = 1`` (default, as the
+authors' code) detaches the inner gradients; ``meta.order = 2`` differentiates
+through them (then the meta-gradient also reaches θ and the encoder through
+the inner steps). ``meta.adapt`` does not apply (KM-MAML always adapts ω).
+
+**Budget**: an episode costs ``T · (meta.support · max(meta.inner_steps, 1) +
+meta.query)`` slices: each support slice once per inner step it goes through
+forward+backward (with 0 inner steps the support set still goes once through
+the encoder, forward and backward, and counts once), each query slice once.
+The engine stops at the first episode that reaches ``train.budget``: the last
+one may overshoot by less than one episode (``metrics.cost.trained_slices`` is
+the exact count).
+
+**Seen tasks at test time** (:meth:`reconstructor`, also used for validation):
+no support set is given, so every slice is reconstructed with the embedding of
+its *own* zero-filled image (on-the-fly, per sample: the network's default
+without an ``embedding``; a slice's output does not depend on its
+batch-mates), with the meta-learned (un-adapted) ω.
+
+**Unseen contexts** (:meth:`adapt`, same k-shot support set and step counts as
+every method): z is the mean embedding of the support images (encoder frozen);
+then by ``meta.test_mode``:
+
+* ``on-the-fly`` — no gradient step at all, whatever ``steps`` is: the
+  kernels come from z alone (the metrics for every step count are then
+  identical, which is what this mode is);
+* ``hyper`` — ``steps`` SGD steps on ω (the inner-loop rule);
+* ``all`` — ``steps`` SGD steps on θ and ω.
+
+The steps use KM-MAML's meta-learned rule, SGD at ``meta.inner_lr`` (the
+``lr`` argument, ``eval.adapt_lr`` for the fine-tuning baselines, is not used;
+MAML does the same).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..data.dataset import Sample
+from ..errors import MrbenchError
+from ..fourier import center_crop
+from .base import Method, Phase, Reconstructor, StepResult, l1_per_sample
+from .meta import detached_params, inner_loop, sample_tasks
+
+GROUPS = ("base", "hyper", "encoder")
+TEST_MODES = {"on-the-fly": (), "hyper": ("hyper",), "all": ("base", "hyper")}  # groups adapted at test time
+
+
+def kmunet_kwargs(cfg) -> dict:
+    """KMUNet constructor arguments: the ``unet`` backbone's size for this configuration,
+    ``meta.embedding`` and ``meta.rank``."""
+    if cfg.model.backbone not in ("unet", "km-unet"):
+        raise MrbenchError(
+            f"model.backbone: method kmmaml trains a km-unet (a kernel-modulated U-Net); "
+            f"set model.backbone to km-unet (or unet), got {cfg.model.backbone!r}"
+        )
+    kw = dataclasses.replace(cfg.model, backbone="unet").backbone_kwargs()  # chans, pools
+    return dict(**kw, embedding=cfg.meta.embedding, rank=cfg.meta.rank)
+
+
+def group_names(net: nn.Module, groups) -> list[str]:
+    """Parameter names of ``net`` in the given groups (``base``, ``hyper``, ``encoder``)."""
+    prefixes = tuple(f"{g}." for g in groups)
+    return [n for n, _ in net.named_parameters() if n.startswith(prefixes)]
+
+
+def embedded_reconstruct(net: nn.Module, tensors, batch: Sample, z: torch.Tensor) -> torch.Tensor:
+    """The km-unet's output with ``tensors`` in place of its own, embedding ``z``, cropped."""
+    out = functional_call(net, dict(tensors), (batch.kspace, batch.mask, batch.num_low_frequencies), {"embedding": z})
+    return center_crop(out, tuple(batch.target.shape[-2:]))
+
+
+def embedded_loss(z: torch.Tensor) -> Callable:
+    """The inner-loop loss (mean normalised L1) with the context embedding fixed to ``z``."""
+
+    def loss(net, tensors, batch):
+        return l1_per_sample(embedded_reconstruct(net, tensors, batch, z), batch).mean()
+
+    return loss
+
+
+class KMMAML(Method):
+    name = "kmmaml"
+
+    def __init__(self, cfg, tasks, scarce, make_backbone):
+        super().__init__(cfg, tasks, scarce, make_backbone)
+        from ..models.km_unet import KMUNet
+
+        self.models["net"] = KMUNet(**kmunet_kwargs(cfg))
+        self.hyper_names = group_names(self.models["net"], ("hyper",))
+
+    # -- training
+    def phases(self) -> list[Phase]:
+        return [
+            Phase(
+                name="kmmaml",
+                budget=self.cfg.train.budget,
+                lr=self.cfg.train.lr,
+                modules=["net"],
+                tasks=list(range(len(self.tasks))),
+                custom_step=self.step,
+            )
+        ]
+
+    def episode_slices(self) -> int:
+        """Slices one episode pushes through forward+backward (the budget accounting rule)."""
+        m = self.cfg.meta
+        return min(m.tasks_per_batch, len(self.tasks)) * (m.support * max(m.inner_steps, 1) + m.query)
+
+    def step(self, source) -> StepResult:
+        m = self.cfg.meta
+        net = self.models["net"]
+        params = dict(net.named_parameters())
+        buffers = dict(net.named_buffers())
+        tasks = sample_tasks(len(self.tasks), m.tasks_per_batch)
+        losses: dict[int, float] = {}
+        for t in tasks:
+            support = source(m.support, task=t)
+            query = source(m.query, task=t)
+            z = net.context_embedding(support.kspace)
+            fast = inner_loop(net, params, buffers, support, m.inner_steps, m.inner_lr, m.order, self.hyper_names, loss=embedded_loss(z))
+            q_loss = l1_per_sample(embedded_reconstruct(net, {**fast, **buffers}, query, z), query).mean()
+            (q_loss / len(tasks)).backward()  # meta-gradient into θ, ω and the encoder
+            losses[t] = float(q_loss.detach())
+        slices = len(tasks) * (m.support * max(m.inner_steps, 1) + m.query)
+        return StepResult(sum(losses.values()) / len(losses), slices, losses)
+
+    # -- inference
+    def model_key(self, task: int) -> str:
+        return "net"
+
+    # reconstructor(t): the base class's — the km-unet without an embedding (per-sample, on-the-fly)
+
+    def adapted_network(self, support: Sample, steps: int) -> tuple[nn.Module, torch.Tensor]:
+        """A copy of the network adapted to ``support`` by ``meta.test_mode``, and the support
+        set's context embedding z (1, E)."""
+        m = self.cfg.meta
+        net = copy.deepcopy(self.models["net"])
+        net.eval()
+        with torch.no_grad():
+            z = net.context_embedding(support.kspace)
+        names = group_names(net, TEST_MODES[m.test_mode])
+        if steps and names:
+            fast = inner_loop(
+                net,
+                detached_params(net, names),
+                dict(net.named_buffers()),
+                support,
+                steps,
+                m.inner_lr,
+                1,  # nothing differentiates through test-time adaptation
+                names,
+                loss=embedded_loss(z),
+            )
+            with torch.no_grad():
+                for n, p in net.named_parameters():
+                    p.copy_(fast[n])
+        return net, z
+
+    def adapt(self, ctx, support, steps: int, lr: float) -> Reconstructor:
+        """By ``meta.test_mode`` (module docstring); ``lr`` is not used (SGD at ``meta.inner_lr``)."""
+        net, z = self.adapted_network(support, steps)
+
+        def recon(batch: Sample) -> torch.Tensor:
+            out = net(batch.kspace, batch.mask, batch.num_low_frequencies, embedding=z)
+            return center_crop(out, tuple(batch.target.shape[-2:]))
+
+        return recon

@@ -1,0 +1,151 @@
+"""Shared meta-learning machinery: the functional MAML inner loop, parameter groups, episodes.
+
+Used by :mod:`~mrbench.methods.maml` (and KM-MAML, which adapts only its
+hypernetwork). Everything is written with :func:`torch.func.functional_call`
+(DESIGN.md §5.6: no learn2learn/higher), so the network's own parameters are
+never overwritten by the inner loop: adapted parameters are plain tensors in
+a dict, and the meta-gradient reaches the network's ``nn.Parameter`` objects
+through ordinary autograd.
+
+The inner loop (:func:`inner_loop`)::
+
+    φ_0 = φ,   φ_{s+1} = φ_s − α ∇_{φ_s} L_sup(φ_s)   (s < k; only the adapted names)
+
+``order = 2`` keeps the graph of the inner gradients (``create_graph=True``),
+so the meta-gradient of ``L_query(φ_k)`` is the exact one (second-order
+MAML). ``order = 1`` detaches the inner gradients (first-order MAML, FOMAML):
+``∂φ_k/∂φ`` is taken as the identity and the meta-gradient is
+``∇L_query`` evaluated at ``φ_k``. With ``k = 0`` both are the plain
+gradient of the query loss.
+
+Parameter groups (``meta.adapt``, :func:`adapt_names`) name which parameters
+move in the inner loop; the others are shared across tasks and change only in
+the outer loop:
+
+* ``all`` — every parameter;
+* ``regulariser`` — the reconstruction U-Nets: each VarNet cascade's
+  ``cascades.<i>.regulariser.*`` (not η, not the sensitivity network), the
+  ``unet`` backbone's ``net.*`` (for it the same as ``all``);
+* ``last`` — the final 1×1 convolution of each reconstruction U-Net
+  (``…unet.final.*``, the sensitivity network's excluded): a cheap, head-only
+  adaptation (as in ANIL);
+* ``eta`` — the VarNet data-consistency weights η only (one scalar per cascade);
+* anything else is a parameter-name prefix (e.g. ``cascades.0.``).
+
+A group that selects no parameter of the backbone is a
+:class:`~mrbench.errors.MrbenchError` naming the valid groups.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..data.dataset import Sample
+from ..errors import MrbenchError
+from ..fourier import center_crop
+from .base import l1_per_sample
+
+Tensors = Mapping[str, torch.Tensor]
+LossFn = Callable[[nn.Module, dict, object], torch.Tensor]
+
+#: ``meta.adapt`` group → predicate on a parameter name (see the module docstring).
+ADAPT_GROUPS: dict[str, Callable[[str], bool]] = {
+    "all": lambda n: True,
+    "regulariser": lambda n: bool(re.match(r"cascades\.\d+\.regulariser\.", n)) or n.startswith("net."),
+    "last": lambda n: ".unet.final." in n and not n.startswith("sens_net."),
+    "eta": lambda n: bool(re.fullmatch(r"cascades\.\d+\.eta", n)),
+}
+
+
+def adapt_names(model: nn.Module, group: str) -> list[str]:
+    """Names (in ``model.named_parameters()`` order) of the parameters ``group`` adapts."""
+    pred = ADAPT_GROUPS.get(group, lambda n: n.startswith(group))
+    names = [n for n, _ in model.named_parameters() if pred(n)]
+    if not names:
+        raise MrbenchError(
+            f"meta.adapt: {group!r} selects no parameter of the {type(model).__name__} backbone; "
+            f"valid: {', '.join(ADAPT_GROUPS)} or a parameter-name prefix"
+        )
+    return names
+
+
+def functional_reconstruct(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:
+    """:func:`~mrbench.methods.base.reconstruct` with ``tensors`` (parameters and buffers) in
+    place of the module's own: the backbone's (B, H, W) output centre-cropped to the targets."""
+    args = (batch.kspace, batch.mask, batch.num_low_frequencies)
+    if getattr(model, "task_aware", False):
+        args = (*args, batch.task)
+    out = functional_call(model, dict(tensors), args)
+    return center_crop(out, tuple(batch.target.shape[-2:]))
+
+
+def reconstruction_loss(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:
+    """The training loss every method uses (mean normalised L1), evaluated at ``tensors``."""
+    return l1_per_sample(functional_reconstruct(model, tensors, batch), batch).mean()
+
+
+def inner_loop(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    batch,
+    steps: int,
+    lr: float,
+    order: int,
+    adapt_names: Iterable[str],
+    loss: LossFn | None = None,
+) -> dict[str, torch.Tensor]:
+    """The MAML inner loop: ``steps`` SGD steps at ``lr`` on the support ``batch``.
+
+    ``params``: name → tensor for every parameter of ``model`` (its own
+    ``nn.Parameter`` objects for meta-training, so the meta-gradient reaches
+    them; detached copies with ``requires_grad`` for test-time adaptation).
+    ``adapt_names``: the names that take the SGD steps (they must require
+    grad); the others are passed through unchanged (shared). ``order``: 2 =
+    differentiable steps (``create_graph=True``), 1 = first-order (inner
+    gradients detached). ``loss(model, tensors, batch) -> scalar``, default
+    :func:`reconstruction_loss`. Returns a new dict with every name of
+    ``params``: the adapted tensors ``φ_k`` and the untouched others (the
+    same objects). ``steps = 0`` returns ``dict(params)``.
+
+    Every step pushes the whole support batch through forward+backward once
+    (the budget counts it once per step).
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}")
+    loss = loss or reconstruction_loss
+    names = list(adapt_names)
+    fast = dict(params)
+    missing = [n for n in names if n not in fast]
+    if missing:
+        raise KeyError(f"adapt_names not in params: {missing[:5]}")
+    with torch.enable_grad():
+        for _ in range(steps):
+            value = loss(model, {**fast, **buffers}, batch)
+            grads = torch.autograd.grad(
+                value, [fast[n] for n in names], create_graph=order == 2, allow_unused=True
+            )
+            for n, g in zip(names, grads):
+                if g is None:  # this parameter does not touch the loss (e.g. an unused branch)
+                    continue
+                fast[n] = fast[n] - lr * (g if order == 2 else g.detach())
+    return fast
+
+
+def detached_params(model: nn.Module, names: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Copies of ``model``'s parameters cut from its graph; those in ``names`` require grad
+    (the starting point of a test-time inner loop)."""
+    wanted = set(names)
+    return {n: p.detach().clone().requires_grad_(n in wanted) for n, p in model.named_parameters()}
+
+
+def sample_tasks(num_tasks: int, per_batch: int, generator: torch.Generator | None = None) -> list[int]:
+    """``min(per_batch, num_tasks)`` distinct task indices, uniformly (the scarce task is
+    drawn as often as the others: episodes up-sample it, like stratified sampling)."""
+    perm = torch.randperm(num_tasks, generator=generator)
+    return [int(i) for i in perm[: min(per_batch, num_tasks)]]

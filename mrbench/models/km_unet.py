@@ -1,0 +1,258 @@
+"""The ``km-unet`` backbone: KM-MAML's kernel-modulated U-Net (DESIGN.md §4, §5.7).
+
+Ramanarayanan et al. (2023), "Generalizing supervised deep learning MRI
+reconstruction to multiple and unseen contrasts using meta-learning
+hypernetworks". Three parameter groups, named by the submodules of
+:class:`KMUNet` (the method addresses them by these prefixes):
+
+* ``base`` — θ: a plain :class:`~mrbench.models.unet.UNetRecon` (zero-filled
+  image → residual normalised U-Net → magnitude; single- and multi-coil alike).
+  Its state dict *is* a ``unet`` backbone's state dict.
+* ``hyper`` — ω: one :class:`KernelHyperNet` per 3×3 convolution of the base
+  U-Net, in ``base.modules()`` order. It maps the context embedding z to
+  ``a_j ∈ R^{C_in}``, ``b_j ∈ R^{C_out}`` (j ≤ r) through a small bottleneck
+  (z → ``hidden`` → r·(C_in + C_out)); the conv's kernel
+  ``W ∈ R^{C_out×C_in×3×3}`` is used as ``W' = W ⊙ M``,
+  ``M = Σ_j b_j a_jᵀ`` broadcast over the 3×3 taps (rank ≤ r). The transpose
+  convolutions (2×2) and the final 1×1 convolution are not modulated.
+* ``encoder`` — :class:`ContextEncoder`: a small CNN on the normalised
+  zero-filled magnitude image → global average pool → linear to z
+  (``embedding`` dims).
+
+**Initialisation**: each hypernetwork's last layer has zero weights and a bias
+giving ``a_j = 1`` for all j, ``b_1 = 1`` and ``b_{j>1} = 0``, so M = 1 exactly and
+an untrained km-unet *is* its base U-Net (training starts from the plain
+U-Net). With r > 1 the r terms start different (``b_1 = 1``, ``b_{j>1} = 0``),
+so their gradients differ and they do not stay copies of one another.
+
+**Which embedding** :meth:`KMUNet.forward` uses:
+
+* ``embedding=None`` (the common backbone interface, e.g. when another method
+  such as ``joint`` trains a km-unet, or for seen tasks at test time):
+  *per sample*, from each sample's own zero-filled image (on-the-fly
+  inference). The output of a sample does not depend on its batch-mates;
+  every sample gets its own kernels, computed with one grouped convolution
+  per layer (the batch folded into the groups, no loop over samples).
+* ``embedding`` of shape (E,) or (1, E): one context embedding for the whole
+  batch (KM-MAML's episodes and test-time adaptation: the mean over a
+  support set, see :meth:`KMUNet.context_embedding`) — one ordinary
+  convolution with the modulated kernel per layer;
+* ``embedding`` of shape (B, E): per-sample embeddings given by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrbench.fourier import ifft2c, rss
+from mrbench.models.unet import _VAR_EPS, NormUNet, UNet, UNetRecon
+
+__all__ = ["ContextEncoder", "KernelHyperNet", "KMUNet", "modulated_conv2d", "kernel_modulation"]
+
+Modulation = tuple[torch.Tensor, torch.Tensor]  # a (N, r, C_in), b (N, r, C_out)
+
+
+def kernel_modulation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``M = Σ_j b_j a_jᵀ``: (N, r, C_in), (N, r, C_out) → (N, C_out, C_in)."""
+    return torch.einsum("nro,nri->noi", b, a)
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, padding: int = 1) -> torch.Tensor:
+    """``conv2d(x_n, W ⊙ M_n)`` for every sample n, without bias.
+
+    ``x`` (B, C_in, H, W); ``weight`` (C_out, C_in, k, k); ``a`` (N, r, C_in),
+    ``b`` (N, r, C_out) with N = 1 (one modulation for the batch: one plain
+    convolution) or N = B (per sample: the batch is folded into the channel
+    axis and convolved with ``groups = B``, one kernel bank per sample).
+    """
+    m = kernel_modulation(a, b)  # (N, C_out, C_in)
+    w = weight.unsqueeze(0) * m[..., None, None]  # (N, C_out, C_in, k, k)
+    n = w.shape[0]
+    if n == 1:
+        return F.conv2d(x, w[0], padding=padding)
+    bsz, cin, h, wd = x.shape
+    if n != bsz:
+        raise ValueError(f"modulation for {n} samples, batch has {bsz}")
+    cout = weight.shape[0]
+    y = F.conv2d(x.reshape(1, bsz * cin, h, wd), w.reshape(bsz * cout, cin, *weight.shape[-2:]), padding=padding, groups=bsz)
+    return y.view(bsz, cout, y.shape[-2], y.shape[-1])
+
+
+class KernelHyperNet(nn.Module):
+    """z (N, E) → (a (N, r, C_in), b (N, r, C_out)) through a ``hidden``-wide bottleneck."""
+
+    def __init__(self, embedding: int, cin: int, cout: int, rank: int = 1, hidden: int = 32):
+        super().__init__()
+        self.cin, self.cout, self.rank = cin, cout, rank
+        self.fc1 = nn.Linear(embedding, hidden)
+        self.fc2 = nn.Linear(hidden, rank * (cin + cout))
+        with torch.no_grad():  # M = 1 at initialisation (module docstring)
+            self.fc2.weight.zero_()
+            bias = torch.zeros(rank, cin + cout)
+            bias[:, :cin] = 1.0
+            bias[0, cin:] = 1.0
+            self.fc2.bias.copy_(bias.flatten())
+
+    def forward(self, z: torch.Tensor) -> Modulation:
+        out = self.fc2(F.leaky_relu(self.fc1(z), 0.2)).view(z.shape[0], self.rank, self.cin + self.cout)
+        return out[..., : self.cin], out[..., self.cin :]
+
+
+class ContextEncoder(nn.Module):
+    """(B, H, W) magnitude image → (B, E) embedding.
+
+    The image is standardised per sample (zero mean, unit std: the embedding
+    is scale-free, like the reconstruction network), then three stride-2
+    conv3×3 → LeakyReLU(0.2) stages (``chans``, 2·``chans``, 4·``chans``; no
+    normalisation layers, which would remove the per-channel intensity levels
+    that tell contrasts apart), a global average pool and a linear layer.
+    """
+
+    def __init__(self, embedding: int = 256, chans: int = 16):
+        super().__init__()
+        widths = [1, chans, 2 * chans, 4 * chans]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(widths[-1], embedding)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.unsqueeze(1).float()
+        var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True)
+        x = (x - mean) / torch.sqrt(var + _VAR_EPS)
+        return self.fc(self.features(x).mean(dim=(-2, -1)))
+
+
+def _zero_filled(kspace: torch.Tensor) -> torch.Tensor:
+    """Complex (B, 1, H, W) coil-combined zero-filled image, exactly as :class:`UNetRecon` forms it."""
+    images = ifft2c(kspace)
+    if images.shape[1] == 1:
+        return images
+    return rss(images, dim=1).unsqueeze(1).to(images.dtype)
+
+
+class KMUNet(nn.Module):
+    """The ``km-unet`` backbone (module docstring). Common interface plus an optional embedding::
+
+        forward(kspace, mask, num_low_frequencies, embedding=None) -> (B, H, W)
+
+    ``chans``, ``pools``: the base U-Net (as the ``unet`` backbone);
+    ``embedding``: size of z; ``rank``: r; ``hyper_hidden``: the hypernetworks'
+    bottleneck; ``encoder_chans``: the context encoder's first width.
+    """
+
+    def __init__(
+        self,
+        chans: int = 16,
+        pools: int = 3,
+        embedding: int = 256,
+        rank: int = 1,
+        hyper_hidden: int = 32,
+        encoder_chans: int = 16,
+    ):
+        super().__init__()
+        if rank < 1 or embedding < 1:
+            raise ValueError(f"KMUNet needs rank >= 1 and embedding >= 1, got rank={rank}, embedding={embedding}")
+        self.chans, self.pools, self.embedding, self.rank = chans, pools, embedding, rank
+        self.base = UNetRecon(chans, pools)
+        self.hyper = nn.ModuleList(
+            KernelHyperNet(embedding, conv.in_channels, conv.out_channels, rank, hyper_hidden)
+            for conv in modulated_convs(self.base)
+        )
+        self.encoder = ContextEncoder(embedding, encoder_chans)
+
+    # -- context
+    def embed(self, kspace: torch.Tensor) -> torch.Tensor:
+        """Per-sample embeddings (B, E) of the zero-filled magnitude images of masked ``kspace``."""
+        return self.encoder(_zero_filled(kspace).abs()[:, 0])
+
+    def context_embedding(self, kspace: torch.Tensor) -> torch.Tensor:
+        """One embedding (1, E) for a set of slices of one context: the mean over the set."""
+        return self.embed(kspace).mean(dim=0, keepdim=True)
+
+    def modulations(self, z: torch.Tensor) -> list[Modulation]:
+        """(a, b) for every modulated conv, in forward order; ``z`` (E,), (1, E) or (B, E)."""
+        z = z.reshape(1, -1) if z.dim() == 1 else z
+        return [h(z) for h in self.hyper]
+
+    def kernel_modulations(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """M (N, C_out, C_in) for every modulated conv (for inspection and tests)."""
+        return [kernel_modulation(a, b) for a, b in self.modulations(z)]
+
+    # -- reconstruction
+    def forward(
+        self,
+        kspace: torch.Tensor,
+        mask: torch.Tensor,
+        num_low_frequencies: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x0 = _zero_filled(kspace)
+        z = self.encoder(x0.abs()[:, 0]) if embedding is None else embedding
+        return self.forward_modulated(kspace, self.modulations(z), x0=x0)
+
+    def forward_modulated(self, kspace: torch.Tensor, mods: Sequence[Modulation], x0: torch.Tensor | None = None) -> torch.Tensor:
+        """The base network with the given (a, b) per modulated conv (N = 1 or B each)."""
+        x0 = _zero_filled(kspace) if x0 is None else x0
+        it = iter(mods)
+        out = (x0 + _norm_unet(self.base.net, x0, it)).abs()[:, 0]
+        if next(it, None) is not None:
+            raise ValueError("more modulations than modulated convolutions")
+        return out
+
+
+def modulated_convs(module: nn.Module) -> list[nn.Conv2d]:
+    """The 3×3 convolutions of a U-Net in ``modules()`` order (= forward order for :class:`UNet`)."""
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+
+
+def _block(seq: nn.Sequential, x: torch.Tensor, mods: Iterator[Modulation]) -> torch.Tensor:
+    for layer in seq:
+        if isinstance(layer, nn.Conv2d) and layer.kernel_size == (3, 3):
+            a, b = next(mods)
+            x = modulated_conv2d(x, layer.weight, a, b, padding=1)
+        else:
+            x = layer(x)
+    return x
+
+
+def _unet(unet: UNet, x: torch.Tensor, mods: Iterator[Modulation]) -> torch.Tensor:
+    """:meth:`UNet.forward` with modulated 3×3 convolutions."""
+    h, w = x.shape[-2:]
+    mult = 2**unet.pools
+    ph, pw = (-h) % mult, (-w) % mult
+    if ph or pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    skips = []
+    for block in unet.down:
+        x = _block(block, x, mods)
+        skips.append(x)
+        x = F.avg_pool2d(x, 2)
+    x = _block(unet.bottleneck, x, mods)
+    for up, conv in zip(unet.up, unet.up_conv):
+        x = _block(conv, torch.cat([up(x), skips.pop()], dim=1), mods)
+    x = unet.final(x)
+    if ph or pw:
+        x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+    return x
+
+
+def _norm_unet(net: NormUNet, z: torch.Tensor, mods: Iterator[Modulation]) -> torch.Tensor:
+    """:meth:`NormUNet.forward` with modulated 3×3 convolutions."""
+    b, n, h, w = z.shape
+    x = torch.cat([z.real, z.imag], dim=1)
+    var, mean = torch.var_mean(x.view(b, 2, n * h * w), dim=2, correction=1, keepdim=True)
+    std = torch.sqrt(var + _VAR_EPS).unsqueeze(-1)
+    mean = mean.unsqueeze(-1)
+    if n > 1:
+        std = std.repeat_interleave(n, dim=1)
+        mean = mean.repeat_interleave(n, dim=1)
+    inv = 1.0 / std
+    x = _unet(net.unet, torch.addcmul(-mean * inv, x, inv), mods)
+    x = x * std if net.correction else torch.addcmul(mean, x, std)
+    return torch.complex(x[:, :n], x[:, n:])
