@@ -74,7 +74,7 @@ from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
 from .base import Method, Phase, Reconstructor, StepResult, l1_per_sample
-from .meta import detached_params, inner_loop, sample_tasks
+from .meta import detached_params, episode_phase, inner_loop, sample_tasks
 
 GROUPS = ("base", "hyper", "encoder")
 TEST_MODES = {"on-the-fly": (), "hyper": ("hyper",), "all": ("base", "hyper")}  # groups adapted at test time
@@ -125,16 +125,7 @@ class KMMAML(Method):
 
     # -- training
     def phases(self) -> list[Phase]:
-        return [
-            Phase(
-                name="kmmaml",
-                budget=self.cfg.train.budget,
-                lr=self.cfg.train.lr,
-                modules=["net"],
-                tasks=list(range(len(self.tasks))),
-                custom_step=self.step,
-            )
-        ]
+        return episode_phase(self)
 
     def episode_slices(self) -> int:
         """Slices one episode pushes through forward+backward (the budget accounting rule)."""

@@ -40,7 +40,7 @@ import copy
 import torch
 
 from .base import Method, Phase, Reconstructor, StepResult, reconstruct
-from .meta import adapt_names, detached_params, inner_loop, reconstruction_loss, sample_tasks
+from .meta import adapt_names, detached_params, episode_phase, inner_loop, reconstruction_loss, sample_tasks
 
 
 class MAML(Method):
@@ -52,16 +52,7 @@ class MAML(Method):
         self.adapt_names = adapt_names(self.models["net"], cfg.meta.adapt)  # MrbenchError if empty
 
     def phases(self) -> list[Phase]:
-        return [
-            Phase(
-                name="maml",
-                budget=self.cfg.train.budget,
-                lr=self.cfg.train.lr,
-                modules=["net"],
-                tasks=list(range(len(self.tasks))),
-                custom_step=self.step,
-            )
-        ]
+        return episode_phase(self)
 
     def episode_slices(self) -> int:
         """Slices one episode pushes through forward+backward (the budget accounting rule)."""

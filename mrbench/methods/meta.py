@@ -48,7 +48,7 @@ from torch.func import functional_call
 from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
-from .base import l1_per_sample
+from .base import Phase, l1_per_sample
 
 Tensors = Mapping[str, torch.Tensor]
 LossFn = Callable[[nn.Module, dict, object], torch.Tensor]
@@ -149,3 +149,18 @@ def sample_tasks(num_tasks: int, per_batch: int, generator: torch.Generator | No
     drawn as often as the others: episodes up-sample it, like stratified sampling)."""
     perm = torch.randperm(num_tasks, generator=generator)
     return [int(i) for i in perm[: min(per_batch, num_tasks)]]
+
+
+def episode_phase(method) -> list[Phase]:
+    """The one phase of a meta-learner: all seen tasks, the whole budget, ``method.step``
+    drawing its own episodes from the engine's batch source (``custom_step``)."""
+    return [
+        Phase(
+            name=method.name,
+            budget=method.cfg.train.budget,
+            lr=method.cfg.train.lr,
+            modules=["net"],
+            tasks=list(range(len(method.tasks))),
+            custom_step=method.step,
+        )
+    ]

@@ -44,6 +44,7 @@ from torch import nn
 from ..data.contexts import Context
 from ..errors import MrbenchError
 from .base import Method, Phase, StepResult, l1_per_sample, reconstruct
+from .meta import episode_phase
 
 RULES: dict[str, Callable[[Context, Context], bool]] = {
     "other-contrast": lambda a, b: b.contrast != a.contrast,
@@ -124,16 +125,7 @@ class MetaDrop(Method):
         self.models["net"] = make_backbone()
 
     def phases(self) -> list[Phase]:
-        return [
-            Phase(
-                name="metadrop",
-                budget=self.cfg.train.budget,
-                lr=self.cfg.train.lr,  # unused: the step updates the weights itself (see the module docstring)
-                modules=["net"],
-                tasks=list(range(len(self.tasks))),
-                custom_step=self.step,
-            )
-        ]
+        return episode_phase(self)
 
     def step(self, source) -> StepResult:
         m = self.cfg.meta
