@@ -68,7 +68,7 @@ class TrainConfig:
     val_every: int = 500  # slices between validations (and checkpoints)
     sampling: str = "uniform"  # uniform | stratified (tasks interleaved, scarce up-sampled)
     pretrain_fraction: float = 0.5  # transfer: share of the budget spent pre-training
-    finetune_lr_factor: float = 0.1  # transfer: fine-tuning lr = lr × this
+    finetune_lr_factor: float = 0.3  # transfer: fine-tuning lr = lr × this (0.3 measured better than 0.1, README)
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
