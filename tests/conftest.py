@@ -52,6 +52,29 @@ def write_tiny_root(root, contrasts=("AXT1", "AXT2"), per_split=None, slices=3, 
     return paths
 
 
+def tiny_run_settings(data_root, out, *extra):
+    """``--set`` items for a run that takes seconds: tiny VarNet, 32-slice budget, one
+    validation volume, an unseen AXFLAIR context; later items override earlier ones."""
+    return [
+        f"data.root={data_root}",
+        f"run.out={out}",
+        "data.val_volumes=1",
+        "train.budget=32",
+        "train.batch=4",
+        "train.val_every=16",
+        "train.threads=1",
+        "model.cascades=2",
+        "model.chans=4",
+        "model.pools=2",
+        "model.sens_chans=2",
+        "model.sens_pools=1",
+        'data.unseen=[{contrast="AXFLAIR", acceleration=6}]',
+        "eval.adapt_steps=0,2",
+        "eval.support=2",
+        *extra,
+    ]
+
+
 @pytest.fixture
 def tiny_root(tmp_path):
     root = tmp_path / "tiny"

@@ -17,7 +17,7 @@ from mrbench.models.unet import NormUNet, UNet
 from mrbench.runner import execute
 from mrbench.store import RunStore
 
-from conftest import write_tiny_root
+from conftest import tiny_run_settings, write_tiny_root
 
 CH, PO = 4, 2
 REPO = Path(__file__).resolve().parents[1]
@@ -272,23 +272,9 @@ def data_root(tmp_path_factory):
 
 
 def tiny(data_root, out, *extra):
-    return [
-        f"data.root={data_root}",
-        f"run.out={out}",
-        "data.val_volumes=1",
-        "train.budget=32",
-        "train.batch=4",
-        "train.val_every=16",
-        "train.threads=1",
-        "model.backbone=mtl-varnet",
-        "model.chans=4",
-        "model.pools=2",
-        "model.sens_chans=2",
-        "model.sens_pools=1",
-        "eval.adapt_steps=0",
-        "eval.support=2",
-        *extra,
-    ]
+    # the mtl network's depth comes from model.blocks; no unseen context by default
+    overrides = ["model.backbone=mtl-varnet", "model.cascades=0", "data.unseen=[]", "eval.adapt_steps=0"]
+    return tiny_run_settings(data_root, out, *overrides, *extra)
 
 
 @pytest.mark.parametrize("blocks", ["IV", "IY", "IW"])

@@ -11,7 +11,7 @@ from mrbench.config import load_config
 from mrbench.runner import execute
 from mrbench.store import RunStore
 
-from conftest import write_tiny_root
+from conftest import tiny_run_settings, write_tiny_root
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +28,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny(data_root, out, *extra):
-    return [
-        f"data.root={data_root}",
-        f"run.out={out}",
-        "data.val_volumes=1",
-        "train.budget=32",
-        "train.batch=4",
-        "train.val_every=16",
-        "train.threads=1",
-        "model.cascades=2",
-        "model.chans=4",
-        "model.pools=2",
-        "model.sens_chans=2",
-        "model.sens_pools=1",
-        'data.unseen=[{contrast="AXFLAIR", acceleration=6}]',
-        "eval.adapt_steps=0,2",
-        "eval.support=2",
-        *extra,
-    ]
+    return tiny_run_settings(data_root, out, *extra)
 
 
 def run_cfg(data_root, out, method="stl", *extra, scarcity=0):

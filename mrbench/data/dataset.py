@@ -126,6 +126,9 @@ class SliceDataset(torch.utils.data.Dataset):
             for v in task.volumes
             for s in range(v.num_slices)
         ]
+        self._by_task: list[list[int]] = [[] for _ in self.tasks]
+        for i, (t, _, _) in enumerate(self.items):
+            self._by_task[t].append(i)
         for task in self.tasks:
             for v in task.volumes:
                 if v.target_key is None:
@@ -135,8 +138,9 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def task_items(self, task: int) -> list[int]:
-        """Indices of the items of one task (for per-task samplers)."""
-        return [i for i, (t, _, _) in enumerate(self.items) if t == task]
+        """Indices of the items of one task (for per-task samplers; computed once —
+        meta-learning episodes ask for them at every step)."""
+        return self._by_task[task]
 
     # RNG state for resumable training (the training masks depend on it)
     def rng_state(self) -> dict:

@@ -26,6 +26,15 @@ from ..fourier import center_crop
 Reconstructor = Callable[[Sample], torch.Tensor]
 
 
+def backbone_args(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> tuple:
+    """The positional arguments of the common backbone interface for a batch (plus the
+    task indices for task-aware backbones)."""
+    args = (batch.kspace, batch.mask, batch.num_low_frequencies)
+    if getattr(model, "task_aware", False):
+        args = (*args, batch.task if task is None else task)
+    return args
+
+
 def reconstruct(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> torch.Tensor:
     """Run a backbone on a batch and crop its (B, H, W) output to the targets.
 
@@ -33,10 +42,7 @@ def reconstruct(model: nn.Module, batch: Sample, task: torch.Tensor | None = Non
     task index of every sample (``task``, default ``batch.task``) to route it
     through that task's parameters.
     """
-    if getattr(model, "task_aware", False):
-        out = model(batch.kspace, batch.mask, batch.num_low_frequencies, batch.task if task is None else task)
-    else:
-        out = model(batch.kspace, batch.mask, batch.num_low_frequencies)
+    out = model(*backbone_args(model, batch, task))
     return center_crop(out, tuple(batch.target.shape[-2:]))
 
 

@@ -48,7 +48,7 @@ from torch.func import functional_call
 from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
-from .base import Phase, l1_per_sample
+from .base import Phase, backbone_args, l1_per_sample
 
 Tensors = Mapping[str, torch.Tensor]
 LossFn = Callable[[nn.Module, dict, object], torch.Tensor]
@@ -77,10 +77,7 @@ def adapt_names(model: nn.Module, group: str) -> list[str]:
 def functional_reconstruct(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:
     """:func:`~mrbench.methods.base.reconstruct` with ``tensors`` (parameters and buffers) in
     place of the module's own: the backbone's (B, H, W) output centre-cropped to the targets."""
-    args = (batch.kspace, batch.mask, batch.num_low_frequencies)
-    if getattr(model, "task_aware", False):
-        args = (*args, batch.task)
-    out = functional_call(model, dict(tensors), args)
+    out = functional_call(model, dict(tensors), backbone_args(model, batch))
     return center_crop(out, tuple(batch.target.shape[-2:]))
 
 

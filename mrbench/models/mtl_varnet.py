@@ -50,10 +50,8 @@ from mrbench.models.varnet import (
     VarNet,
     VarNetCascade,
     _DataConsistency,
-    _rss,
     _SensExpand,
     _SensReduce,
-    choose_domain,
 )
 
 __all__ = ["MTLVarNet", "MTLCascade", "SplitBlock", "YBlock", "WBlock", "route", "default_blocks", "BLOCKS"]
@@ -462,19 +460,4 @@ class MTLVarNet(VarNet):
         self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor, task: torch.Tensor
     ) -> torch.Tensor:
         task = _check_task(task, self.num_tasks, kspace.shape[0]).to(kspace.device)
-        mask = mask.to(torch.float32)
-        domain = choose_domain(mask, self.fast_fourier)
-        if domain.kind == "columns":
-            mask = mask[..., :1, :]
-        k0, m = domain.kspace(kspace), domain.mask(mask)
-        sens = sens_conj = None
-        if kspace.shape[1] > 1:
-            sens = self.sens_net(k0, num_low_frequencies, domain)
-            sens_conj = sens.detach().conj().resolve_conj()
-        k = k0
-        for cascade in self.cascades:
-            k = cascade(k, k0, m, sens, task, domain=domain, sens_conj=sens_conj)
-        images = domain.inverse(k)
-        if images.shape[1] == 1:
-            return images[:, 0].abs()
-        return _rss(images)
+        return self.unroll(kspace, mask, num_low_frequencies, task)

@@ -322,6 +322,13 @@ class VarNet(nn.Module):
     def forward(
         self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor
     ) -> torch.Tensor:
+        return self.unroll(kspace, mask, num_low_frequencies)
+
+    def unroll(
+        self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor, *route
+    ) -> torch.Tensor:
+        """Sensitivities, the cascades and the coil combination; ``route`` (e.g. the
+        multi-task variant's task indices) is passed to every cascade after ``sens``."""
         mask = mask.to(torch.float32)
         domain = choose_domain(mask, self.fast_fourier)
         if domain.kind == "columns":
@@ -333,7 +340,7 @@ class VarNet(nn.Module):
             sens_conj = sens.detach().conj().resolve_conj()
         k = k0
         for cascade in self.cascades:
-            k = cascade(k, k0, m, sens, domain=domain, sens_conj=sens_conj)
+            k = cascade(k, k0, m, sens, *route, domain=domain, sens_conj=sens_conj)
         images = domain.inverse(k)
         if images.shape[1] == 1:
             return images[:, 0].abs()
