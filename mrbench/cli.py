@@ -236,3 +236,137 @@ def ls_cmd(runs_dir):
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+# ---------------------------------------------------------------------- experiments
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@main.command("sweep")
+@click.argument("experiment_file", type=click.Path(dir_okay=False))
+@click.option("--jobs", default=1, show_default=True, type=int, help="Runs in parallel (local executor).")
+@click.option("--threads", default=0, type=int, help="torch threads per run (default: cores / jobs).")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: subprocesses here; slurm: write (and submit, if sbatch exists) an array job.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run (e.g. a GPU profile).")
+@click.option("--quiet", is_flag=True, help="Only the summary.")
+def sweep_cmd(experiment_file, jobs, threads, executor, overrides, quiet):
+    """Run the grid methods × scarcity levels × seeds of EXPERIMENT_FILE ([sweep] table).
+
+    Runs with DONE are skipped and incomplete ones resumed, so re-running a sweep
+    after a crash finishes it without redoing work."""
+    from .sweep import cores, load_experiment, run_sweep, slice_summary, submit_slurm, write_slurm
+
+    if jobs < 1:
+        raise MrbenchError(f"--jobs must be ≥ 1, got {jobs}")
+    if threads < 0:
+        raise MrbenchError(f"--threads must be ≥ 0, got {threads}")
+    exp = load_experiment(experiment_file, overrides)
+    if executor == "slurm":
+        script, commands = write_slurm(exp, jobs, threads or max(1, cores() // jobs))
+        submitted = submit_slurm(script)
+        click.echo(f"wrote {script} and {commands}; " + (submitted or f"sbatch not found: submit with `sbatch {script}`"))
+        return
+    result = run_sweep(exp, jobs, threads=threads, report=(lambda line: None) if quiet else _echo_err)
+    _print_sweep_summary(exp, result)
+    if not result.ok:
+        raise click.exceptions.Exit(1)
+
+
+def _print_sweep_summary(exp, result) -> None:
+    from .sweep import slice_summary
+
+    click.echo(
+        f"{exp.directory}: {result.count('done')} done, {result.count('failed')} failed, "
+        f"{result.count('skipped')} skipped (already done) in {result.wall_seconds:.0f} s"
+    )
+    for o in result.outcomes:
+        if o.status == "failed":
+            click.echo(f"  failed: {o.run_dir.name}: {o.message}")
+    if result.slice_problems:
+        for line in result.slice_problems:
+            click.echo(f"  slice lists differ: {line}")
+    else:
+        click.echo(f"  {slice_summary(exp)}")
+
+
+@main.command("compare")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), help="HTML file (default: <experiment>/report.html, or report.html).")
+@click.option("--baselines", type=click.Path(), help="Directory of reference summary.csv files to overlay (e.g. baselines/).")
+@click.option("--reference", default=None, help="Method the heat map's gains are relative to (default: joint, when present).")
+@click.option("--metric", type=click.Choice(["psnr", "ssim", "nmse"]), default="psnr", show_default=True)
+@click.option("--title", default=None, help="Report title.")
+def compare_cmd(paths, out, baselines, reference, metric, title):
+    """Write one self-contained interactive HTML report (Bokeh) of the runs in PATHS
+    (run directories or experiment directories), plus its summary.csv."""
+    from .reports import results as R
+    from .reports.compare import write_report
+
+    runs = R.load_runs(paths)
+    if not runs:
+        raise MrbenchError(f"no finished runs (with DONE and metrics.json) in {', '.join(paths)}")
+    base = R.read_baselines(baselines) if baselines else None
+    if out is None:
+        out = Path(paths[0]) / "report.html" if len(paths) == 1 and not (Path(paths[0]) / "config.json").exists() else Path("report.html")
+    experiments = sorted({r.experiment for r in runs})
+    path = write_report(
+        runs, out, baselines=base, reference=reference or "joint", reference_required=reference is not None,
+        metric=metric, title=title or f"mrbench: {', '.join(experiments)}",
+    )
+    summary = Path(path).with_name("summary.csv")
+    R.write_summary_csv(R.summarise(R.records(runs)), summary)
+    click.echo(f"wrote {path} ({len(runs)} runs) and {summary}")
+
+
+@main.command("table")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
+@click.option("--reference", default=None, help="Method for the significance tests and win rates (default: joint, when present).")
+@click.option("--metrics", default="psnr,ssim", show_default=True, help="Comma-separated: psnr, ssim, nmse.")
+@click.option("--steps", type=int, default=None, help="Adaptation steps shown for unseen contexts (default: the largest).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+def table_cmd(paths, fmt, reference, metrics, steps, out):
+    """Paper-style table of the finished runs in PATHS (experiment or run directories)."""
+    from . import atomic
+    from .reports import results as R
+    from .reports.table import build_tables, render
+
+    runs = R.load_runs(paths)
+    tables = build_tables(
+        runs, reference=reference or "joint", reference_required=reference is not None,
+        metrics=_csv(metrics), steps=steps,
+    )
+    text = render(tables, fmt)
+    if out:
+        atomic.write_text(out, text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("demo")
+@click.option("--jobs", default=0, type=int, help="Runs in parallel (default: one per core, one thread each).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False), help="Runs root (writes <out>/demo/).")
+@click.option("--data", "data_root", default="data/synth-brain-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo's synth-brain lives (synthesised if missing).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run (e.g. train.device=cuda).")
+@click.option("--quiet", is_flag=True)
+def demo_cmd(jobs, out, data_root, overrides, quiet):
+    """The main job: synthesise the built-in data, train every method at scarcity levels
+    0–2, write <out>/demo/report.html and print the table."""
+    from .demo import run_demo
+
+    if jobs < 0:
+        raise MrbenchError(f"--jobs must be ≥ 0, got {jobs}")
+    report = (lambda line: None) if quiet else _echo_err
+    outcome = run_demo(out=out, data_root=data_root, jobs=jobs, overrides=overrides, report=report)
+    click.echo(outcome.table_md, nl=False)
+    _print_sweep_summary(outcome.experiment, outcome.sweep)
+    click.echo(f"report: {outcome.report}\ntables: {', '.join(str(p) for p in outcome.table_files)}")
+    click.echo(f"demo wall time: {outcome.seconds:.0f} s")
+    if not outcome.sweep.ok:
+        raise click.exceptions.Exit(1)

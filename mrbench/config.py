@@ -326,6 +326,18 @@ def _parse_set(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def read_toml(path: Path, what: str = "config file") -> dict:
+    """The parsed TOML file; a missing, unreadable or invalid file is a one-line MrbenchError."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise MrbenchError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MrbenchError(f"{what} {path} cannot be read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MrbenchError(f"{what} {path}: invalid TOML ({exc})") from None
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: typing.Sequence[str] = (),
@@ -335,14 +347,7 @@ def load_config(
     cfg = Config()
     if path is not None:
         p = Path(path)
-        try:
-            values = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise MrbenchError(f"config file {p} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MrbenchError(f"config file {p} cannot be read ({exc})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise MrbenchError(f"config file {p}: invalid TOML ({exc})") from None
+        values = read_toml(p)
         values.pop("sweep", None)  # the sweep grid is read by `mrbench sweep`
         try:
             _apply(cfg, values, "")

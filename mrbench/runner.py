@@ -92,7 +92,8 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
         if method.learned:
             trainer.fit(resume_state)
         train_seconds = time.perf_counter() - t0
-        metrics = evaluate(method, cfg, data, device, volumes, writer=writer)
+        previews: list[dict] = []
+        metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
     except Preempted as stop:
         bar.close()
         writer.close()
@@ -110,6 +111,7 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
         "parameters": method.num_parameters(),
     }
     store.write_json("metrics.json", metrics)
+    store.write_previews(previews)
     manifest["finished"] = now()
     manifest["wall_seconds"] = round(time.perf_counter() - t0, 2)  # this process only (resumes add up)
     manifest["train_seconds"] = round(train_seconds, 2)
@@ -170,8 +172,12 @@ def evaluate(
     contexts: str = "all",
     adapt_steps: list[int] | None = None,
     writer=None,
+    previews: list | None = None,
 ) -> dict:
-    """Seen test tasks (no adaptation) and unseen contexts after 0…k adaptation steps."""
+    """Seen test tasks (no adaptation) and unseen contexts after 0…k adaptation steps.
+
+    ``previews``, when given, receives one middle slice of the first test volume per
+    context (and per adaptation step count) for the report's reconstruction viewer."""
     adapt_steps = sorted(set([0, *(adapt_steps if adapt_steps is not None else cfg.eval.adapt_steps)]))
     for m in method.models.values():
         m.eval()
@@ -183,6 +189,7 @@ def evaluate(
         for t, task in enumerate(data.test):
             vols = predict_volumes(method.reconstructor(t), test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
             _log_volume(writer, f"test/{task.name}", vols)
+            _keep_preview(previews, task.name, 0, vols)
             out["contexts"][task.name] = {
                 "seen": True,
                 "scarce": data.scarce[t],
@@ -202,6 +209,7 @@ def evaluate(
                 recon = method.adapt(task.context, support, steps, cfg.eval.adapt_lr)
                 vols = predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
                 steps_out[str(steps)] = score_volumes(vols)
+                _keep_preview(previews, task.name, steps, vols)
                 if steps == adapt_steps[-1]:
                     _log_volume(writer, f"unseen/{task.name}/steps{steps}", vols)
             out["contexts"][task.name] = {
@@ -229,6 +237,18 @@ def _summary(contexts: dict) -> dict:
     return summary
 
 
+def _keep_preview(previews: list | None, context: str, steps: int, vols: dict) -> None:
+    if previews is None or not vols:
+        return
+    name = sorted(vols)[0]
+    v = vols[name]
+    s = v["pred"].shape[0] // 2
+    previews.append({
+        "context": context, "steps": steps, "volume": name, "slice": s,
+        **{k: v[k][s].numpy() for k in ("target", "zero_filled", "pred")},
+    })
+
+
 def _log_volume(writer, tag: str, vols: dict) -> None:
     """One image per slice of the first volume, so TensorBoard's step slider scrolls through it."""
     if writer is None or not vols:
@@ -249,11 +269,13 @@ def evaluate_run_dir(path: str | os.PathLike, contexts: str = "all", adapt_steps
     method = build_method(cfg, data, device)
     if method.learned:
         method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])
-    metrics = evaluate(method, cfg, data, device, VolumeStore(), contexts=contexts, adapt_steps=adapt_steps)
+    previews: list[dict] = []
+    metrics = evaluate(method, cfg, data, device, VolumeStore(), contexts=contexts, adapt_steps=adapt_steps, previews=previews)
     if store.metrics_path.exists():
         old = store.read_json("metrics.json")
         for key in ("history", "cost"):
             if key in old:
                 metrics[key] = old[key]
     store.write_json("metrics.json", metrics)
+    store.write_previews(previews)
     return metrics

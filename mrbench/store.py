@@ -2,8 +2,13 @@
 
 ```
 <out>/<experiment>/<run>/
-  config.json  manifest.json  checkpoints/{last,best}.pt  tb/  metrics.json  DONE
+  config.json  manifest.json  checkpoints/{last,best}.pt  tb/  metrics.json
+  previews.npz  DONE
 ```
+
+``previews.npz`` holds one test slice per context (target, zero-filled,
+reconstruction) for the report's reconstruction viewer, so ``mrbench compare``
+never has to rebuild a network.
 
 Every file is written under a temporary name and renamed into place. ``DONE``
 is written last; a run without it is incomplete and is resumed or redone.
@@ -46,6 +51,10 @@ class RunStore:
         return self.path / "metrics.json"
 
     @property
+    def previews_path(self) -> Path:
+        return self.path / "previews.npz"
+
+    @property
     def tb_dir(self) -> Path:
         return self.path / "tb"
 
@@ -82,6 +91,47 @@ class RunStore:
             raise MrbenchError(f"{p} does not exist (is {self.path} a run directory?)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise MrbenchError(f"{p} is not valid JSON ({exc})") from None
+
+    def write_previews(self, previews: list[dict]) -> None:
+        """``previews``: dicts with context, steps, volume, slice and target/zero_filled/pred
+        (h, w) arrays; stored as stacked arrays (no pickles, loadable with allow_pickle=False)."""
+        import numpy as np
+
+        arrays = {
+            "context": np.array([p["context"] for p in previews], dtype=str),
+            "volume": np.array([p["volume"] for p in previews], dtype=str),
+            "steps": np.array([p["steps"] for p in previews], dtype=np.int64),
+            "slice": np.array([p["slice"] for p in previews], dtype=np.int64),
+        }
+        for key in ("target", "zero_filled", "pred"):
+            arrays[key] = np.stack([np.asarray(p[key], dtype=np.float32) for p in previews])
+        with atomic.atomic_path(self.previews_path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+
+    def read_previews(self) -> list[dict]:
+        """The entries written by :meth:`write_previews`; [] when the run has none."""
+        import numpy as np
+
+        if not self.previews_path.exists():
+            return []
+        try:
+            with np.load(self.previews_path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as exc:
+            raise MrbenchError(f"{self.previews_path} is corrupt ({type(exc).__name__}: {exc})") from None
+        keys = ("context", "volume", "steps", "slice", "target", "zero_filled", "pred")
+        if any(k not in data for k in keys):
+            raise MrbenchError(f"{self.previews_path} lacks one of {', '.join(keys)}")
+        out = []
+        for i in range(len(data["context"])):
+            entry = {k: data[k][i] for k in keys}
+            for k in ("context", "volume"):
+                entry[k] = str(entry[k])
+            for k in ("steps", "slice"):
+                entry[k] = int(entry[k])
+            out.append(entry)
+        return out
 
     def mark_done(self) -> None:
         atomic.write_text(self.done_path, _now() + "\n")

@@ -80,3 +80,22 @@ def tiny_root(tmp_path):
     root = tmp_path / "tiny"
     write_tiny_root(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def finished_experiment(tmp_path_factory):
+    """A finished tiny experiment for the report/table tests: zero-filled, joint and stl at
+    scarcity levels 0 and 1 on AXT1 + AXT2 (3 test volumes each), AXFLAIR unseen (0, 2 steps).
+    Returns the experiment directory."""
+    from mrbench.config import load_config
+    from mrbench.runner import execute
+
+    base = tmp_path_factory.mktemp("finished")
+    root = base / "data"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 4, "val": 1, "test": 3}, slices=3)
+    out = base / "runs"
+    for method in ("zero-filled", "joint", "stl"):
+        for level in (0, 1):
+            cfg = load_config(None, tiny_run_settings(root, out, "run.experiment=exp"), method=method, scarcity=level)
+            execute(cfg, quiet=True)
+    return out / "exp"

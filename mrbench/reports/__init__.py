@@ -1,0 +1,1 @@
+"""Reports over finished runs: tidy results, paper-style tables, the Bokeh comparison."""

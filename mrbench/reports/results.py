@@ -1,0 +1,358 @@
+"""Finished runs → tidy tables: the one input of ``mrbench compare`` and ``mrbench table``.
+
+Data flows one way: run directories (``metrics.json``, ``manifest.json``,
+``config.json``, ``previews.npz``) are read here into :class:`Run` objects and
+flattened into a per-volume :func:`records` frame (one row per run × context ×
+adaptation step count × test volume). Everything the reports show is a
+function of that frame, so a report can always be redrawn from the run
+directories alone (benchopt's rule: results carry everything the plot needs).
+
+Statistics (DESIGN.md §6): mean ± std over test volumes (pooled over seeds when
+there are several), a 95 % bootstrap CI of the mean (``scipy.stats.bootstrap``),
+a paired Wilcoxon signed-rank test of each method against a reference method
+over the same test volumes (``scipy.stats.wilcoxon``; seeds averaged per
+volume first), Holm's step-down correction over all tests of one table, and
+the *win rate*: the share of unseen contexts where a method's mean beats the
+reference's (the form of KM-MAML's "generalises to 80 % / 92 % of unseen
+contexts").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MrbenchError
+from ..store import RunStore
+
+METRICS = ("psnr", "ssim", "nmse")
+#: larger is better for these; NMSE is better when smaller
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "nmse": False}
+_SUFFIX = re.compile(r"-s\d+-seed\d+$")
+
+
+@dataclass
+class Run:
+    """One run directory as the reports see it."""
+
+    path: Path
+    config: dict
+    metrics: dict | None = None
+    manifest: dict | None = None
+    done: bool = False
+    store: RunStore = field(repr=False, default=None)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def label(self) -> str:
+        """The method variant a table row stands for: the run name without ``-s<N>-seed<S>``
+        (``stl-varnet``, a sweep entry's name such as ``mtl-IIVV-dwa``)."""
+        return _SUFFIX.sub("", self.name) or self.name
+
+    @property
+    def method(self) -> str:
+        return self.config.get("method", "?")
+
+    @property
+    def scarcity(self) -> int:
+        return int(self.config.get("scarcity", 0))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("train", {}).get("seed", 0))
+
+    @property
+    def experiment(self) -> str:
+        return self.config.get("run", {}).get("experiment", self.path.parent.name)
+
+    def previews(self) -> list[dict]:
+        return self.store.read_previews()
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MrbenchError(f"{path} is not valid JSON ({exc})") from None
+
+
+def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Run directories named directly, or found under experiment (or runs) directories."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise MrbenchError(f"{p} does not exist")
+        if not p.is_dir():
+            raise MrbenchError(f"{p} is not a directory (expected a run or experiment directory)")
+        if (p / "config.json").exists():
+            found.append(p)
+            continue
+        below = sorted(c.parent for c in p.rglob("config.json"))
+        if not below:
+            raise MrbenchError(f"{p} holds no runs (no config.json below it)")
+        found.extend(below)
+    unique = list(dict.fromkeys(d.resolve() for d in found))
+    return unique
+
+
+def load_runs(paths: Iterable[str | os.PathLike], *, finished_only: bool = True) -> list[Run]:
+    """Load the runs below ``paths``; with ``finished_only`` keep those with DONE and metrics."""
+    runs = []
+    for d in find_run_dirs(paths):
+        store = RunStore(d)
+        cfg = _read_json(d / "config.json")
+        run = Run(
+            path=d,
+            config=cfg or {},
+            metrics=_read_json(d / "metrics.json"),
+            manifest=_read_json(d / "manifest.json"),
+            done=store.is_done(),
+            store=store,
+        )
+        if finished_only and not (run.done and run.metrics):
+            continue
+        runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------- flat records
+
+
+def records(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run × context × adaptation step count × test volume.
+
+    Columns: label, method, run, experiment, scarcity, seed, context, contrast,
+    mask, acceleration, seen, scarce, steps, volume, train_slices, psnr, ssim, nmse.
+    """
+    rows = []
+    for run in runs:
+        for ctx_name, ctx in (run.metrics or {}).get("contexts", {}).items():
+            c = ctx.get("context", {})
+            for steps, res in ctx.get("steps", {}).items():
+                for volume, m in res.get("volumes", {}).items():
+                    rows.append({
+                        "label": run.label,
+                        "method": run.method,
+                        "run": run.name,
+                        "experiment": run.experiment,
+                        "scarcity": run.scarcity,
+                        "seed": run.seed,
+                        "context": ctx_name,
+                        "contrast": c.get("contrast", ctx_name.split("/")[0]),
+                        "mask": c.get("mask", ""),
+                        "acceleration": c.get("acceleration", float("nan")),
+                        "seen": bool(ctx.get("seen", True)),
+                        "scarce": bool(ctx.get("scarce", False)),
+                        "steps": int(steps),
+                        "volume": volume,
+                        "train_slices": int(ctx.get("train_slices", 0)),
+                        **{k: float(m[k]) for k in METRICS},
+                    })
+    columns = ["label", "method", "run", "experiment", "scarcity", "seed", "context", "contrast", "mask",
+               "acceleration", "seen", "scarce", "steps", "volume", "train_slices", *METRICS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def costs(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per run: wall and training seconds (manifest.json), parameters and slices (metrics.json)."""
+    rows = []
+    for run in runs:
+        cost = (run.metrics or {}).get("cost", {})
+        man = run.manifest or {}
+        rows.append({
+            "label": run.label,
+            "method": run.method,
+            "run": run.name,
+            "scarcity": run.scarcity,
+            "seed": run.seed,
+            "wall_seconds": float(man.get("wall_seconds", float("nan"))),
+            "train_seconds": float(man.get("train_seconds", float("nan"))),
+            "parameters": int(cost.get("parameters", 0)),
+            "trained_slices": int(cost.get("trained_slices", 0)),
+            "device": man.get("device", ""),
+            "threads": man.get("threads", 0),
+        })
+    return pd.DataFrame(rows, columns=["label", "method", "run", "scarcity", "seed", "wall_seconds",
+                                       "train_seconds", "parameters", "trained_slices", "device", "threads"])
+
+
+# ---------------------------------------------------------------------- aggregation
+
+_CELL = ["label", "method", "context", "seen", "scarcity", "steps"]
+
+
+def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap CI of the mean (NaNs for fewer than 2 values or no spread)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2 or np.ptp(values) == 0:
+        v = float(values.mean()) if len(values) else float("nan")
+        return (v, v) if len(values) else (float("nan"), float("nan"))
+    from scipy.stats import bootstrap
+
+    res = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def summarise(df: pd.DataFrame, metrics: Sequence[str] = METRICS, ci: bool = False) -> pd.DataFrame:
+    """Per (label, context, scarcity, steps): mean, std and n of each metric over volumes × seeds,
+    the training slices of the context and the runs behind the cell; ``ci`` adds bootstrap bounds."""
+    if df.empty:
+        return pd.DataFrame(columns=[*_CELL, "n", "seeds", "train_slices", "runs"])
+    out = []
+    for key, g in df.groupby(_CELL, sort=True, dropna=False):
+        row = dict(zip(_CELL, key))
+        row["n"] = len(g)
+        row["seeds"] = g["seed"].nunique()
+        row["train_slices"] = int(g["train_slices"].max())
+        row["runs"] = ", ".join(sorted(g["run"].unique()))
+        for m in metrics:
+            vals = g[m].to_numpy(dtype=np.float64)
+            row[f"{m}_mean"] = float(vals.mean())
+            row[f"{m}_std"] = float(vals.std())
+            if ci:
+                row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_ci(vals)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def resolve_reference(labels: Iterable[str], methods: dict[str, str], reference: str) -> str | None:
+    """The label that ``reference`` names: a label itself, or the one label of that method."""
+    labels = sorted(set(labels))
+    if reference in labels:
+        return reference
+    of_method = [lab for lab in labels if methods.get(lab) == reference]
+    if len(of_method) == 1:
+        return of_method[0]
+    if len(of_method) > 1:
+        raise MrbenchError(f"--reference {reference!r} is ambiguous: {', '.join(of_method)}; name one of them")
+    return None
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaNs stay NaN and are not counted)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if len(ok) == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate([(m - i) * p[j] for i, j in enumerate(order)])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def paired_tests(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
+    """Wilcoxon signed-rank p-values of every label against ``reference`` per
+    (context, scarcity, steps), paired by test volume (seed means), Holm-corrected together.
+
+    Columns: label, context, scarcity, steps, n, p, p_holm, better (mean difference favours the label).
+    A cell with fewer than 2 pairs, or identical values, gets p = NaN / 1."""
+    from scipy.stats import wilcoxon
+
+    per_volume = df.groupby(["label", "context", "scarcity", "steps", "volume"], sort=True)[metric].mean()
+    rows = []
+    for (label, context, scarcity, steps), x in per_volume.groupby(level=[0, 1, 2, 3]):
+        if label == reference:
+            continue
+        try:
+            y = per_volume.loc[(reference, context, scarcity, steps)]
+        except KeyError:
+            continue
+        x = x.droplevel([0, 1, 2, 3])
+        common = x.index.intersection(y.index)
+        xa, ya = x.loc[common].to_numpy(), y.loc[common].to_numpy()
+        diff = xa - ya
+        if len(common) < 2:
+            p = float("nan")
+        elif np.all(diff == 0):
+            p = 1.0
+        else:
+            p = float(wilcoxon(xa, ya).pvalue)
+        sign = 1 if HIGHER_IS_BETTER[metric] else -1
+        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps,
+                     "n": len(common), "p": p, "better": bool(sign * diff.mean() > 0) if len(common) else False})
+    out = pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "n", "p", "better"])
+    out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else []
+    return out
+
+
+def win_rates(summary: pd.DataFrame, reference: str, metric: str, steps: int | None = None) -> dict[str, float]:
+    """Share of unseen (context, scarcity) cells where each label's mean beats the reference's.
+
+    ``steps``: the adaptation step count compared (default: the largest each cell has)."""
+    unseen = summary[~summary["seen"].astype(bool)]
+    if unseen.empty:
+        return {}
+    if steps is None:
+        unseen = unseen[unseen["steps"] == unseen.groupby(["context"])["steps"].transform("max")]
+    else:
+        unseen = unseen[unseen["steps"] == steps]
+    ref = unseen[unseen["label"] == reference].set_index(["context", "scarcity"])[f"{metric}_mean"]
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    rates = {}
+    for label, g in unseen.groupby("label"):
+        if label == reference:
+            continue
+        g = g.set_index(["context", "scarcity"])[f"{metric}_mean"]
+        common = g.index.intersection(ref.index)
+        if len(common):
+            rates[label] = float(np.mean(sign * (g.loc[common] - ref.loc[common]) > 0))
+    return rates
+
+
+def order_labels(labels: Iterable[str], methods: dict[str, str]) -> list[str]:
+    """Zero-filled ("no learning") first, then the registry's method order, then by name."""
+    from ..methods import METHODS
+
+    rank = {name: i for i, name in enumerate(["zero-filled", *[m for m in METHODS if m != "zero-filled"]])}
+    return sorted(set(labels), key=lambda lab: (rank.get(methods.get(lab, ""), len(rank)), lab))
+
+
+# ---------------------------------------------------------------------- summary CSV (baselines)
+
+SUMMARY_COLUMNS = ["label", "method", "context", "seen", "scarcity", "steps", "train_slices", "n", "seeds"] + [
+    f"{m}_{s}" for m in METRICS for s in ("mean", "std")
+]
+
+
+def write_summary_csv(summary: pd.DataFrame, path: str | os.PathLike) -> None:
+    """The long-form summary (one row per cell): what ``baselines/`` holds and ``--baselines`` reads."""
+    from .. import atomic
+
+    atomic.write_text(path, summary.reindex(columns=SUMMARY_COLUMNS).to_csv(index=False, float_format="%.6g"))
+
+
+def read_baselines(directory: str | os.PathLike) -> pd.DataFrame:
+    """Every ``summary.csv`` below ``directory``, with a ``source`` column naming its folder."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise MrbenchError(f"--baselines {root}: not a directory")
+    files = sorted(root.rglob("summary.csv"))
+    if not files:
+        raise MrbenchError(f"--baselines {root}: no summary.csv below it")
+    frames = []
+    for f in files:
+        try:
+            frame = pd.read_csv(f)
+        except Exception as exc:
+            raise MrbenchError(f"{f}: not a readable CSV ({exc})") from None
+        missing = [c for c in ("label", "context", "seen", "scarcity", "steps", "psnr_mean") if c not in frame.columns]
+        if missing:
+            raise MrbenchError(f"{f}: missing column(s) {', '.join(missing)} (expected a summary.csv written by mrbench)")
+        frame["source"] = str(f.parent.relative_to(root)) if f.parent != root else root.name
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,234 @@
+"""Paper-style tables (``mrbench table``): Markdown, CSV and LaTeX.
+
+Rows are method variants (zero-filled, "no learning", first), columns are
+contexts × scarcity levels (seen contexts first; unseen ones after the largest
+adaptation step count unless ``steps`` is given). A cell is mean ± std over
+test volumes (pooled over seeds); the best mean of a column is bold; ``*``
+marks a cell whose paired Wilcoxon signed-rank test against the reference
+method has p < 0.05 after Holm's correction over all tests of that metric's
+table (DESIGN.md §6). The last column is the win rate over unseen contexts.
+
+With few test volumes a Wilcoxon test cannot reach p < 0.05 at all (two-sided,
+it needs ≥ 6 pairs all in one direction): the table says how many pairs it had.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MrbenchError
+from . import results as R
+
+FORMATS = ("md", "csv", "latex")
+_NAMES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "nmse": "NMSE"}
+_DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4}
+
+
+@dataclass
+class Table:
+    """One metric's table: ``cells`` has one row per (label, column)."""
+
+    metric: str
+    labels: list[str]
+    columns: list[tuple[str, bool, int, int]]  # (context, seen, scarcity, steps)
+    cells: pd.DataFrame
+    reference: str | None
+    win_rate: dict[str, float]
+    tests: int
+    max_pairs: int
+
+
+@dataclass
+class Tables:
+    tables: list[Table] = field(default_factory=list)
+    reference: str | None = None
+    runs: int = 0
+    note: str = ""
+
+
+def _column_title(context: str, seen: bool, scarcity: int, steps: int) -> str:
+    tag = f"s{scarcity}" if seen else f"s{scarcity}, unseen, {steps} steps"
+    return f"{context} ({tag})"
+
+
+def build_tables(
+    runs: Sequence[R.Run],
+    *,
+    reference: str | None = "joint",
+    reference_required: bool = False,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    steps: int | None = None,
+) -> Tables:
+    """Aggregate ``runs`` into one :class:`Table` per metric."""
+    if not runs:
+        raise MrbenchError("no finished runs (directories with DONE and metrics.json) to tabulate")
+    for m in metrics:
+        if m not in R.METRICS:
+            raise MrbenchError(f"--metrics: unknown metric {m!r}; valid: {', '.join(R.METRICS)}")
+    df = R.records(runs)
+    if df.empty:
+        raise MrbenchError("the runs hold no per-volume metrics")
+    methods = dict(zip(df["label"], df["method"]))
+    ref = R.resolve_reference(df["label"], methods, reference) if reference else None
+    note = ""
+    if reference and ref is None:
+        if reference_required:
+            raise MrbenchError(f"--reference {reference!r}: no such method among {', '.join(sorted(set(df['label'])))}")
+        note = f"no {reference!r} runs: no significance tests or win rates"
+    # unseen contexts: keep one adaptation step count per context
+    if steps is None:
+        keep = df["seen"] | (df["steps"] == df.groupby("context")["steps"].transform("max"))
+    else:
+        available = sorted(set(df.loc[~df["seen"], "steps"]))
+        if not df["seen"].all() and steps not in available:
+            raise MrbenchError(f"--steps {steps}: the unseen contexts were evaluated after {available} steps")
+        keep = df["seen"] | (df["steps"] == steps)
+    df = df[keep]
+    summary = R.summarise(df, metrics)
+    labels = R.order_labels(summary["label"], methods)
+    cols = (
+        summary[["context", "seen", "scarcity", "steps"]]
+        .drop_duplicates()
+        .sort_values(["seen", "context", "scarcity"], ascending=[False, True, True])
+    )
+    columns = [tuple(r) for r in cols.itertuples(index=False)]
+    out = Tables(reference=ref, runs=len(runs), note=note)
+    for m in metrics:
+        cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
+        cells.columns = ["label", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std"]
+        sign = 1 if R.HIGHER_IS_BETTER[m] else -1
+        best = cells.groupby(["context", "scarcity", "steps"])["mean"].transform(lambda v: (sign * v).max())
+        cells["best"] = np.isclose(sign * cells["mean"], best, rtol=0, atol=1e-12)
+        tests, max_pairs = 0, 0
+        if ref is not None:
+            t = R.paired_tests(df, ref, m)
+            tests, max_pairs = len(t), int(t["n"].max()) if len(t) else 0
+            cells = cells.merge(t[["label", "context", "scarcity", "steps", "p_holm"]], how="left",
+                                on=["label", "context", "scarcity", "steps"])
+        else:
+            cells["p_holm"] = np.nan
+        cells["significant"] = cells["p_holm"] < 0.05
+        rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
+        out.tables.append(Table(m, labels, columns, cells, ref, rates, tests, max_pairs))
+    return out
+
+
+def _cell(t: Table, label: str, col: tuple) -> pd.Series | None:
+    c = t.cells
+    hit = c[(c["label"] == label) & (c["context"] == col[0]) & (c["scarcity"] == col[2]) & (c["steps"] == col[3])]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _value(t: Table, row: pd.Series) -> str:
+    d = _DIGITS[t.metric]
+    return f"{row['mean']:.{d}f} ± {row['std']:.{d}f}"
+
+
+def _legend(t: Table, tables: Tables) -> str:
+    parts = ["mean ± std over test volumes" + (" × seeds" if (t.cells["seeds"] > 1).any() else ""), "bold: best in column"]
+    if t.reference:
+        parts.append(
+            f"* p < 0.05, paired Wilcoxon signed-rank vs {t.reference}, Holm-corrected over {t.tests} tests "
+            f"(≤ {t.max_pairs} test volumes per test)"
+        )
+        parts.append(f"win rate: share of unseen context × level cells beating {t.reference}")
+    if tables.note:
+        parts.append(tables.note)
+    return "; ".join(parts)
+
+
+def _win(t: Table, label: str) -> str:
+    if label == t.reference:
+        return "(ref.)"
+    return f"{100 * t.win_rate[label]:.0f} %" if label in t.win_rate else "–"
+
+
+def to_markdown(tables: Tables) -> str:
+    buf = io.StringIO()
+    for t in tables.tables:
+        unseen = any(not c[1] for c in t.columns)
+        head = ["method", *[_column_title(*c) for c in t.columns]] + (["unseen win rate"] if unseen else [])
+        buf.write(f"**{_NAMES[t.metric]}**\n\n")
+        buf.write("| " + " | ".join(head) + " |\n")
+        buf.write("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|\n")
+        for label in t.labels:
+            row = [label]
+            for col in t.columns:
+                c = _cell(t, label, col)
+                if c is None:
+                    row.append("–")
+                    continue
+                v = _value(t, c) + ("\\*" if c["significant"] else "")
+                row.append(f"**{v}**" if c["best"] else v)
+            if unseen:
+                row.append(_win(t, label))
+            buf.write("| " + " | ".join(row) + " |\n")
+        buf.write(f"\n{_legend(t, tables)}\n\n")
+    return buf.getvalue()
+
+
+def to_csv(tables: Tables) -> str:
+    """Long form: one line per (metric, method, column) with the numbers behind every cell."""
+    frames = []
+    for t in tables.tables:
+        c = t.cells.copy()
+        c.insert(0, "metric", t.metric)
+        c["reference"] = t.reference or ""
+        c["win_rate"] = c["label"].map(t.win_rate)
+        c["order"] = c["label"].map({lab: i for i, lab in enumerate(t.labels)})
+        frames.append(c.sort_values(["order", "seen", "context", "scarcity"], ascending=[True, False, True, True]))
+    out = pd.concat(frames, ignore_index=True).drop(columns="order")
+    cols = ["metric", "label", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std", "best",
+            "p_holm", "significant", "reference", "win_rate"]
+    return out[cols].to_csv(index=False, float_format="%.6g")
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(tables: Tables) -> str:
+    """booktabs tables, one per metric (``\\usepackage{booktabs}``)."""
+    buf = io.StringIO()
+    for t in tables.tables:
+        unseen = any(not c[1] for c in t.columns)
+        d = _DIGITS[t.metric]
+        n = len(t.columns) + (1 if unseen else 0)
+        buf.write("\\begin{table}[t]\n\\centering\\small\n")
+        caption = _tex(_legend(t, tables)).replace("±", r"$\pm$")
+        buf.write(f"\\caption{{{_tex(_NAMES[t.metric])}: {caption}}}\n")
+        buf.write(f"\\begin{{tabular}}{{l{'r' * n}}}\n\\toprule\n")
+        head = ["method", *[_column_title(*c) for c in t.columns]] + (["unseen win rate"] if unseen else [])
+        buf.write(" & ".join(_tex(h) for h in head) + " \\\\\n\\midrule\n")
+        for label in t.labels:
+            row = [_tex(label)]
+            for col in t.columns:
+                c = _cell(t, label, col)
+                if c is None:
+                    row.append("--")
+                    continue
+                v = f"{c['mean']:.{d}f} $\\pm$ {c['std']:.{d}f}" + ("$^{*}$" if c["significant"] else "")
+                row.append(f"\\textbf{{{v}}}" if c["best"] else v)
+            if unseen:
+                row.append(_tex(_win(t, label)))
+            buf.write(" & ".join(row) + " \\\\\n")
+        buf.write("\\bottomrule\n\\end{tabular}\n\\end{table}\n\n")
+    return buf.getvalue()
+
+
+RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": to_latex}
+
+
+def render(tables: Tables, fmt: str) -> str:
+    if fmt not in RENDERERS:
+        raise MrbenchError(f"--format: unknown format {fmt!r}; valid: {', '.join(RENDERERS)}")
+    return RENDERERS[fmt](tables)

@@ -1,0 +1,341 @@
+"""Experiments and sweeps: the grid methods × scarcity levels × seeds of one TOML file.
+
+An experiment file is a run configuration (the sections ``mrbench run --config``
+reads) plus a ``[sweep]`` table::
+
+    [sweep]
+    scarcity = [0, 1, 2]
+    seeds = [0]
+    methods = [
+      "stl",                                              # a method with the file's settings
+      { method = "mtl", name = "mtl-IIVV-dwa", set = ["model.blocks=IIVV", "mtl.weighting=dwa"] },
+    ]
+
+Each (entry, level, seed) *cell* is one run directory,
+``<run.out>/<run.experiment>/<name>-s<N>-seed<S>`` (an entry without ``name``
+keeps the default run name). Every cell's configuration is built and checked
+before anything runs, so a typo fails at once, not an hour in.
+
+:func:`run_sweep` skips cells with ``DONE``, resumes incomplete ones and runs
+the rest as ``python -m mrbench run …`` subprocesses, ``jobs`` at a time with
+``threads = cores / jobs`` each (a crashing run cannot take the others down;
+its output is kept in ``<experiment>/logs/<run>.log``). Afterwards
+:func:`check_slice_lists` compares the manifests' training slice-list hashes:
+every run of one scarcity level must have trained on exactly the same slices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import atomic
+from .config import Config, load_config, read_toml
+from .errors import MrbenchError
+from .store import RunStore
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ``[sweep].methods`` entry: a method and the overrides that make it a variant."""
+
+    method: str
+    name: str = ""
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    entry: Entry
+    scarcity: int
+    seed: int
+
+
+@dataclass
+class Experiment:
+    path: Path
+    entries: list[Entry]
+    scarcity: list[int]
+    seeds: list[int]
+    overrides: tuple[str, ...] = ()  # sweep-wide --set items (e.g. a GPU profile)
+    configs: dict[Cell, Config] = field(default_factory=dict)
+
+    @property
+    def cells(self) -> list[Cell]:
+        return list(self.configs)
+
+    @property
+    def directory(self) -> Path:
+        """``<run.out>/<run.experiment>`` of the first cell (all cells share it, see load_experiment)."""
+        cfg = next(iter(self.configs.values()))
+        return Path(cfg.run.out) / cfg.run.experiment
+
+    def command(self, cell: Cell, threads: int) -> list[str]:
+        """The ``mrbench run`` command line of one cell."""
+        cfg = self.configs[cell]
+        sets = [*self.overrides, *cell.entry.overrides, f"run.name={json.dumps(cfg.run_name)}"]
+        cmd = [sys.executable, "-m", "mrbench", "run", cell.entry.method, "--config", str(self.path)]
+        for s in sets:
+            cmd += ["--set", s]
+        cmd += ["--scarcity", str(cell.scarcity), "--seed", str(cell.seed), "--resume", "--quiet"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        return cmd
+
+
+def _int_list(value, key: str) -> list[int]:
+    value = value if isinstance(value, list) else [value]
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise MrbenchError(f"{key}: expected a list of whole numbers ≥ 0, got {value!r}")
+    return sorted(set(value))
+
+
+def _entries(value, key: str) -> list[Entry]:
+    if not isinstance(value, list) or not value:
+        raise MrbenchError(f"{key}: expected a non-empty list of methods")
+    out = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"method": item}
+        if not isinstance(item, dict):
+            raise MrbenchError(f"{k}: expected a method name or a table {{method = ..., name = ..., set = [...]}}")
+        extra = set(item) - {"method", "name", "set"}
+        if extra:
+            raise MrbenchError(f"{k}: unknown key(s) {', '.join(sorted(extra))} (valid: method, name, set)")
+        if not isinstance(item.get("method"), str):
+            raise MrbenchError(f"{k}: needs method = \"<name>\"")
+        name = item.get("name", "")
+        if not isinstance(name, str) or "/" in name:
+            raise MrbenchError(f"{k}.name: must be a plain string, got {name!r}")
+        sets = item.get("set", [])
+        if isinstance(sets, str):
+            sets = [sets]
+        if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
+            raise MrbenchError(f"{k}.set: expected a list of \"key=value\" strings")
+        out.append(Entry(item["method"], name, tuple(sets)))
+    return out
+
+
+def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
+    """Read an experiment file, expand its grid and build (and check) every cell's config."""
+    p = Path(path)
+    values = read_toml(p, "experiment file")
+    sweep = values.get("sweep", {})
+    if not isinstance(sweep, dict):
+        raise MrbenchError(f"{p}: [sweep] must be a table")
+    extra = set(sweep) - {"scarcity", "seeds", "methods"}
+    if extra:
+        raise MrbenchError(f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} (valid: scarcity, seeds, methods)")
+    try:
+        base = load_config(p, overrides)  # file + sweep-wide overrides, checked once
+        scarcity = _int_list(sweep.get("scarcity", [base.scarcity]), "sweep.scarcity")
+        seeds = _int_list(sweep.get("seeds", [base.train.seed]), "sweep.seeds")
+        entries = _entries(sweep.get("methods", [base.method]), "sweep.methods")
+    except MrbenchError as exc:
+        msg = str(exc)
+        raise MrbenchError(msg if msg.startswith(("config file", "--set")) else f"{p}: {msg}") from None
+    exp = Experiment(p, entries, scarcity, seeds, tuple(overrides))
+    dirs: dict[Path, Cell] = {}
+    for i, entry in enumerate(entries):
+        for level in scarcity:
+            for seed in seeds:
+                cell = Cell(entry, level, seed)
+                try:
+                    cfg = load_config(p, [*overrides, *entry.overrides], method=entry.method, scarcity=level,
+                                      train={"seed": seed})
+                except MrbenchError as exc:
+                    raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.method}): {exc}") from None
+                if entry.name:
+                    cfg.run.name = f"{entry.name}-s{level}-seed{seed}"
+                if cfg.run_dir in dirs:
+                    raise MrbenchError(
+                        f"{p}: sweep.methods[{i}] and another entry both write {cfg.run_dir}; give them distinct names"
+                    )
+                if dirs and cfg.run_dir.parent != next(iter(dirs)).parent:
+                    raise MrbenchError(f"{p}: sweep.methods[{i}] changes run.out or run.experiment; a sweep writes one experiment")
+                dirs[cfg.run_dir] = cell
+                exp.configs[cell] = cfg
+    return exp
+
+
+# ---------------------------------------------------------------------- running
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    run_dir: Path
+    status: str  # done | failed | skipped
+    seconds: float = 0.0
+    message: str = ""
+    resumed: bool = False
+
+
+@dataclass
+class SweepResult:
+    outcomes: list[Outcome]
+    wall_seconds: float
+    slice_problems: list[str]
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0 and not self.slice_problems
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _failure_message(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if line.startswith("Error:")]
+    last = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return last[:300]
+
+
+def _run_cell(exp: Experiment, cell: Cell, threads: int, env: dict) -> Outcome:
+    cfg = exp.configs[cell]
+    store = RunStore(cfg.run_dir)
+    resumed = store.checkpoint_path("last").exists()
+    log = exp.directory / "logs" / f"{cfg.run_name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        f.write("$ " + shlex.join(exp.command(cell, threads)) + "\n")
+        f.flush()
+        proc = subprocess.run(exp.command(cell, threads), stdout=f, stderr=subprocess.STDOUT, env=env)
+    seconds = time.perf_counter() - t0
+    if proc.returncode == 0 and store.is_done():
+        return Outcome(cell, cfg.run_dir, "done", seconds, resumed=resumed)
+    return Outcome(cell, cfg.run_dir, "failed", seconds, f"exit {proc.returncode}: {_failure_message(log)} (log: {log})", resumed)
+
+
+def run_sweep(
+    exp: Experiment,
+    jobs: int = 1,
+    *,
+    threads: int = 0,
+    report: Callable[[str], None] = lambda line: None,
+) -> SweepResult:
+    """Run every cell not yet DONE, ``jobs`` at a time; never stop on a failed run."""
+    if jobs < 1:
+        raise MrbenchError(f"--jobs must be ≥ 1, got {jobs}")
+    threads = threads or max(1, cores() // jobs)
+    t0 = time.perf_counter()
+    outcomes: list[Outcome] = []
+    todo = []
+    for cell, cfg in exp.configs.items():
+        if RunStore(cfg.run_dir).is_done():
+            outcomes.append(Outcome(cell, cfg.run_dir, "skipped", message="DONE"))
+        else:
+            todo.append(cell)
+    total = len(exp.configs)
+    report(f"{exp.path}: {total} runs ({len(exp.entries)} methods × {len(exp.scarcity)} levels × {len(exp.seeds)} seeds); "
+           f"{total - len(todo)} already done, {len(todo)} to run, {jobs} at a time × {threads} threads")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_run_cell, exp, cell, threads, env) for cell in todo]
+        try:
+            for fut in as_completed(futures):
+                o = fut.result()
+                outcomes.append(o)
+                what = ("resumed, " if o.resumed else "") + f"{o.seconds:.0f} s"
+                line = f"[{len(outcomes)}/{total}] {o.status:6s} {o.run_dir.name} ({what})"
+                report(line + (f"\n    {o.message}" if o.status == "failed" else ""))
+        except KeyboardInterrupt:
+            for fut in futures:
+                fut.cancel()
+            raise
+    problems = check_slice_lists(exp)
+    order = {cell: i for i, cell in enumerate(exp.configs)}
+    outcomes.sort(key=lambda o: order[o.cell])
+    return SweepResult(outcomes, time.perf_counter() - t0, problems)
+
+
+def check_slice_lists(exp: Experiment) -> list[str]:
+    """Compare the training slice-list hashes of all finished runs, per scarcity level and task.
+
+    Returns one line per disagreement (empty when every level is consistent)."""
+    seen: dict[tuple[int, str], dict[str, list[str]]] = {}
+    for cell, cfg in exp.configs.items():
+        store = RunStore(cfg.run_dir)
+        if not store.manifest_path.exists():
+            continue
+        try:
+            lists = store.read_json("manifest.json").get("training_slices", {})
+        except MrbenchError:
+            continue
+        for task, entry in lists.items():
+            seen.setdefault((cell.scarcity, task), {}).setdefault(entry.get("sha256", "?"), []).append(cfg.run_name)
+    problems = []
+    for (level, task), hashes in sorted(seen.items()):
+        if len(hashes) > 1:
+            groups = "; ".join(f"{h[:12]}: {', '.join(sorted(runs))}" for h, runs in sorted(hashes.items()))
+            problems.append(f"scarcity {level}, task {task}: runs trained on different slices ({groups})")
+    return problems
+
+
+def slice_summary(exp: Experiment) -> str:
+    """One line: how many runs per level share one slice list."""
+    levels: dict[int, int] = {}
+    for cell, cfg in exp.configs.items():
+        if RunStore(cfg.run_dir).manifest_path.exists():
+            levels[cell.scarcity] = levels.get(cell.scarcity, 0) + 1
+    parts = ", ".join(f"level {lvl}: {n} runs" for lvl, n in sorted(levels.items()))
+    return f"training slice lists identical per scarcity level ({parts})"
+
+
+# ---------------------------------------------------------------------- slurm
+
+
+def write_slurm(exp: Experiment, jobs: int, threads: int) -> tuple[Path, Path]:
+    """An sbatch array script with one ``mrbench run`` per not-yet-done cell.
+
+    ``jobs`` caps how many array tasks run at once; each asks for ``threads`` CPUs.
+    Re-submitting after a crash is safe: every command resumes or skips its run."""
+    todo = [c for c, cfg in exp.configs.items() if not RunStore(cfg.run_dir).is_done()]
+    out = exp.directory / "slurm"
+    commands = out / "commands.txt"
+    script = out / "sweep.sbatch"
+    atomic.write_text(commands, "".join(shlex.join(exp.command(c, threads)) + "\n" for c in todo))
+    atomic.write_text(
+        script,
+        "#!/bin/bash\n"
+        f"#SBATCH --job-name=mrbench-{exp.directory.name}\n"
+        f"#SBATCH --array=0-{max(len(todo) - 1, 0)}%{jobs}\n"
+        f"#SBATCH --cpus-per-task={threads}\n"
+        f"#SBATCH --output={out.resolve()}/%a.log\n"
+        f"cd {shlex.quote(str(Path.cwd()))}\n"
+        f'eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(commands.resolve()))})"\n',
+    )
+    return script, commands
+
+
+def submit_slurm(script: Path) -> str | None:
+    """Submit with sbatch when it is installed; None otherwise."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        return None
+    proc = subprocess.run([sbatch, str(script)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MrbenchError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip()

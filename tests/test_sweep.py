@@ -1,0 +1,156 @@
+"""`mrbench sweep`: grid expansion, checks before anything runs, skip/resume, failures,
+slice-list consistency, the slurm array script."""
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from mrbench.cli import main
+from mrbench.errors import MrbenchError
+from mrbench.store import RunStore
+from mrbench.sweep import check_slice_lists, load_experiment, run_sweep, write_slurm
+
+from conftest import tiny_run_settings, write_tiny_root
+
+
+def write_experiment(path, sweep: str, header: str = "") -> str:
+    path.write_text(textwrap.dedent(header) + "\n[run]\nexperiment = \"exp\"\n\n" + textwrap.dedent(sweep))
+    return str(path)
+
+
+GRID = """
+[sweep]
+scarcity = [0, 1]
+seeds = [0]
+methods = [
+  "zero-filled",
+  { method = "stl", name = "stl-small", set = ["model.chans=4"] },
+]
+"""
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep_data") / "d"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 4, "val": 1, "test": 1}, slices=4)
+    return root
+
+
+def test_grid_expansion_and_run_names(tmp_path, data_root):
+    f = write_experiment(tmp_path / "e.toml", GRID)
+    exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"))
+    names = [cfg.run_name for cfg in exp.configs.values()]
+    assert names == ["zero-filled-none-s0-seed0", "zero-filled-none-s1-seed0", "stl-small-s0-seed0", "stl-small-s1-seed0"]
+    cfgs = list(exp.configs.values())
+    assert [c.scarcity for c in cfgs] == [0, 1, 0, 1]
+    assert cfgs[2].model.chans == 4 and cfgs[0].model.chans == 4  # tiny settings + entry override
+    assert exp.directory == tmp_path / "runs" / "exp"
+    cmd = exp.command(exp.cells[2], threads=1)
+    assert cmd[3:5] == ["run", "stl"] and "model.chans=4" in cmd and 'run.name="stl-small-s0-seed0"' in cmd
+    assert cmd[cmd.index("--scarcity") + 1] == "0" and "--resume" in cmd
+
+
+@pytest.mark.parametrize(
+    "sweep, needle",
+    [
+        ("[sweep]\nmethods = [\"stl\", \"nope\"]\n", "sweep.methods[1] (nope): method: unknown method 'nope'"),
+        ("[sweep]\nscarcity = [-1]\n", "sweep.scarcity: expected a list of whole numbers"),
+        ("[sweep]\nseed = [0]\n", "unknown key(s) in [sweep]: seed"),
+        ("[sweep]\nmethods = [{ method = \"stl\", sets = [] }]\n", "sweep.methods[0]: unknown key(s) sets"),
+        ("[sweep]\nmethods = [{ method = \"stl\", set = [\"train.budgt=3\"] }]\n", "unknown key 'train.budgt'"),
+        ("[sweep]\nmethods = [\"stl\", { method = \"stl\" }]\n", "give them distinct names"),
+        ("[sweep]\nmethods = [\"stl\"]\nscarcity = [0, 9]\n", None),  # checked when the run assembles data
+        ("[sweep\n", "invalid TOML"),
+    ],
+)
+def test_experiment_errors_name_the_file_and_key(tmp_path, data_root, sweep, needle):
+    f = write_experiment(tmp_path / "bad.toml", sweep)
+    if needle is None:
+        load_experiment(f)
+        return
+    with pytest.raises(MrbenchError) as err:
+        load_experiment(f)
+    assert needle in str(err.value) and "bad.toml" in str(err.value)
+    res = CliRunner().invoke(main, ["sweep", f])
+    assert res.exit_code == 2 and "Traceback" not in res.output and needle in res.output
+
+
+def test_missing_file_and_bad_jobs_exit_2(tmp_path):
+    r = CliRunner()
+    res = r.invoke(main, ["sweep", str(tmp_path / "none.toml")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    f = write_experiment(tmp_path / "e.toml", GRID)
+    res = r.invoke(main, ["sweep", f, "--jobs", "0"])
+    assert res.exit_code == 2 and "--jobs must be ≥ 1" in res.output
+
+
+@pytest.mark.slow
+def test_sweep_runs_skips_resumes_and_reports_failures(tmp_path, data_root):
+    out = tmp_path / "runs"
+    sweep = GRID.replace(
+        '  { method = "stl"',
+        '  { method = "joint", name = "broken", set = ["data.tasks=AXT1,AXPD", "data.scarce=AXPD"] },\n  { method = "stl"',
+    )
+    f = write_experiment(tmp_path / "e.toml", sweep)
+    sets = tiny_run_settings(data_root, out)
+    exp = load_experiment(f, sets)
+    lines = []
+    result = run_sweep(exp, jobs=2, report=lines.append)
+    status = {o.run_dir.name: o.status for o in result.outcomes}
+    assert status == {
+        "zero-filled-none-s0-seed0": "done", "zero-filled-none-s1-seed0": "done",
+        "broken-s0-seed0": "failed", "broken-s1-seed0": "failed",
+        "stl-small-s0-seed0": "done", "stl-small-s1-seed0": "done",
+    }
+    failed = [o for o in result.outcomes if o.status == "failed"]
+    assert all("AXPD" in o.message for o in failed), failed[0].message  # the run's own one-line error
+    assert (out / "exp" / "logs" / "broken-s0-seed0.log").exists()
+    assert not result.ok and result.slice_problems == []
+    assert "2 at a time × 1 threads" in lines[0]
+    for name in ("stl-small-s0-seed0", "stl-small-s1-seed0"):
+        assert RunStore(out / "exp" / name).is_done()
+    # the two levels really differ in the scarce task's slices, and agree across methods
+    m0 = json.loads((out / "exp" / "stl-small-s0-seed0" / "manifest.json").read_text())["training_slices"]
+    m1 = json.loads((out / "exp" / "stl-small-s1-seed0" / "manifest.json").read_text())["training_slices"]
+    assert m1["AXT2/equispaced/4x"]["slices"] == m0["AXT2/equispaced/4x"]["slices"] // 2
+
+    # re-running: done runs skipped; an incomplete one (DONE removed) resumed from last.pt
+    first_metrics = (out / "exp" / "stl-small-s0-seed0" / "metrics.json").read_text()
+    (out / "exp" / "stl-small-s0-seed0" / "DONE").unlink()
+    exp2 = load_experiment(f, sets)
+    exp2.configs = {c: cfg for c, cfg in exp2.configs.items() if c.entry.name != "broken"}
+    result2 = run_sweep(exp2, jobs=1, threads=1)  # same threads as before: bit-identical metrics
+    status2 = {o.run_dir.name: (o.status, o.resumed) for o in result2.outcomes}
+    assert status2["stl-small-s0-seed0"] == ("done", True)
+    assert status2["stl-small-s1-seed0"][0] == "skipped" and status2["zero-filled-none-s0-seed0"][0] == "skipped"
+    assert (out / "exp" / "stl-small-s0-seed0" / "metrics.json").read_text() == first_metrics
+    assert result2.ok
+
+    # a tampered manifest is caught by the slice-list check
+    man = out / "exp" / "zero-filled-none-s1-seed0" / "manifest.json"
+    data = json.loads(man.read_text())
+    data["training_slices"]["AXT2/equispaced/4x"]["sha256"] = "0" * 64
+    man.write_text(json.dumps(data))
+    problems = check_slice_lists(exp2)
+    assert len(problems) == 1 and "scarcity 1, task AXT2/equispaced/4x" in problems[0]
+    assert "zero-filled-none-s1-seed0" in problems[0] and "stl-small-s1-seed0" in problems[0]
+
+    # the CLI: finished runs skipped, the broken ones fail again; exit 1 (failures + slice-list mismatch)
+    res = CliRunner().invoke(main, ["sweep", f, "--quiet", *sum((["--set", s] for s in sets), [])])
+    assert res.exit_code == 1
+    assert "4 skipped" in res.output and "2 failed" in res.output and "slice lists differ" in res.output
+
+
+def test_slurm_script_lists_the_remaining_runs(tmp_path, data_root):
+    f = write_experiment(tmp_path / "e.toml", GRID)
+    exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"))
+    script, commands = write_slurm(exp, jobs=2, threads=3)
+    lines = commands.read_text().splitlines()
+    assert len(lines) == 4 and all(" run " in line and "--threads 3" in line for line in lines)
+    text = script.read_text()
+    assert "#SBATCH --array=0-3%2" in text and "#SBATCH --cpus-per-task=3" in text
+    res = CliRunner().invoke(main, ["sweep", f, "--executor", "slurm",
+                                    *sum((["--set", s] for s in tiny_run_settings(data_root, tmp_path / "runs")), [])])
+    assert res.exit_code == 0 and "sweep.sbatch" in res.output

@@ -1,0 +1,140 @@
+"""Results aggregation, statistics (Wilcoxon, Holm, win rate) and `mrbench table`."""
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from scipy.stats import wilcoxon
+
+from mrbench.cli import main
+from mrbench.errors import MrbenchError
+from mrbench.reports import results as R
+from mrbench.reports.table import build_tables, render
+
+
+def test_holm_matches_hand_computation():
+    p = [0.01, 0.04, 0.03, float("nan")]
+    # sorted 0.01, 0.03, 0.04 → ×3, ×2, ×1 = 0.03, 0.06, 0.04 → running max 0.03, 0.06, 0.06
+    np.testing.assert_allclose(R.holm(p)[:3], [0.03, 0.06, 0.06])
+    assert np.isnan(R.holm(p)[3])
+    np.testing.assert_allclose(R.holm([0.5, 0.9]), [1.0, 1.0])
+
+
+def _frame(values: dict, steps=0, seen=True, context="AXT2"):
+    rows = []
+    for label, vals in values.items():
+        for v, x in enumerate(vals):
+            rows.append({"label": label, "method": label, "run": f"{label}-s0", "experiment": "e", "scarcity": 0,
+                         "seed": 0, "context": context, "contrast": context, "mask": "equispaced", "acceleration": 4.0,
+                         "seen": seen, "scarce": False, "steps": steps, "volume": f"v{v}", "train_slices": 10,
+                         "psnr": x, "ssim": x / 100, "nmse": 1 / x})
+    return pd.DataFrame(rows)
+
+
+def test_paired_wilcoxon_against_reference():
+    ref = [30.0, 31.0, 29.5, 30.2, 30.8, 29.9]
+    better = [r + d for r, d in zip(ref, [0.5, 0.7, 0.2, 0.9, 0.4, 0.6])]
+    mixed = [r + d for r, d in zip(ref, [0.5, -0.7, 0.2, -0.9, 0.4, -0.6])]
+    df = _frame({"joint": ref, "a": better, "b": mixed})
+    t = R.paired_tests(df, "joint", "psnr").set_index("label")
+    assert t.loc["a", "n"] == 6 and t.loc["a", "better"]
+    assert t.loc["a", "p"] == pytest.approx(wilcoxon(better, ref).pvalue) == pytest.approx(2 / 64)
+    assert t.loc["b", "p"] == pytest.approx(wilcoxon(mixed, ref).pvalue)
+    np.testing.assert_allclose(t["p_holm"], R.holm(t["p"]))
+    # NMSE: smaller is better, so "a" is better there too
+    assert R.paired_tests(df, "joint", "nmse").set_index("label").loc["a", "better"]
+    # identical values: p = 1, not an exception
+    same = R.paired_tests(_frame({"joint": ref, "c": ref}), "joint", "psnr")
+    assert same["p"].tolist() == [1.0]
+
+
+def test_summarise_and_win_rate():
+    df = pd.concat([
+        _frame({"joint": [30, 32], "a": [31, 33]}, steps=5, seen=False, context="FLAIR"),
+        _frame({"joint": [30, 32], "a": [29, 30]}, steps=5, seen=False, context="PD"),
+        _frame({"joint": [20, 20], "a": [40, 40]}, steps=0, seen=False, context="PD"),  # steps 0 ignored
+    ])
+    s = R.summarise(df, ci=True)
+    row = s[(s.label == "a") & (s.context == "FLAIR")].iloc[0]
+    assert row["psnr_mean"] == 32 and row["psnr_std"] == 1 and row["n"] == 2
+    assert row["psnr_lo"] <= 32 <= row["psnr_hi"]
+    assert R.win_rates(s, "joint", "psnr") == {"a": 0.5}
+    assert R.win_rates(s, "joint", "psnr", steps=0) == {"a": 1.0}
+
+
+def _expected_mean_std(run_dir, context):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    vals = [v["psnr"] for v in m["contexts"][context]["steps"]["0"]["volumes"].values()]
+    return np.mean(vals), np.std(vals)
+
+
+def test_markdown_table_values_order_and_marks(finished_experiment):
+    runs = R.load_runs([finished_experiment])
+    assert len(runs) == 6
+    tables = build_tables(runs, metrics=["psnr"])
+    md = render(tables, "md")
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| method | AXT1/equispaced/4x (s0) | AXT1/equispaced/4x (s1) | AXT2/equispaced/4x (s0)")
+    assert "AXFLAIR/equispaced/6x (s0, unseen, 2 steps)" in lines[0] and lines[0].endswith("unseen win rate |")
+    assert [line.split(" | ")[0] for line in lines[1:]] == ["| zero-filled-none", "| stl-varnet", "| joint-varnet"]
+    mean, std = _expected_mean_std(finished_experiment / "stl-varnet-s1-seed0", "AXT2/equispaced/4x")
+    stl_cells = lines[2].split(" | ")
+    assert f"{mean:.2f} ± {std:.2f}" in stl_cells[4]
+    # exactly one bold cell per column
+    for col in range(1, 7):
+        assert sum("**" in line.split(" | ")[col] for line in lines[1:]) == 1
+    assert "(ref.)" in lines[3]
+    assert "Holm-corrected over" in md and "≤ 3 test volumes per test" in md
+
+
+def test_csv_and_latex(finished_experiment):
+    runs = R.load_runs([finished_experiment])
+    tables = build_tables(runs, metrics=["psnr", "nmse"])
+    frame = pd.read_csv(io.StringIO(render(tables, "csv")))
+    assert set(frame["metric"]) == {"psnr", "nmse"}
+    assert frame["label"].iloc[0] == "zero-filled-none"
+    row = frame[(frame.metric == "psnr") & (frame.label == "stl-varnet") & (frame.scarcity == 1)
+                & (frame.context == "AXT2/equispaced/4x")].iloc[0]
+    mean, std = _expected_mean_std(finished_experiment / "stl-varnet-s1-seed0", "AXT2/equispaced/4x")
+    assert row["mean"] == pytest.approx(mean, rel=1e-5) and row["std"] == pytest.approx(std, rel=1e-4)
+    assert row["n"] == 3 and row["reference"] == "joint-varnet"
+    best = frame[frame.metric == "nmse"].groupby(["context", "scarcity"]).apply(
+        lambda g: g.loc[g["mean"].idxmin(), "best"], include_groups=False)
+    assert best.all()  # NMSE: the smallest is bold
+    tex = render(tables, "latex")
+    assert tex.count("\\begin{tabular}") == 2 and "\\toprule" in tex and "\\textbf{" in tex
+    assert "zero-filled-none" in tex and "$\\pm$" in tex
+
+
+def test_table_cli_and_errors(finished_experiment, tmp_path):
+    r = CliRunner()
+    res = r.invoke(main, ["table", str(finished_experiment), "--format", "csv", "--metrics", "ssim"])
+    assert res.exit_code == 0 and res.output.startswith("metric,label,context")
+    out = tmp_path / "t.tex"
+    res = r.invoke(main, ["table", str(finished_experiment), "--format", "latex", "--out", str(out)])
+    assert res.exit_code == 0 and out.read_text().startswith("\\begin{table}")
+    # a run directory alone works too (no reference: a note, no tests)
+    res = r.invoke(main, ["table", str(finished_experiment / "stl-varnet-s0-seed0")])
+    assert res.exit_code == 0 and "no 'joint' runs" in res.output
+    for args, needle in [
+        (["table", str(finished_experiment), "--reference", "maml"], "--reference 'maml': no such method"),
+        (["table", str(finished_experiment), "--metrics", "psnr,foo"], "unknown metric 'foo'"),
+        (["table", str(finished_experiment), "--steps", "7"], "--steps 7: the unseen contexts were evaluated after [0, 2]"),
+        (["table", str(tmp_path / "none")], "does not exist"),
+        (["table", str(tmp_path)], "holds no runs"),
+    ]:
+        res = r.invoke(main, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert needle in res.output and "Traceback" not in res.output
+
+
+def test_reference_by_method_or_label(finished_experiment):
+    runs = R.load_runs([finished_experiment])
+    t1 = build_tables(runs, reference="stl", metrics=["psnr"])
+    t2 = build_tables(runs, reference="stl-varnet", metrics=["psnr"])
+    assert t1.reference == t2.reference == "stl-varnet"
+    with pytest.raises(MrbenchError, match="no such method"):
+        build_tables(runs, reference="transfer", reference_required=True)
