@@ -175,7 +175,8 @@ class MetaConfig:
     tasks_per_batch: int = 2  # tasks (contexts) per meta-batch
     adapt: str = "all"  # parameter groups adapted in the inner loop (method-specific names, e.g. all | hyper)
     alpha: float = 1.0  # metadrop: φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇L_meta(φ̃)
-    eta_meta: float = 1e-3  # metadrop
+    eta_meta: float = 1e-3  # metadrop with outer = "sgd"
+    outer: str = "adam"  # metadrop's outer step: adam (engine's Adam at train.lr on the meta gradient) | sgd (η_meta)
     meta_context: str = "any"  # metadrop: other-contrast | other-mask | other-acceleration | any
     embedding: int = 256  # kmmaml: context embedding size
     rank: int = 1  # kmmaml: rank of the kernel modulation
@@ -194,6 +195,7 @@ class MetaConfig:
             key("meta_context"),
             f"must be other-contrast, other-mask, other-acceleration or any, got {self.meta_context!r}",
         )
+        _require(self.outer in ("adam", "sgd"), key("outer"), f"must be adam or sgd, got {self.outer!r}")
         _require(self.test_mode in ("on-the-fly", "hyper", "all"), key("test_mode"), f"must be on-the-fly, hyper or all, got {self.test_mode!r}")
 
 

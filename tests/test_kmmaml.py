@@ -97,7 +97,7 @@ def test_constant_ones_modulation_equals_plain_unet(coils):
         expected = plain(k, mask, nlf)
         for n in (1, k.shape[0]):  # one modulation for the batch, and per sample (grouped convs)
             ones = [(torch.ones(n, 1, c.in_channels), torch.ones(n, 1, c.out_channels)) for c in convs]
-            torch.testing.assert_close(net.forward_modulated(k, ones), expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(net.forward_modulated(k, mask, ones), expected, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(net(k, mask, nlf), expected, atol=1e-3)  # a real modulation changes it
 
 

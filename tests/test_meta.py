@@ -237,6 +237,16 @@ def test_metadrop_update_on_a_linear_model_by_hand():
     assert lt == pytest.approx(float((ra**2).sum())) and lm == pytest.approx(float((rb**2).sum()))
     assert lin.weight.grad is None and lin.bias.grad is None  # the engine's Adam step changes nothing
 
+    # outer = "adam": parameters stop at φ₀ + α(φ̃ − φ₀), the meta gradient waits in .grad
+    lin2 = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        lin2.weight.copy_(W0)
+        lin2.bias.copy_(b0)
+    metadrop_update(lin2, lambda: ((lin2(xa) - ya) ** 2).sum(), lambda: ((lin2(xb) - yb) ** 2).sum(), lr, alpha, None)
+    torch.testing.assert_close(lin2.weight.detach(), W0 + alpha * (Wt - W0))
+    torch.testing.assert_close(lin2.weight.grad, 2 * torch.outer(rb, xb))
+    torch.testing.assert_close(lin2.bias.grad, 2 * rb)
+
 
 GRID = context_grid(["AXT1", "AXT2"], ["equispaced", "random"], [4.0, 8.0])
 

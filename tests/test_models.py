@@ -455,3 +455,23 @@ def test_data_consistency_is_twice_differentiable():
     eta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     mask = (torch.rand((1, 1, 1, 5), generator=g) > 0.5).double()
     assert torch.autograd.gradgradcheck(lambda *a: _DataConsistency.apply(*a, mask), (k, k0, r, eta))
+
+
+def test_unet_data_consistency_restores_measured_lines():
+    """Single-coil unet output keeps the measured k-space lines exactly; untrained = zero-filled."""
+    from mrbench.fourier import fft2c
+    from mrbench.models.unet import data_consistency
+
+    torch.manual_seed(0)
+    k = torch.randn(2, 1, 16, 16, dtype=torch.complex64)
+    mask = torch.zeros(2, 1, 1, 16)
+    mask[..., ::3] = 1
+    km = k * mask
+    image = torch.randn(2, 1, 16, 16, dtype=torch.complex64)
+    out = fft2c(data_consistency(image, km, mask))
+    torch.testing.assert_close(out * mask, km, rtol=1e-5, atol=1e-5)  # measured lines restored
+    torch.testing.assert_close(out * (1 - mask), fft2c(image) * (1 - mask), rtol=1e-5, atol=1e-5)  # others kept
+    net = UNetRecon(chans=4, pools=2)
+    with torch.no_grad():
+        net.net.unet.final.weight.zero_()  # zero correction: output is the zero-filled magnitude
+        torch.testing.assert_close(net(km, mask, torch.tensor([4, 4])), ifft2c(km).abs()[:, 0], rtol=1e-5, atol=1e-6)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrbench.fourier import ifft2c, rss
-from mrbench.models.unet import _VAR_EPS, NormUNet, UNet, UNetRecon
+from mrbench.models.unet import _VAR_EPS, NormUNet, UNet, UNetRecon, data_consistency
 
 __all__ = ["ContextEncoder", "KernelHyperNet", "KMUNet", "modulated_conv2d", "kernel_modulation"]
 
@@ -194,13 +194,16 @@ class KMUNet(nn.Module):
     ) -> torch.Tensor:
         x0 = _zero_filled(kspace)
         z = self.encoder(x0.abs()[:, 0]) if embedding is None else embedding
-        return self.forward_modulated(kspace, self.modulations(z), x0=x0)
+        return self.forward_modulated(kspace, mask, self.modulations(z), x0=x0)
 
-    def forward_modulated(self, kspace: torch.Tensor, mods: Sequence[Modulation], x0: torch.Tensor | None = None) -> torch.Tensor:
-        """The base network with the given (a, b) per modulated conv (N = 1 or B each)."""
+    def forward_modulated(
+        self, kspace: torch.Tensor, mask: torch.Tensor, mods: Sequence[Modulation], x0: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The base network with the given (a, b) per modulated conv (N = 1 or B each),
+        followed by the ``unet`` backbone's single-coil data consistency."""
         x0 = _zero_filled(kspace) if x0 is None else x0
         it = iter(mods)
-        out = (x0 + _norm_unet(self.base.net, x0, it)).abs()[:, 0]
+        out = data_consistency(x0 + _norm_unet(self.base.net, x0, it), kspace, mask).abs()[:, 0]
         if next(it, None) is not None:
             raise ValueError("more modulations than modulated convolutions")
         return out

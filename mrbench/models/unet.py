@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrbench.fourier import ifft2c, rss
+from mrbench.fourier import fft2c, ifft2c, rss
 
 __all__ = ["Conv1x1", "InstanceNorm", "UNet", "NormUNet", "UNetRecon"]
 
@@ -204,7 +204,8 @@ class UNetRecon(nn.Module):
     sensitivities the coil phases cannot be combined coherently, and RSS is
     what the fastMRI multi-coil targets are, so the network only has to remove
     aliasing, not learn a coil combination. Output: ``|x0 + NormUNet(x0)|``,
-    float32 (B, H, W).
+    float32 (B, H, W); single-coil outputs first get the measured k-space back
+    (:func:`data_consistency`).
     """
 
     def __init__(self, chans: int = 16, pools: int = 3):
@@ -220,4 +221,19 @@ class UNetRecon(nn.Module):
             x0 = images
         else:
             x0 = rss(images, dim=1).unsqueeze(1).to(images.dtype)  # zero phase
-        return (x0 + self.net(x0)).abs()[:, 0]
+        return data_consistency(x0 + self.net(x0), kspace, mask).abs()[:, 0]
+
+
+def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Single-coil hard data consistency: ``F⁻¹(k₀ + (1 − M) ⊙ F x)`` — the sampled
+    k-space lines of the network's image replaced by the measurement (as the DC
+    layer of Schlemper et al. 2018 with λ → ∞). The U-Net backbones then only
+    have to fill in the missing lines, as a VarNet's cascades do; without it a
+    U-Net gained < 1 dB over zero-filled at the demo's 1200-slice budget against
+    3–4 dB for the VarNet. ``kspace`` is the masked measurement (zero where
+    M = 0), so an untrained (zero-correction) network stays exactly zero-filled.
+    Multi-coil images here are zero-phase RSS (no sensitivities): returned unchanged.
+    """
+    if kspace.shape[1] != 1:
+        return image
+    return ifft2c(kspace + fft2c(image) * (1 - mask.to(image.real.dtype)))
