@@ -18,10 +18,14 @@ what is allocated before the first step; on CPU the growth of the process's
 configuration's peak does not hide another's). ``ratio_second_over_first``
 divides order 2 by order 1 at the same number of inner steps (target ≤ 3×).
 
-``torchopt`` and ``higher`` are timed on the same step when importable
-(``torchopt.MetaSGD`` / ``higher.innerloop_ctx``, differentiable SGD, the
-same inner learning rate); otherwise they are reported as ``"not installed"``.
-Those two code paths are not exercised where the packages are missing.
+``torchopt`` and ``higher`` are timed on the same step when importable —
+torchopt's functional API (``torchopt.sgd``: ``init`` / ``update`` /
+``apply_updates`` over a tuple of parameters, evaluated with
+``torch.func.functional_call``) and ``higher.innerloop_ctx`` (differentiable
+SGD), the same inner learning rate and order; otherwise they are reported as
+``"not installed"``. They are benchmark-only: ``make bench`` installs them into
+the venv (``pip install -c constraints.txt torchopt higher``); mrbench itself
+never imports them.
 
 Prints one JSON object on stdout.
 """
@@ -130,7 +134,7 @@ def run_one(args, order: int, inner: int, impl: str) -> dict:
         return batches[(task, n)]
 
     net = method.models["net"]
-    params = list(net.parameters())
+    params = params_all = list(net.parameters())
     opt = torch.optim.Adam(params, lr=1e-4)
 
     if impl == "mrbench":
@@ -142,21 +146,27 @@ def run_one(args, order: int, inner: int, impl: str) -> dict:
     elif impl == "torchopt":  # pragma: no cover - only where torchopt is installed
         import torchopt
 
-        if order == 1:
-            return {"skipped": "torchopt.MetaSGD is timed second-order only"}
+        from mrbench.methods.meta import functional_reconstruct
+
+        names = [n for n, _ in net.named_parameters()]
+        buffers = dict(net.named_buffers())
+        inner_sgd = torchopt.sgd(lr=INNER_LR)  # torchopt's functional API: init / update / apply_updates
+
+        def loss_at(params, batch):
+            out = functional_reconstruct(net, {**buffers, **dict(zip(names, params))}, batch)
+            return l1_per_sample(out, batch).mean()
 
         def meta_step():
             opt.zero_grad(set_to_none=True)
             for t in range(args.tasks):
-                state = torchopt.extract_state_dict(net)
-                inner = torchopt.MetaSGD(net, lr=INNER_LR)
+                params = tuple(net.parameters())
+                state = inner_sgd.init(params)
                 for _ in range(inner):
-                    s = source(args.support, t)
-                    inner.step(l1_per_sample(reconstruct(net, s), s).mean())
-                q = source(args.query, t)
-                (l1_per_sample(reconstruct(net, q), q).mean() / args.tasks).backward()
-                torchopt.recover_state_dict(net, state)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    grads = torch.autograd.grad(loss_at(params, source(args.support, t)), params, create_graph=order == 2)
+                    updates, state = inner_sgd.update(grads, state, inplace=False)
+                    params = torchopt.apply_updates(params, updates, inplace=False)
+                (loss_at(params, source(args.query, t)) / args.tasks).backward()
+            torch.nn.utils.clip_grad_norm_(params_all, 1.0)
             opt.step()
     elif impl == "higher":  # pragma: no cover - only where higher is installed
         import higher

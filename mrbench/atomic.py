@@ -7,6 +7,7 @@ existing file is only replaced once its successor is complete (DESIGN.md §7).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -27,10 +28,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _default_mode())  # mkstemp makes 0600; written files get the usual umask mode
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@functools.lru_cache(maxsize=1)
+def _default_mode() -> int:
+    """0666 minus the process umask (read once: os.umask can only be read by setting it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -81,3 +81,21 @@ def test_mtl_run_names_carry_blocks_and_weighting():
         load_config(None, ["model.blocks=IIX"], method="mtl")
     with pytest.raises(MrbenchError, match="unknown weighting 'softmax'; valid: dwa, gradnorm, naive, pcgrad, uncert"):
         load_config(None, ["mtl.weighting=softmax"], method="mtl")
+
+
+def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from mrbench import atomic
+
+    target = tmp_path / "m.json"
+    atomic.write_json(target, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text().strip().startswith("{") and list(tmp_path.iterdir()) == [target]  # untouched, no temp left

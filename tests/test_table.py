@@ -43,12 +43,17 @@ def test_paired_wilcoxon_against_reference():
     assert t.loc["a", "n"] == 6 and t.loc["a", "better"]
     assert t.loc["a", "p"] == pytest.approx(wilcoxon(better, ref).pvalue) == pytest.approx(2 / 64)
     assert t.loc["b", "p"] == pytest.approx(wilcoxon(mixed, ref).pvalue)
-    np.testing.assert_allclose(t["p_holm"], R.holm(t["p"]))
+    np.testing.assert_allclose(t["p_holm"], R.holm(t["p"]))  # one column: one Holm family
     # NMSE: smaller is better, so "a" is better there too
     assert R.paired_tests(df, "joint", "nmse").set_index("label").loc["a", "better"]
     # identical values: p = 1, not an exception
     same = R.paired_tests(_frame({"joint": ref, "c": ref}), "joint", "psnr")
     assert same["p"].tolist() == [1.0]
+    # two columns: Holm within each, not across
+    two = pd.concat([df, _frame({"joint": ref, "a": better}, context="AXT1")])
+    t2 = R.paired_tests(two, "joint", "psnr")
+    axt1 = t2[t2.context == "AXT1"]
+    assert axt1["p_holm"].tolist() == pytest.approx([2 / 64])  # alone in its column: uncorrected
 
 
 def test_summarise_and_win_rate():
@@ -87,7 +92,7 @@ def test_markdown_table_values_order_and_marks(finished_experiment):
     for col in range(1, 7):
         assert sum("**" in line.split(" | ")[col] for line in lines[1:]) == 1
     assert "(ref.)" in lines[3]
-    assert "Holm-corrected over" in md and "≤ 3 test volumes per test" in md
+    assert "Holm-corrected over the methods of each column" in md and "over ≤ 3 test volumes" in md
 
 
 def test_csv_and_latex(finished_experiment):

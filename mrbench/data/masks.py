@@ -136,12 +136,20 @@ class EquispacedMask(MaskFunc):
         return np.broadcast_to(lines, shape), n_low
 
 
-def _weighted_choice(rng: np.random.Generator, weights: np.ndarray, k: int) -> np.ndarray:
-    """``k`` distinct indices drawn with probability ∝ ``weights`` (Efraimidis–Spirakis keys)."""
+def _weighted_choice(rng: np.random.Generator, weights: np.ndarray, k: int, inverse: np.ndarray | None = None) -> np.ndarray:
+    """``k`` distinct indices drawn with probability ∝ ``weights`` (Efraimidis–Spirakis keys
+    log(u)/w, the k largest). ``inverse``: a cached float32 ``1 / weights`` (2-D masks draw
+    over H·W points per training sample, so the keys are computed in float32 with a
+    multiply instead of a float64 divide; ties at float32 resolution are immaterial)."""
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    keys = np.log(rng.uniform(size=weights.size)) / np.maximum(weights, 1e-12)
-    return np.argpartition(-keys, k - 1)[:k]
+    if inverse is None:
+        keys = np.log(rng.uniform(size=weights.size)) / np.maximum(weights, 1e-12)
+        return np.argpartition(-keys, k - 1)[:k]
+    keys = np.log(rng.random(inverse.size, dtype=np.float32))
+    keys *= inverse
+    n = keys.size
+    return np.argpartition(keys, n - k)[n - k :]
 
 
 class GaussianMask(MaskFunc):
@@ -179,22 +187,24 @@ class Gaussian2dMask(MaskFunc):
     sigma = 0.2
 
     def draw(self, shape, rng):
-        disc, weights = self._layout(tuple(shape))
+        disc, weights, inverse, n_disc = self._layout(tuple(shape))
         mask = disc.astype(np.float32)
         total = int(round(shape[0] * shape[1] / self.acceleration))
-        mask.ravel()[_weighted_choice(rng, weights, total - int(disc.sum()))] = 1
+        mask.ravel()[_weighted_choice(rng, weights, total - n_disc, inverse)] = 1
         radius = np.sqrt(self.center_fraction * shape[0] * shape[1] / np.pi)
         return mask, int(round(2 * radius))
 
     @functools.lru_cache(maxsize=8)
-    def _layout(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Centre disc and sampling density for a shape (cached: drawn per training sample)."""
+    def _layout(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Centre disc, sampling density, its float32 inverse (∞ → never drawn: the disc)
+        and the disc's size for a shape (cached: drawn per training sample)."""
         h, w = shape
         yy, xx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
         radius = np.sqrt(self.center_fraction * h * w / np.pi)
         disc = (yy**2 + xx**2) <= radius**2
-        weights = np.exp(-(yy**2) / (2 * (self.sigma * h) ** 2) - xx**2 / (2 * (self.sigma * w) ** 2))
-        return disc, (weights * ~disc).ravel()
+        weights = (np.exp(-(yy**2) / (2 * (self.sigma * h) ** 2) - xx**2 / (2 * (self.sigma * w) ** 2)) * ~disc).ravel()
+        inverse = (1.0 / np.maximum(weights, 1e-30)).astype(np.float32)  # 1e30 > float32 max: inf, key −inf
+        return disc, weights, inverse, int(disc.sum())
 
 
 MASKS: dict[str, type[MaskFunc]] = {

@@ -11,7 +11,8 @@ Statistics (DESIGN.md §6): mean ± std over test volumes (pooled over seeds whe
 there are several), a 95 % bootstrap CI of the mean (``scipy.stats.bootstrap``),
 a paired Wilcoxon signed-rank test of each method against a reference method
 over the same test volumes (``scipy.stats.wilcoxon``; seeds averaged per
-volume first), Holm's step-down correction over all tests of one table, and
+volume first), Holm's step-down correction over the methods of one column
+(context × scarcity level), and
 the *win rate*: the share of unseen contexts where a method's mean beats the
 reference's (the form of KM-MAML's "generalises to 80 % / 92 % of unseen
 contexts").
@@ -257,7 +258,9 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 def paired_tests(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     """Wilcoxon signed-rank p-values of every label against ``reference`` per
-    (context, scarcity, steps), paired by test volume (seed means), Holm-corrected together.
+    (context, scarcity, steps), paired by test volume (seed means), Holm-corrected within
+    each (context, scarcity, steps) column: the family is the methods compared with the
+    reference on the same test volumes, as in a paper's table with one column per dataset.
 
     Columns: label, context, scarcity, steps, n, p, p_holm, better (mean difference favours the label).
     A cell with fewer than 2 pairs, or identical values, gets p = NaN / 1."""
@@ -286,7 +289,9 @@ def paired_tests(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps,
                      "n": len(common), "p": p, "better": bool(sign * diff.mean() > 0) if len(common) else False})
     out = pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "n", "p", "better"])
-    out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else []
+    out["p_holm"] = np.nan
+    for _, idx in out.groupby(["context", "scarcity", "steps"]).groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
     return out
 
 

@@ -5,11 +5,12 @@ contexts × scarcity levels (seen contexts first; unseen ones after the largest
 adaptation step count unless ``steps`` is given). A cell is mean ± std over
 test volumes (pooled over seeds); the best mean of a column is bold; ``*``
 marks a cell whose paired Wilcoxon signed-rank test against the reference
-method has p < 0.05 after Holm's correction over all tests of that metric's
-table (DESIGN.md §6). The last column is the win rate over unseen contexts.
+method has p < 0.05 after Holm's correction over the methods of its column
+(DESIGN.md §6). The last column is the win rate over unseen contexts.
 
 With few test volumes a Wilcoxon test cannot reach p < 0.05 at all (two-sided,
-it needs ≥ 6 pairs all in one direction): the table says how many pairs it had.
+its smallest p is 2/2ⁿ for n pairs, before the correction multiplies it by up
+to the number of methods): the table says how many pairs it had.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def _legend(t: Table, tables: Tables) -> str:
     parts = ["mean ± std over test volumes" + (" × seeds" if (t.cells["seeds"] > 1).any() else ""), "bold: best in column"]
     if t.reference:
         parts.append(
-            f"* p < 0.05, paired Wilcoxon signed-rank vs {t.reference}, Holm-corrected over {t.tests} tests "
-            f"(≤ {t.max_pairs} test volumes per test)"
+            f"* p < 0.05, paired Wilcoxon signed-rank vs {t.reference} over ≤ {t.max_pairs} test volumes, "
+            f"Holm-corrected over the methods of each column"
         )
         parts.append(f"win rate: share of unseen context × level cells beating {t.reference}")
     if tables.note:
