@@ -27,7 +27,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# torchopt and higher are benchmark-only (bench_meta.py times the same MAML step with them)
 bench: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt torchopt higher
 	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b; done
 
 clean:

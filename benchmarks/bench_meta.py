@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/bench_meta.py [--device auto|cpu|cuda] [--size 128] [--chans 8]
         [--pools 3] [--support 4] [--query 4] [--tasks 2] [--steps 3] [--warmup 1] [--threads 1]
 
+``kmmaml`` times KM-MAML's own meta-step the same way (its km-unet of the same
+base size; the inner loop adapts the hypernetworks only; mrbench only — torchopt
+and higher have no kernel-modulation counterpart to compare with).
+
 One meta-step is exactly what the engine runs for method ``maml``: the
 method's own custom step (:meth:`mrbench.methods.maml.MAML.step`, i.e.
 :func:`mrbench.methods.meta.inner_loop` with ``torch.func.functional_call``)
@@ -50,6 +54,7 @@ from mrbench.config import load_config  # noqa: E402
 from mrbench.data.contexts import context_grid  # noqa: E402
 from mrbench.data.dataset import Sample, TaskData  # noqa: E402
 from mrbench.methods.base import l1_per_sample, reconstruct  # noqa: E402
+from mrbench.methods.kmmaml import KMMAML  # noqa: E402
 from mrbench.methods.maml import MAML  # noqa: E402
 from mrbench.models import UNetRecon  # noqa: E402
 
@@ -122,7 +127,12 @@ def run_one(args, order: int, inner: int, impl: str) -> dict:
     )
     contexts = context_grid([f"C{i}" for i in range(args.tasks)], ["equispaced"], [4.0])
     tasks = [TaskData(c.name, c, ()) for c in contexts]
-    method = MAML(cfg, tasks, [False] * args.tasks, lambda: UNetRecon(args.chans, args.pools))
+    if impl == "kmmaml":  # KM-MAML's own step: the km-unet, inner loop on the hypernetworks only
+        cfg.model.backbone = "km-unet"
+        method = KMMAML(cfg, tasks, [False] * args.tasks, None)
+        impl = "mrbench"
+    else:
+        method = MAML(cfg, tasks, [False] * args.tasks, lambda: UNetRecon(args.chans, args.pools))
     method.models.to(device).train()
     batches = {
         (t, n): make_batch(n, args.size, 10 * t + i, device)
@@ -235,6 +245,7 @@ def main() -> None:
     results: dict = {"mrbench": {}}
     for order, inner in CONFIGS:
         results["mrbench"][f"order{order}_k{inner}"] = spawn(args, order, inner, "mrbench")
+    results["kmmaml"] = {f"order{o}_k{k}": spawn(args, o, k, "kmmaml") for o, k in CONFIGS}
     for lib in ("torchopt", "higher"):
         if not available(lib):
             results[lib] = "not installed"
@@ -270,6 +281,7 @@ def main() -> None:
                     else "ru_maxrss growth over the steps (own subprocess per configuration)",
                 },
                 "results": results["mrbench"],
+                "kmmaml": results["kmmaml"],
                 "torchopt": results["torchopt"],
                 "higher": results["higher"],
                 "ratio_second_over_first": ratios,

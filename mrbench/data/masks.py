@@ -146,7 +146,8 @@ def _weighted_choice(rng: np.random.Generator, weights: np.ndarray, k: int, inve
     if inverse is None:
         keys = np.log(rng.uniform(size=weights.size)) / np.maximum(weights, 1e-12)
         return np.argpartition(-keys, k - 1)[:k]
-    keys = np.log(rng.random(inverse.size, dtype=np.float32))
+    with np.errstate(divide="ignore"):  # u = 0 gives −inf: never drawn, as intended
+        keys = np.log(rng.random(inverse.size, dtype=np.float32))
     keys *= inverse
     n = keys.size
     return np.argpartition(keys, n - k)[n - k :]
