@@ -31,6 +31,11 @@ SGD), the same inner learning rate and order; otherwise they are reported as
 the venv (``pip install -c constraints.txt torchopt higher``); mrbench itself
 never imports them.
 
+``--rounds`` (default 3) repeats every configuration for every implementation,
+back to back in a rotated order, and reports the median over rounds
+(``mrbench_over_fastest_other`` < 1 means mrbench's step is the fastest): on a
+shared 2-core VM single passes disagreed by ±20 %.
+
 Prints one JSON object on stdout.
 """
 
@@ -214,6 +219,18 @@ def spawn(args, order: int, inner: int, impl: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _combine(values: list[dict]) -> dict:
+    """Median seconds over rounds, largest peak memory; the first error if every round failed."""
+    ok = [v for v in values if "seconds_per_step" in v]
+    if not ok:
+        return values[0]
+    return {
+        "seconds_per_step": round(statistics.median(v["seconds_per_step"] for v in ok), 4),
+        "peak_memory_mb": max(v["peak_memory_mb"] for v in ok),
+        "rounds": [v["seconds_per_step"] for v in ok],
+    }
+
+
 def available(name: str) -> bool:
     import importlib.util
 
@@ -234,6 +251,7 @@ def main() -> None:
     # one thread by default: on a small shared machine two threads made the timings erratic
     # (a 2-core box under load gave 4-30 s per step, against 0.7-1.4 s with one thread)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds over the implementations")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device == "auto":
@@ -242,15 +260,25 @@ def main() -> None:
         child(args)
         return
     t0 = time.perf_counter()
-    results: dict = {"mrbench": {}}
-    for order, inner in CONFIGS:
-        results["mrbench"][f"order{order}_k{inner}"] = spawn(args, order, inner, "mrbench")
-    results["kmmaml"] = {f"order{o}_k{k}": spawn(args, o, k, "kmmaml") for o, k in CONFIGS}
+    impls = ["mrbench", "kmmaml"] + [lib for lib in ("torchopt", "higher") if available(lib)]
+    # Rounds: every implementation of one configuration runs back to back, in a rotated
+    # order each round, so load drifts on a shared machine hit all of them alike; the
+    # reported time is the median over rounds (memory: the largest peak).
+    runs: dict = {impl: {f"order{o}_k{k}": [] for o, k in CONFIGS} for impl in impls}
+    for r in range(args.rounds):
+        for order, inner in CONFIGS:
+            for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
+                runs[impl][f"order{order}_k{inner}"].append(spawn(args, order, inner, impl))
+    results: dict = {impl: {key: _combine(vals) for key, vals in by.items()} for impl, by in runs.items()}
+    results["mrbench"] = results.pop("mrbench")
     for lib in ("torchopt", "higher"):
-        if not available(lib):
-            results[lib] = "not installed"
-            continue
-        results[lib] = {f"order{o}_k{k}": spawn(args, o, k, lib) for o, k in CONFIGS}
+        results.setdefault(lib, "not installed")
+    fastest_other = {}
+    for key in runs["mrbench"]:
+        others = [results[lib][key]["seconds_per_step"] for lib in ("torchopt", "higher")
+                  if isinstance(results[lib], dict) and "seconds_per_step" in results[lib][key]]
+        if others and "seconds_per_step" in results["mrbench"][key]:
+            fastest_other[key] = round(results["mrbench"][key]["seconds_per_step"] / min(others), 3)
     ratios = {}
     for inner in (1, 3):
         a, b = results["mrbench"][f"order1_k{inner}"], results["mrbench"][f"order2_k{inner}"]
@@ -285,6 +313,8 @@ def main() -> None:
                 "torchopt": results["torchopt"],
                 "higher": results["higher"],
                 "ratio_second_over_first": ratios,
+                "mrbench_over_fastest_other": fastest_other,
+                "rounds": args.rounds,
                 "target_ratio_max": 3.0,
                 "wall_seconds": round(time.perf_counter() - t0, 1),
             },
