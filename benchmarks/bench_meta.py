@@ -34,7 +34,10 @@ never imports them.
 ``--rounds`` (default 3) repeats every configuration for every implementation,
 back to back in a rotated order, and reports the median over rounds
 (``mrbench_over_fastest_other`` < 1 means mrbench's step is the fastest): on a
-shared 2-core VM single passes disagreed by ±20 %.
+shared 2-core VM single passes disagreed by ±20 %. ``interleaved_one_process_seconds``
+times the MAML implementations turn by turn inside one process (``2 × --steps``
+calls each, medians): the fairest time comparison, since process-to-process
+variance drops out.
 
 Prints one JSON object on stdout.
 """
@@ -112,7 +115,7 @@ def measure(step, device: torch.device, warmup: int, steps: int) -> dict:
     return {"seconds_per_step": round(statistics.median(times), 4), "peak_memory_mb": round(peak, 1)}
 
 
-def run_one(args, order: int, inner: int, impl: str) -> dict:
+def run_one(args, order: int, inner: int, impl: str, build_only: bool = False):
     device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = load_config(
@@ -200,13 +203,36 @@ def run_one(args, order: int, inner: int, impl: str) -> dict:
             opt.step()
     else:
         raise ValueError(impl)
+    if build_only:
+        return meta_step
     return measure(meta_step, device, args.warmup, args.steps)
 
 
 def child(args) -> None:
     order, inner, impl = args.one.split(",")
     torch.set_num_threads(args.threads)
+    if impl == "interleaved":
+        print(json.dumps(interleaved(args, int(order), int(inner))))
+        return
     print(json.dumps(run_one(args, int(order), int(inner), impl)))
+
+
+def interleaved(args, order: int, inner: int) -> dict:
+    """All MAML implementations built in one process and timed turn by turn (the fairest
+    time comparison on a noisy machine: same process, same memory, same moment)."""
+    device = torch.device(args.device)
+    steps = {impl: run_one(args, order, inner, impl, build_only=True)
+             for impl in ("mrbench", "torchopt", "higher") if impl == "mrbench" or available(impl)}
+    times: dict = {impl: [] for impl in steps}
+    for i in range(args.warmup + 2 * args.steps):
+        for impl, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            if i >= args.warmup:
+                times[impl].append(time.perf_counter() - t0)
+    return {impl: round(statistics.median(v), 4) for impl, v in times.items()}
 
 
 def spawn(args, order: int, inner: int, impl: str) -> dict:
@@ -273,6 +299,7 @@ def main() -> None:
     results["mrbench"] = results.pop("mrbench")
     for lib in ("torchopt", "higher"):
         results.setdefault(lib, "not installed")
+    together = {f"order{o}_k{k}": spawn(args, o, k, "interleaved") for o, k in CONFIGS}
     fastest_other = {}
     for key in runs["mrbench"]:
         others = [results[lib][key]["seconds_per_step"] for lib in ("torchopt", "higher")
@@ -314,6 +341,7 @@ def main() -> None:
                 "higher": results["higher"],
                 "ratio_second_over_first": ratios,
                 "mrbench_over_fastest_other": fastest_other,
+                "interleaved_one_process_seconds": together,
                 "rounds": args.rounds,
                 "target_ratio_max": 3.0,
                 "wall_seconds": round(time.perf_counter() - t0, 1),
