@@ -68,7 +68,6 @@ def run_demo(
     runs = R.load_runs([exp.directory])
     directory = exp.directory
     path = write_report(runs, directory / "report.html", title="mrbench demo: synth-brain, AXT1 abundant, AXFLAIR scarce, AXT2 unseen")
-    R.write_summary_csv(R.summarise(R.records(runs)), directory / "summary.csv")
     tables = build_tables(runs)
     md = render(tables, "md")
     files = [directory / "table.md", directory / "table.csv", directory / "table.tex"]

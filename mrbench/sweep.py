@@ -219,10 +219,11 @@ def _run_cell(exp: Experiment, cell: Cell, threads: int, env: dict) -> Outcome:
     log = exp.directory / "logs" / f"{cfg.run_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    command = exp.command(cell, threads)
     with open(log, "w") as f:
-        f.write("$ " + shlex.join(exp.command(cell, threads)) + "\n")
+        f.write("$ " + shlex.join(command) + "\n")
         f.flush()
-        proc = subprocess.run(exp.command(cell, threads), stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - t0
     if proc.returncode == 0 and store.is_done():
         return Outcome(cell, cfg.run_dir, "done", seconds, resumed=resumed)

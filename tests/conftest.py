@@ -75,6 +75,26 @@ def tiny_run_settings(data_root, out, *extra):
     ]
 
 
+def masked_kspace_batch(b: int, coils: int = 1, size: int = 16, seed: int = 0):
+    """(masked k-space, mask, low-frequency lines) of random k-space under a 2× + centre mask:
+    the backbone inputs the model tests push through tiny networks."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(b, coils, size, size, generator=g, dtype=torch.complex64)
+    mask = torch.zeros(b, 1, size, size)
+    mask[..., ::2] = 1
+    mask[..., size // 2 - 2 : size // 2 + 2] = 1
+    return k * mask, mask, torch.full((b,), 4)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and immune to a busy machine (tiny runs set 1 anyway)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_root(tmp_path):
     root = tmp_path / "tiny"

@@ -58,6 +58,8 @@ def expected_figures(runs_dir, runs) -> int:
 
 def test_report_is_self_contained_and_names_everything(report, runs):
     text = report.read_text()
+    summary = report.with_name("summary.csv").read_text().splitlines()
+    assert summary[0].startswith("label,method,context,seen,scarcity,steps") and len(summary) > 1  # written beside it
     assert "cdn.bokeh.org" not in text and not re.search(r"<script[^>]+src=", text)  # BokehJS inlined
     assert "Bokeh.embed.embed_items" in text and len(text) > 500_000
     assert "<title>tiny comparison</title>" in text

@@ -19,27 +19,16 @@ from mrbench.models.km_unet import KMUNet, kernel_modulation, modulated_conv2d, 
 from mrbench.models.unet import UNetRecon
 from mrbench.runner import execute
 
-from conftest import write_tiny_root
+from conftest import masked_kspace_batch, write_tiny_root
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster (and immune to a busy machine); the runs set 1 anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(b=3, coils=1, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    k = torch.randn(b, coils, size, size, generator=g, dtype=torch.complex64)
-    mask = torch.zeros(b, 1, size, size)
-    mask[..., ::2] = 1
-    mask[..., size // 2 - 2 : size // 2 + 2] = 1
-    return k * mask, mask, torch.full((b,), 4)
+    return masked_kspace_batch(b, coils, size, seed)
 
 
 def randomise_hyper(net, seed=0):

@@ -17,7 +17,7 @@ from mrbench.models.unet import NormUNet, UNet
 from mrbench.runner import execute
 from mrbench.store import RunStore
 
-from conftest import tiny_run_settings, write_tiny_root
+from conftest import masked_kspace_batch, tiny_run_settings, write_tiny_root
 
 CH, PO = 4, 2
 REPO = Path(__file__).resolve().parents[1]
@@ -28,12 +28,7 @@ def nparams(params) -> int:
 
 
 def make_batch(b=4, coils=1, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    k = torch.randn(b, coils, size, size, generator=g, dtype=torch.complex64)
-    mask = torch.zeros(b, 1, size, size)
-    mask[..., ::2] = 1
-    mask[..., size // 2 - 2 : size // 2 + 2] = 1
-    return k * mask, mask, torch.full((b,), 4)
+    return masked_kspace_batch(b, coils, size, seed)
 
 
 def model(blocks, tasks=2, share_etas=True, seed=0):

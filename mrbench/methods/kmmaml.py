@@ -74,7 +74,7 @@ from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
 from .base import Method, Phase, Reconstructor, StepResult, l1_per_sample
-from .meta import detached_params, episode_phase, inner_loop, sample_tasks
+from .meta import detached_params, episode_phase, episode_slices, episode_step, inner_loop
 
 GROUPS = ("base", "hyper", "encoder")
 TEST_MODES = {"on-the-fly": (), "hyper": ("hyper",), "all": ("base", "hyper")}  # groups adapted at test time
@@ -129,26 +129,20 @@ class KMMAML(Method):
 
     def episode_slices(self) -> int:
         """Slices one episode pushes through forward+backward (the budget accounting rule)."""
-        m = self.cfg.meta
-        return min(m.tasks_per_batch, len(self.tasks)) * (m.support * max(m.inner_steps, 1) + m.query)
+        return episode_slices(self.cfg, len(self.tasks), support_always=True)
 
     def step(self, source) -> StepResult:
         m = self.cfg.meta
         net = self.models["net"]
         params = dict(net.named_parameters())
         buffers = dict(net.named_buffers())
-        tasks = sample_tasks(len(self.tasks), m.tasks_per_batch)
-        losses: dict[int, float] = {}
-        for t in tasks:
-            support = source(m.support, task=t)
-            query = source(m.query, task=t)
+
+        def query_loss(support, query):
             z = net.context_embedding(support.kspace)
             fast = inner_loop(net, params, buffers, support, m.inner_steps, m.inner_lr, m.order, self.hyper_names, loss=embedded_loss(z))
-            q_loss = l1_per_sample(embedded_reconstruct(net, {**fast, **buffers}, query, z), query).mean()
-            (q_loss / len(tasks)).backward()  # meta-gradient into θ, ω and the encoder
-            losses[t] = float(q_loss.detach())
-        slices = len(tasks) * (m.support * max(m.inner_steps, 1) + m.query)
-        return StepResult(sum(losses.values()) / len(losses), slices, losses)
+            return l1_per_sample(embedded_reconstruct(net, {**fast, **buffers}, query, z), query).mean()  # grads into θ, ω, encoder
+
+        return episode_step(self, source, query_loss, support_always=True)
 
     # -- inference
     def model_key(self, task: int) -> str:

@@ -40,7 +40,7 @@ import copy
 import torch
 
 from .base import Method, Phase, Reconstructor, StepResult, reconstruct
-from .meta import adapt_names, detached_params, episode_phase, inner_loop, reconstruction_loss, sample_tasks
+from .meta import adapt_names, detached_params, episode_phase, episode_slices, episode_step, inner_loop, reconstruction_loss
 
 
 class MAML(Method):
@@ -56,26 +56,19 @@ class MAML(Method):
 
     def episode_slices(self) -> int:
         """Slices one episode pushes through forward+backward (the budget accounting rule)."""
-        m = self.cfg.meta
-        return min(m.tasks_per_batch, len(self.tasks)) * (m.support * m.inner_steps + m.query)
+        return episode_slices(self.cfg, len(self.tasks))
 
     def step(self, source) -> StepResult:
         m = self.cfg.meta
         net = self.models["net"]
         params = dict(net.named_parameters())
         buffers = dict(net.named_buffers())
-        tasks = sample_tasks(len(self.tasks), m.tasks_per_batch)
-        losses: dict[int, float] = {}
-        slices = 0
-        for t in tasks:
-            support = source(m.support, task=t) if m.inner_steps else None
-            query = source(m.query, task=t)
+
+        def query_loss(support, query):
             fast = inner_loop(net, params, buffers, support, m.inner_steps, m.inner_lr, m.order, self.adapt_names)
-            q_loss = reconstruction_loss(net, {**fast, **buffers}, query)
-            (q_loss / len(tasks)).backward()  # accumulates the meta-gradient into the parameters' .grad
-            losses[t] = float(q_loss.detach())
-            slices += m.support * m.inner_steps + m.query
-        return StepResult(sum(losses.values()) / len(losses), slices, losses)
+            return reconstruction_loss(net, {**fast, **buffers}, query)
+
+        return episode_step(self, source, query_loss)
 
     def adapt(self, ctx, support, steps: int, lr: float) -> Reconstructor:
         """``steps`` SGD steps at ``meta.inner_lr`` (``lr`` = ``eval.adapt_lr`` is not used:

@@ -48,7 +48,7 @@ from torch.func import functional_call
 from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
-from .base import Phase, backbone_args, l1_per_sample
+from .base import Phase, StepResult, backbone_args, l1_per_sample
 
 Tensors = Mapping[str, torch.Tensor]
 LossFn = Callable[[nn.Module, dict, object], torch.Tensor]
@@ -146,6 +146,33 @@ def sample_tasks(num_tasks: int, per_batch: int, generator: torch.Generator | No
     drawn as often as the others: episodes up-sample it, like stratified sampling)."""
     perm = torch.randperm(num_tasks, generator=generator)
     return [int(i) for i in perm[: min(per_batch, num_tasks)]]
+
+
+def episode_slices(cfg, num_tasks: int, support_always: bool = False) -> int:
+    """Slices one episode pushes through forward+backward (the budget accounting rule):
+    per task ``support × inner steps + query``; ``support_always`` (KM-MAML, whose context
+    embedding reads the support set even without an inner step) counts the support once at least."""
+    m = cfg.meta
+    passes = max(m.inner_steps, 1) if support_always else m.inner_steps
+    return min(m.tasks_per_batch, num_tasks) * (m.support * passes + m.query)
+
+
+def episode_step(method, source, query_loss: Callable, support_always: bool = False) -> StepResult:
+    """One meta-batch of ``method`` (MAML, KM-MAML): ``meta.tasks_per_batch`` tasks, each with a
+    support batch (drawn when an inner step or ``support_always`` needs it) and a query batch;
+    ``query_loss(support, query)`` runs the inner loop and returns the query loss, whose
+    meta-gradient is accumulated into the parameters' ``.grad`` (mean over the tasks)."""
+    m = method.cfg.meta
+    tasks = sample_tasks(len(method.tasks), m.tasks_per_batch)
+    losses: dict[int, float] = {}
+    for t in tasks:
+        support = source(m.support, task=t) if (m.inner_steps or support_always) else None
+        query = source(m.query, task=t)
+        q_loss = query_loss(support, query)
+        (q_loss / len(tasks)).backward()
+        losses[t] = float(q_loss.detach())
+    slices = episode_slices(method.cfg, len(method.tasks), support_always)
+    return StepResult(sum(losses.values()) / len(losses), slices, losses)
 
 
 def episode_phase(method) -> list[Phase]:

@@ -194,13 +194,16 @@ def write_report(
     title: str = "mrbench report",
     reference_required: bool = False,
 ) -> Path:
-    """Write the report to ``out`` (an .html file) atomically; returns its path."""
+    """Write the report to ``out`` (an .html file) and its ``summary.csv`` beside it, atomically;
+    returns the report's path."""
     path = Path(out)
     if path.is_dir():
         raise MrbenchError(f"{path} is a directory; give the report's file name (e.g. {path / 'report.html'})")
     layout = build_layout(runs, baselines=baselines, reference=reference, metric=metric, title=title,
                           reference_required=reference_required)
     atomic.write_text(path, file_html(layout, resources=INLINE, title=title))
+    # the numbers behind the report, in the long form baselines/ holds and --baselines reads
+    results.write_summary_csv(results.summarise(results.records(runs)), path.with_name("summary.csv"))
     return path
 
 

@@ -40,7 +40,6 @@ class Table:
     cells: pd.DataFrame
     reference: str | None
     win_rate: dict[str, float]
-    tests: int
     max_pairs: int
 
 
@@ -105,17 +104,17 @@ def build_tables(
         sign = 1 if R.HIGHER_IS_BETTER[m] else -1
         best = cells.groupby(["context", "scarcity", "steps"])["mean"].transform(lambda v: (sign * v).max())
         cells["best"] = np.isclose(sign * cells["mean"], best, rtol=0, atol=1e-12)
-        tests, max_pairs = 0, 0
+        max_pairs = 0
         if ref is not None:
             t = R.paired_tests(df, ref, m)
-            tests, max_pairs = len(t), int(t["n"].max()) if len(t) else 0
+            max_pairs = int(t["n"].max()) if len(t) else 0
             cells = cells.merge(t[["label", "context", "scarcity", "steps", "p_holm"]], how="left",
                                 on=["label", "context", "scarcity", "steps"])
         else:
             cells["p_holm"] = np.nan
         cells["significant"] = cells["p_holm"] < 0.05
         rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
-        out.tables.append(Table(m, labels, columns, cells, ref, rates, tests, max_pairs))
+        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs))
     return out
 
 
