@@ -224,8 +224,11 @@ def interleaved(args, order: int, inner: int) -> dict:
     steps = {impl: run_one(args, order, inner, impl, build_only=True)
              for impl in ("mrbench", "torchopt", "higher") if impl == "mrbench" or available(impl)}
     times: dict = {impl: [] for impl in steps}
+    order_ = list(steps)
     for i in range(args.warmup + 2 * args.steps):
-        for impl, step in steps.items():
+        # rotate who goes first: each implementation follows each other one equally often
+        for impl in order_[i % len(order_):] + order_[: i % len(order_)]:
+            step = steps[impl]
             sync(device)
             t0 = time.perf_counter()
             step()

@@ -102,3 +102,32 @@ def test_generator_draws_differ_and_volume_seed_is_stable():
     assert volume_seed("file_a.h5", "random", 4) == volume_seed("file_a.h5", "random", 4)
     assert volume_seed("file_a.h5", "random", 4) != volume_seed("file_b.h5", "random", 4)
     assert volume_seed("file_a.h5", "random", 4) != volume_seed("file_a.h5", "random", 8)
+
+
+def test_largest_selects_exactly_k_even_with_ties():
+    from mrbench.data.masks import _largest
+
+    keys = np.array([3, 1, 2, 2, 2, 0, -np.inf, np.inf], dtype=np.float32)
+    for k, must in [(1, {7}), (2, {0, 7}), (3, {0, 7}), (4, {0, 7}), (5, {0, 2, 3, 4, 7})]:
+        sel = _largest(keys, k)
+        assert sel.dtype == np.float32 and sel.sum() == k
+        chosen = set(np.flatnonzero(sel))
+        assert must <= chosen
+        assert keys[list(chosen)].min() >= np.delete(keys, list(chosen)).max()
+
+
+def test_gaussian2d_matches_weighted_sampling_without_replacement():
+    # The disc is always drawn; off the disc the draw follows Efraimidis–Spirakis with
+    # keys log(u)/w: check the mask equals an independent argsort of those keys.
+    m = make_mask("gaussian2d", 6, 0.05)
+    h, w = 40, 48
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    mask = m((h, w), rng_a).mask
+    yy, xx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    disc = yy**2 + xx**2 <= 0.05 * h * w / np.pi
+    density = np.exp(-(yy**2) / (2 * (0.2 * h) ** 2) - xx**2 / (2 * (0.2 * w) ** 2))
+    keys = np.log(rng_b.random(h * w, dtype=np.float32)).astype(np.float64) / density.ravel()
+    keys[disc.ravel()] = np.inf
+    expected = np.zeros(h * w, dtype=np.float32)
+    expected[np.argsort(-keys, kind="stable")[: round(h * w / 6)]] = 1
+    np.testing.assert_array_equal(mask.ravel(), expected)

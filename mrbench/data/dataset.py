@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import MrbenchError
-from ..fourier import center_crop, ifft2c, rss
+from ..fourier import center_crop, ifft2c_magnitude
 from .contexts import Context
 from .fastmri_format import VolumeMeta, read_volume
 from .masks import DrawnMask, volume_seed
@@ -173,8 +173,7 @@ class SliceDataset(torch.utils.data.Dataset):
         mask = torch.from_numpy(drawn.mask)[None]
         kspace = torch.from_numpy(kspace_np) * mask
         target = torch.from_numpy(target_np)
-        image = ifft2c(kspace)
-        image = image[0].abs() if image.shape[0] == 1 else rss(image, dim=0)
+        image = ifft2c_magnitude(kspace, coil_dim=0)
         crop = (min(target.shape[-2], image.shape[-2]), min(target.shape[-1], image.shape[-1]))
         return Sample(
             kspace=kspace,

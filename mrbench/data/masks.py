@@ -82,8 +82,11 @@ class MaskFunc:
         h, w = int(shape[0]), int(shape[1])
         left, right = padding if padding is not None else (0, w)
         inner, n_low = self.draw((h, right - left), rng)
-        mask = np.zeros((h, w), dtype=np.float32)
-        mask[:, left:right] = inner
+        if (left, right) == (0, w):  # no padding columns: no copy for 2-D masks
+            mask = np.ascontiguousarray(inner, dtype=np.float32)
+        else:
+            mask = np.zeros((h, w), dtype=np.float32)
+            mask[:, left:right] = inner
         return DrawnMask(mask=mask, num_low_frequencies=n_low)
 
     def draw(self, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -136,21 +139,29 @@ class EquispacedMask(MaskFunc):
         return np.broadcast_to(lines, shape), n_low
 
 
-def _weighted_choice(rng: np.random.Generator, weights: np.ndarray, k: int, inverse: np.ndarray | None = None) -> np.ndarray:
-    """``k`` distinct indices drawn with probability ∝ ``weights`` (Efraimidis–Spirakis keys
-    log(u)/w, the k largest). ``inverse``: a cached float32 ``1 / weights`` (2-D masks draw
-    over H·W points per training sample, so the keys are computed in float32 with a
-    multiply instead of a float64 divide; ties at float32 resolution are immaterial)."""
+def _weighted_choice(rng: np.random.Generator, weights: np.ndarray, k: int) -> np.ndarray:
+    """float32 0/1 indicator of ``k`` distinct points drawn with probability ∝ ``weights``
+    (Efraimidis–Spirakis: keys log(u)/w, the k largest)."""
     if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if inverse is None:
-        keys = np.log(rng.uniform(size=weights.size)) / np.maximum(weights, 1e-12)
-        return np.argpartition(-keys, k - 1)[:k]
-    with np.errstate(divide="ignore"):  # u = 0 gives −inf: never drawn, as intended
-        keys = np.log(rng.random(inverse.size, dtype=np.float32))
-    keys *= inverse
+        return np.zeros(weights.size, dtype=np.float32)
+    return _largest(np.log(rng.uniform(size=weights.size)) / np.maximum(weights, 1e-12), k)
+
+
+def _largest(keys: np.ndarray, k: int) -> np.ndarray:
+    """float32 0/1 indicator of the ``k`` largest of the 1-D ``keys``.
+
+    A partition finds the k-th largest value and one comparison selects, written
+    into the partition's buffer — cheaper than ``argpartition``'s index bookkeeping
+    (2-D masks run this over H·W keys per training sample). A tie at that value
+    (float32 keys can tie) falls back to ``argpartition``: exactly ``k`` are selected.
+    """
     n = keys.size
-    return np.argpartition(keys, n - k)[n - k :]
+    out = np.partition(keys, n - k).astype(np.float32, copy=False)
+    np.greater_equal(keys, out[n - k], out=out, casting="unsafe")
+    if np.count_nonzero(out) != k:
+        out[:] = 0
+        out[np.argpartition(keys, n - k)[n - k :]] = 1
+    return out
 
 
 class GaussianMask(MaskFunc):
@@ -170,7 +181,7 @@ class GaussianMask(MaskFunc):
         total = int(round(w / self.acceleration))
         x = np.arange(w) - w // 2
         weights = np.exp(-(x**2) / (2 * (self.sigma * w) ** 2)) * (lines == 0)
-        lines[_weighted_choice(rng, weights, total - n_low)] = 1
+        np.maximum(lines, _weighted_choice(rng, weights, total - n_low), out=lines)
         return np.broadcast_to(lines, shape), n_low
 
 
@@ -188,24 +199,29 @@ class Gaussian2dMask(MaskFunc):
     sigma = 0.2
 
     def draw(self, shape, rng):
-        disc, weights, inverse, n_disc = self._layout(tuple(shape))
-        mask = disc.astype(np.float32)
+        inverse, _ = self._layout(tuple(shape))
         total = int(round(shape[0] * shape[1] / self.acceleration))
-        mask.ravel()[_weighted_choice(rng, weights, total - n_disc, inverse)] = 1
+        # Efraimidis–Spirakis keys log(u)/w in float32 (H·W keys per training sample):
+        # +∞ on the disc (always drawn), so the `total` largest are the disc plus the draw.
+        keys = rng.random(inverse.size, dtype=np.float32)
+        with np.errstate(divide="ignore"):  # u = 0: key −∞, never drawn
+            np.log(keys, out=keys)
+        keys *= inverse
+        mask = _largest(keys, total).reshape(shape)
         radius = np.sqrt(self.center_fraction * shape[0] * shape[1] / np.pi)
         return mask, int(round(2 * radius))
 
     @functools.lru_cache(maxsize=8)
-    def _layout(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Centre disc, sampling density, its float32 inverse (∞ → never drawn: the disc)
-        and the disc's size for a shape (cached: drawn per training sample)."""
+    def _layout(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(1 / density`` as float32 with −∞ on the centre disc, the disc) for a shape
+        (cached: drawn per training sample)."""
         h, w = shape
         yy, xx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
         radius = np.sqrt(self.center_fraction * h * w / np.pi)
         disc = (yy**2 + xx**2) <= radius**2
-        weights = (np.exp(-(yy**2) / (2 * (self.sigma * h) ** 2) - xx**2 / (2 * (self.sigma * w) ** 2)) * ~disc).ravel()
-        inverse = (1.0 / np.maximum(weights, 1e-30)).astype(np.float32)  # 1e30 > float32 max: inf, key −inf
-        return disc, weights, inverse, int(disc.sum())
+        density = np.exp(-(yy**2) / (2 * (self.sigma * h) ** 2) - xx**2 / (2 * (self.sigma * w) ** 2))
+        inverse = np.where(disc, -np.inf, 1.0 / density).astype(np.float32).ravel()
+        return inverse, disc
 
 
 MASKS: dict[str, type[MaskFunc]] = {

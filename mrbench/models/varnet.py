@@ -42,15 +42,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mrbench.fourier import fft2c, ifft2c
+from mrbench.fourier import alternating_sign as _sign, fft2c, ifft2c
 from mrbench.models.unet import NormUNet
 
 __all__ = ["Domain", "VarNet", "VarNetCascade", "SensitivityModel", "acs_band", "choose_domain"]
-
-
-def _sign(n: int, device: torch.device) -> torch.Tensor:
-    """``(-1)^j`` for ``j < n``, float32."""
-    return 1.0 - 2.0 * (torch.arange(n, device=device) % 2).to(torch.float32)
 
 
 @dataclass(frozen=True)
