@@ -8,21 +8,33 @@ volume plus Rician noise) and compute NMSE, PSNR and SSIM as
 load drifts hit both alike); the median over all timed calls
 (``time.perf_counter``) is reported. Exits non-zero if the values differ by
 more than 1e-4. Prints one JSON object on stdout.
+
+numpy's OpenBLAS pool is held to one thread (``OPENBLAS_NUM_THREADS=1`` unless
+set): the reference's only BLAS call is the ``np.linalg.norm`` of NMSE, and after
+it OpenBLAS's idle threads keep spinning on the cores for a while. On a 2-core
+machine they then fight torch's OpenMP threads in the next timed call (single
+calls of 5-90 ms instead of ~2 ms were measured), which times the two thread
+pools' contention, not either implementation. scikit-image itself is
+single-threaded either way.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import sys
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads OpenBLAS (see above)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -115,6 +127,7 @@ def main() -> int:
                 "within_tol": ok,
                 "tol": TOL,
                 "torch_threads": torch.get_num_threads(),
+                "openblas_threads": os.environ["OPENBLAS_NUM_THREADS"],
                 "torch": torch.__version__,
                 "machine": platform.machine(),
             }

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mrbench.fourier import alternating_sign as _sign, fft2c, ifft2c
+from mrbench.fourier import alternating_sign, fft2c, ifft2c
 from mrbench.models.unet import NormUNet
 
 __all__ = ["Domain", "VarNet", "VarNetCascade", "SensitivityModel", "acs_band", "choose_domain"]
@@ -87,10 +87,10 @@ class Domain:
             k = torch.fft.fftshift(
                 torch.fft.ifft(torch.fft.ifftshift(kspace, dim=-2), dim=-2, norm="ortho"), dim=-2
             )
-            return torch.fft.ifftshift(k, dim=-1) * _sign(w, k.device)
+            return torch.fft.ifftshift(k, dim=-1) * alternating_sign(w, k.device)
         if self.kind == "shifted":
             k = torch.fft.ifftshift(kspace, dim=(-2, -1))
-            return k * (_sign(h, k.device)[:, None] * _sign(w, k.device))
+            return k * (alternating_sign(h, k.device)[:, None] * alternating_sign(w, k.device))
         return kspace
 
     def mask(self, mask: torch.Tensor) -> torch.Tensor:
