@@ -35,9 +35,13 @@ never imports them.
 back to back in a rotated order, and reports the median over rounds
 (``mrbench_over_fastest_other`` < 1 means mrbench's step is the fastest): on a
 shared 2-core VM single passes disagreed by ±20 %. ``interleaved_one_process_seconds``
-times the MAML implementations turn by turn inside one process (``2 × --steps``
-calls each, medians): the fairest time comparison, since process-to-process
-variance drops out.
+times the MAML implementations turn by turn inside one process (``--pairs``
+rounds, :func:`interleaved`): the fairest time comparison, since process-to-process
+variance drops out; its ``paired_ratio_mrbench_over`` gives, per library, the
+median of the per-round ratios mrbench / library with a 95 % bootstrap interval.
+``verdict`` reads the target from those intervals: ``met`` where mrbench's ratio
+to the fastest library is below 1 or its interval contains 1 (no slower within
+what the machine can resolve), ``missed`` where the whole interval is above 1.
 
 Prints one JSON object on stdout.
 """
@@ -219,14 +223,22 @@ def child(args) -> None:
 
 def interleaved(args, order: int, inner: int) -> dict:
     """All MAML implementations built in one process and timed turn by turn (the fairest
-    time comparison on a noisy machine: same process, same memory, same moment)."""
+    time comparison on a noisy machine: same process, same memory, same moment).
+
+    ``--pairs`` rounds; in each, every implementation takes one meta-step, in an order
+    rotated from round to round (each follows each other equally often). Per other
+    library, the round's ratio ``mrbench / library`` is a paired measurement — both
+    steps ran seconds apart — so machine-wide drifts (this VM's speed moved by 30 %
+    within minutes) cancel. Reported: the median seconds per implementation, and per
+    library the median of the paired ratios with a 95 % bootstrap interval of that
+    median (percentile bootstrap, 2000 resamples, fixed seed).
+    """
     device = torch.device(args.device)
     steps = {impl: run_one(args, order, inner, impl, build_only=True)
              for impl in ("mrbench", "torchopt", "higher") if impl == "mrbench" or available(impl)}
     times: dict = {impl: [] for impl in steps}
     order_ = list(steps)
-    for i in range(args.warmup + 2 * args.steps):
-        # rotate who goes first: each implementation follows each other one equally often
+    for i in range(args.warmup + args.pairs):
         for impl in order_[i % len(order_):] + order_[: i % len(order_)]:
             step = steps[impl]
             sync(device)
@@ -235,12 +247,29 @@ def interleaved(args, order: int, inner: int) -> dict:
             sync(device)
             if i >= args.warmup:
                 times[impl].append(time.perf_counter() - t0)
-    return {impl: round(statistics.median(v), 4) for impl, v in times.items()}
+    out: dict = {impl: round(statistics.median(v), 4) for impl, v in times.items()}
+    ratios = {}
+    for lib in order_[1:]:
+        paired = [a / b for a, b in zip(times["mrbench"], times[lib])]
+        lo, hi = bootstrap_median_ci(paired)
+        ratios[lib] = {"median": round(statistics.median(paired), 3), "ci95": [round(lo, 3), round(hi, 3)]}
+    out["paired_ratio_mrbench_over"] = ratios
+    out["pairs"] = args.pairs
+    return out
+
+
+def bootstrap_median_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the median of ``values``."""
+    import random
+
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 
 
 def spawn(args, order: int, inner: int, impl: str) -> dict:
     cmd = [sys.executable, __file__, "--one", f"{order},{inner},{impl}"]
-    for k in ("device", "size", "chans", "pools", "support", "query", "tasks", "steps", "warmup", "threads"):
+    for k in ("device", "size", "chans", "pools", "support", "query", "tasks", "steps", "warmup", "threads", "pairs"):
         cmd += [f"--{k}", str(getattr(args, k))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
@@ -281,6 +310,7 @@ def main() -> None:
     # (a 2-core box under load gave 4-30 s per step, against 0.7-1.4 s with one thread)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds over the implementations")
+    p.add_argument("--pairs", type=int, default=12, help="paired turn-by-turn rounds in one process (interleaved)")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device == "auto":
@@ -309,6 +339,13 @@ def main() -> None:
                   if isinstance(results[lib], dict) and "seconds_per_step" in results[lib][key]]
         if others and "seconds_per_step" in results["mrbench"][key]:
             fastest_other[key] = round(results["mrbench"][key]["seconds_per_step"] / min(others), 3)
+    verdict = {}
+    for key, one in together.items():
+        libs = [lib for lib in one.get("paired_ratio_mrbench_over", {})]
+        if libs:
+            fastest = min(libs, key=lambda lib: one[lib])
+            lo = one["paired_ratio_mrbench_over"][fastest]["ci95"][0]
+            verdict[key] = {"fastest_other": fastest, "target": "met" if lo <= 1.0 else "missed"}
     ratios = {}
     for inner in (1, 3):
         a, b = results["mrbench"][f"order1_k{inner}"], results["mrbench"][f"order2_k{inner}"]
@@ -345,6 +382,7 @@ def main() -> None:
                 "ratio_second_over_first": ratios,
                 "mrbench_over_fastest_other": fastest_other,
                 "interleaved_one_process_seconds": together,
+                "no_slower_than_fastest_other": verdict,
                 "rounds": args.rounds,
                 "target_ratio_max": 3.0,
                 "wall_seconds": round(time.perf_counter() - t0, 1),
