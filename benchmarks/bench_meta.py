@@ -39,7 +39,7 @@ times the MAML implementations turn by turn inside one process (``--pairs``
 rounds, :func:`interleaved`): the fairest time comparison, since process-to-process
 variance drops out; its ``paired_ratio_mrbench_over`` gives, per library, the
 median of the per-round ratios mrbench / library with a 95 % bootstrap interval.
-``verdict`` reads the target from those intervals: ``met`` where mrbench's ratio
+``no_slower_than_fastest_other`` reads the target from those intervals: ``met`` where mrbench's ratio
 to the fastest library is below 1 or its interval contains 1 (no slower within
 what the machine can resolve), ``missed`` where the whole interval is above 1.
 
@@ -58,6 +58,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,6 +70,7 @@ from mrbench.methods.base import l1_per_sample, reconstruct  # noqa: E402
 from mrbench.methods.kmmaml import KMMAML  # noqa: E402
 from mrbench.methods.maml import MAML  # noqa: E402
 from mrbench.models import UNetRecon  # noqa: E402
+from mrbench.reports.results import bootstrap_ci  # noqa: E402
 
 CONFIGS = [(1, 1), (2, 1), (1, 3), (2, 3)]  # (order, inner steps)
 INNER_LR = 1e-2
@@ -231,7 +233,7 @@ def interleaved(args, order: int, inner: int) -> dict:
     steps ran seconds apart — so machine-wide drifts (this VM's speed moved by 30 %
     within minutes) cancel. Reported: the median seconds per implementation, and per
     library the median of the paired ratios with a 95 % bootstrap interval of that
-    median (percentile bootstrap, 2000 resamples, fixed seed).
+    median (the reports' percentile bootstrap, :func:`mrbench.reports.results.bootstrap_ci`).
     """
     device = torch.device(args.device)
     steps = {impl: run_one(args, order, inner, impl, build_only=True)
@@ -251,20 +253,11 @@ def interleaved(args, order: int, inner: int) -> dict:
     ratios = {}
     for lib in order_[1:]:
         paired = [a / b for a, b in zip(times["mrbench"], times[lib])]
-        lo, hi = bootstrap_median_ci(paired)
+        lo, hi = bootstrap_ci(paired, statistic=np.median)
         ratios[lib] = {"median": round(statistics.median(paired), 3), "ci95": [round(lo, 3), round(hi, 3)]}
     out["paired_ratio_mrbench_over"] = ratios
     out["pairs"] = args.pairs
     return out
-
-
-def bootstrap_median_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of the median of ``values``."""
-    import random
-
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 
 
 def spawn(args, order: int, inner: int, impl: str) -> dict:
@@ -341,7 +334,7 @@ def main() -> None:
             fastest_other[key] = round(results["mrbench"][key]["seconds_per_step"] / min(others), 3)
     verdict = {}
     for key, one in together.items():
-        libs = [lib for lib in one.get("paired_ratio_mrbench_over", {})]
+        libs = one.get("paired_ratio_mrbench_over", {})
         if libs:
             fastest = min(libs, key=lambda lib: one[lib])
             lo = one["paired_ratio_mrbench_over"][fastest]["ci95"][0]

@@ -194,15 +194,16 @@ def costs(runs: Sequence[Run]) -> pd.DataFrame:
 _CELL = ["label", "method", "context", "seen", "scarcity", "steps"]
 
 
-def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap CI of the mean (NaNs for fewer than 2 values or no spread)."""
+def bootstrap_ci(values: np.ndarray, seed: int = 0, statistic=np.mean) -> tuple[float, float]:
+    """95 % percentile bootstrap CI of ``statistic`` (default the mean; NaNs for no values,
+    the statistic itself for fewer than 2 values or no spread)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2 or np.ptp(values) == 0:
-        v = float(values.mean()) if len(values) else float("nan")
+        v = float(statistic(values)) if len(values) else float("nan")
         return (v, v) if len(values) else (float("nan"), float("nan"))
     from scipy.stats import bootstrap
 
-    res = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+    res = bootstrap((values,), statistic, confidence_level=0.95, n_resamples=2000, method="percentile",
                     random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
