@@ -1,7 +1,7 @@
 """Atomic writes: a temporary file in the target directory, then ``os.replace``.
 
 A crash mid-write never leaves a half-written file under the final name, and an
-existing file is only replaced once its successor is complete (DESIGN.md §7).
+existing file is only replaced once its successor is complete (docs/design.md §7).
 """
 
 from __future__ import annotations

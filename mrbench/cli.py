@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import MrbenchError
+from .errors import MrbenchError, RunStopped
 
 
 class _UserError(click.ClickException):
@@ -129,7 +129,12 @@ def data_info(directory, no_check):
             click.echo("  ".join("-" * w for w in widths))
     total = sum(r["volumes"] for r in rows)
     checked = "structure checked" if no_check else "all values checked"
-    click.echo(f"{total} volumes in {directory} ({checked})")
+    problems = index.training_problems()
+    for p in problems:
+        click.echo(f"problem: {p}")
+    if problems:
+        raise MrbenchError(f"{directory}: {total} volumes ({checked}), but mrbench run would refuse it ({len(problems)} problem(s) above)")
+    click.echo(f"{total} volumes in {directory} ({checked}; usable by mrbench run)")
 
 
 # ---------------------------------------------------------------------- runs
@@ -159,14 +164,36 @@ def run_cmd(method, config_file, overrides, scarcity, seed, threads, device, res
     if device is not None:
         extra.append(f"train.device={device}")
     cfg = load_config(config_file, extra, method=method, scarcity=scarcity)
-    store = execute(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+    try:
+        store = execute(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+    except RunStopped as stop:
+        again = _resume_command(method, config_file, extra, scarcity, quiet)
+        click.echo(f"{stop}; continue with: {again}")
+        return
     _print_metrics(store.read_json("metrics.json"), store.path)
+
+
+def _resume_command(method, config_file, overrides, scarcity, quiet) -> str:
+    """The ``mrbench run`` command that continues this run: the same method, file, ``--set``
+    items and level, with ``--resume`` and without ``train.stop_after`` (which would stop it again)."""
+    import shlex
+
+    cmd = ["mrbench", "run", method]
+    if config_file:
+        cmd += ["--config", str(config_file)]
+    for item in overrides:
+        if not item.replace(" ", "").startswith("train.stop_after="):
+            cmd += ["--set", item]
+    if scarcity is not None:
+        cmd += ["--scarcity", str(scarcity)]
+    cmd += ["--resume"] + (["--quiet"] if quiet else [])
+    return shlex.join(cmd)
 
 
 def _print_metrics(metrics: dict, path) -> None:
     click.echo(f"{path}")
     for name, c in metrics["contexts"].items():
-        for steps, res in c["steps"].items():
+        for steps, res in sorted(c["steps"].items(), key=lambda kv: int(kv[0])):
             m, zf = res["mean"], res["zero_filled"]
             tag = "seen" if c["seen"] else f"unseen, {steps} steps"
             click.echo(
@@ -195,6 +222,8 @@ def evaluate_cmd(run_dir, contexts, adapt_steps):
             raise MrbenchError(f"--adapt-steps: must be ≥ 0, got {adapt_steps!r}")
     metrics = evaluate_run_dir(run_dir, contexts, steps)
     _print_metrics(metrics, run_dir)
+    if steps is not None and not any(not c["seen"] for c in metrics["contexts"].values()):
+        click.echo("note: --adapt-steps has no effect: no unseen contexts configured (data.unseen in the run's config.json)")
 
 
 @main.command("ls")
@@ -216,14 +245,19 @@ def ls_cmd(runs_dir):
         except (OSError, json.JSONDecodeError):
             continue
         seen = unseen = {}
+        status = store.status()
         if store.metrics_path.exists():
-            summary = json.loads(store.metrics_path.read_text()).get("summary", {})
-            seen = summary.get("seen", {}).get("0", {})
-            unseen_steps = summary.get("unseen", {})
-            unseen = unseen_steps[max(unseen_steps, key=int)] if unseen_steps else {}
+            try:
+                summary = json.loads(store.metrics_path.read_text()).get("summary", {})
+                seen = summary.get("seen", {}).get("0", {})
+                unseen_steps = summary.get("unseen", {})
+                unseen = unseen_steps[max(unseen_steps, key=int)] if unseen_steps else {}
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
+                status = "metrics.json unreadable (re-run `mrbench evaluate` on it)"
+                seen = unseen = {}
         rows.append([
             str(store.path.relative_to(root)),
-            store.status(),
+            status,
             cfg.get("method", "?"),
             str(cfg.get("scarcity", "?")),
             f"{seen['psnr']:.2f}" if seen else "-",

@@ -1,14 +1,17 @@
 """Run configuration: TOML files parsed into validated dataclasses.
 
-Every default lives here, in one place; ``config.json`` of a run writes all of
-them out. A configuration comes from (lowest to highest precedence) these
+The core sections ([data], [train], [model], [eval], [run]) are defined here; every
+plug-in (method, backbone, weighting) declares its own options beside its code as
+``options = {"section": Dataclass}`` and :func:`assemble_config` merges them into
+:class:`Config` (docs/design.md §8). ``config.json`` of a run writes every value out,
+plus ``notes`` on the defaults that followed other keys. A configuration comes from (lowest to highest precedence) these
 defaults, an optional TOML file (``--config``), and ``--set section.key=value``
 overrides. Unknown sections or keys and values of the wrong type or range are
 :class:`~mrbench.errors.MrbenchError` naming the key (and the file).
 
 ``--set`` values are read as TOML values (``train.lr=3e-4``, ``data.tasks=["AXT1"]``)
 and fall back to plain strings; list-valued keys also take comma-separated
-strings (``data.tasks=AXT1,AXT2``).
+strings (``data.tasks=AXT1,AXT2``) and bracketed bare words (``data.tasks=[AXT1,AXT2]``).
 """
 
 from __future__ import annotations
@@ -67,8 +70,6 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm, 0 = off
     val_every: int = 500  # slices between validations (and checkpoints)
     sampling: str = "uniform"  # uniform | stratified (tasks interleaved, scarce up-sampled)
-    pretrain_fraction: float = 0.5  # transfer: share of the budget spent pre-training
-    finetune_lr_factor: float = 0.3  # transfer: fine-tuning lr = lr × this (0.3 measured better than 0.1, README)
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
@@ -81,8 +82,6 @@ class TrainConfig:
         _require(self.grad_clip >= 0, key("grad_clip"), "must be ≥ 0")
         _require(self.val_every > 0, key("val_every"), "must be > 0")
         _require(self.sampling in ("uniform", "stratified"), key("sampling"), f"must be uniform or stratified, got {self.sampling!r}")
-        _require(0 < self.pretrain_fraction < 1, key("pretrain_fraction"), "must be in (0, 1)")
-        _require(self.finetune_lr_factor > 0, key("finetune_lr_factor"), "must be > 0")
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
         _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")
         _require(self.stop_after >= 0, key("stop_after"), "must be ≥ 0")
@@ -90,43 +89,41 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "varnet"  # unet | varnet (registry: mrbench.models.BACKBONES)
+    """The options every backbone shares; a backbone adds its own (``options`` beside its code)."""
+
+    backbone: str = ""  # "" = the method's own (km-unet for kmmaml, mtl-varnet for mtl, else varnet)
     size: str = "demo"  # demo | paper (fastMRI E2E-VarNet: 12 cascades, 18 chans, 4 pools)
     cascades: int = 0  # 0 = from size
     chans: int = 0
     pools: int = 0
     sens_chans: int = 0
     sens_pools: int = 0
-    # mtl-varnet: one letter per cascade, I shared, V split, Y shared encoder, W attention
-    blocks: str = ""  # "" = "II" + "V"·(cascades − 2)
-    share_etas: bool = True  # one η per cascade (True) or one per task per cascade
 
     def check(self, key):
         from .models import BACKBONES, SIZES
 
-        bad = set(self.blocks) - set("IVYW")
-        _require(not bad, key("blocks"), f"letters must be I, V, Y or W, got {''.join(sorted(bad))!r}")
-
-        _require(self.backbone in BACKBONES, key("backbone"), f"unknown backbone {self.backbone!r}; valid: {', '.join(sorted(BACKBONES))}")
+        if self.backbone:
+            _require(self.backbone in BACKBONES, key("backbone"), f"unknown backbone {self.backbone!r}; valid: {', '.join(sorted(BACKBONES))}")
         _require(self.size in SIZES, key("size"), f"must be one of {', '.join(SIZES)}, got {self.size!r}")
         for name in ("cascades", "chans", "pools", "sens_chans", "sens_pools"):
             _require(getattr(self, name) >= 0, key(name), "must be ≥ 0 (0 = from size)")
 
-    def backbone_kwargs(self) -> dict:
-        """Constructor arguments: the size preset, overridden by explicit non-zero values,
-        restricted to what the backbone accepts. A lone U-Net gets twice the preset width
-        (a VarNet spreads its capacity over several cascades)."""
+    def backbone_kwargs(self, backbone: str | None = None) -> dict:
+        """Constructor arguments of ``backbone`` (default: ``model.backbone``): the size preset,
+        times the backbone's ``preset_width`` (a lone U-Net gets twice the VarNet width, which a
+        VarNet spreads over several cascades), overridden by explicit non-zero values,
+        restricted to what the backbone accepts."""
         import inspect
 
         from .models import BACKBONES, SIZES
 
+        cls = BACKBONES[backbone or self.backbone]
         kw = dict(SIZES[self.size])
-        if self.backbone in ("unet", "km-unet"):
-            kw["chans"] *= 2
+        kw["chans"] *= getattr(cls, "preset_width", 1)
         for name in kw:
             if getattr(self, name, 0):
                 kw[name] = getattr(self, name)
-        accepted = inspect.signature(BACKBONES[self.backbone]).parameters
+        accepted = inspect.signature(cls).parameters
         return {k: v for k, v in kw.items() if k in accepted}
 
 
@@ -148,58 +145,6 @@ class EvalConfig:
 
 
 @dataclass
-class MtlConfig:
-    """Multi-task loss weighting (Liu et al. 2021); the block structure is in [model]."""
-
-    weighting: str = "naive"  # naive | uncert | dwa | gradnorm | pcgrad (mrbench.methods.weighting.WEIGHTINGS)
-    dwa_temperature: float = 2.0
-    gradnorm_alpha: float = 1.5
-
-    def check(self, key):
-        from .methods.weighting import WEIGHTINGS
-
-        _require(self.weighting in WEIGHTINGS, key("weighting"), f"unknown weighting {self.weighting!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
-        _require(self.dwa_temperature > 0, key("dwa_temperature"), "must be > 0")
-        _require(self.gradnorm_alpha >= 0, key("gradnorm_alpha"), "must be ≥ 0")
-
-
-@dataclass
-class MetaConfig:
-    """Meta-learning (maml, metadrop, kmmaml): episodes, inner loop, test-time mode."""
-
-    order: int = 1  # 1 = first-order, 2 = differentiate through the inner loop
-    inner_steps: int = 1  # SGD steps on the support loss per task
-    inner_lr: float = 1e-2
-    support: int = 2  # support slices per task per episode
-    query: int = 2  # query slices per task per episode
-    tasks_per_batch: int = 2  # tasks (contexts) per meta-batch
-    adapt: str = "all"  # parameter groups adapted in the inner loop (method-specific names, e.g. all | hyper)
-    alpha: float = 1.0  # metadrop: φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇L_meta(φ̃)
-    eta_meta: float = 1e-3  # metadrop with outer = "sgd"
-    outer: str = "adam"  # metadrop's outer step: adam (engine's Adam at train.lr on the meta gradient) | sgd (η_meta)
-    meta_context: str = "any"  # metadrop: other-contrast | other-mask | other-acceleration | any
-    embedding: int = 256  # kmmaml: context embedding size
-    rank: int = 1  # kmmaml: rank of the kernel modulation
-    test_mode: str = "hyper"  # kmmaml at test time: on-the-fly | hyper | all
-
-    def check(self, key):
-        _require(self.order in (1, 2), key("order"), f"must be 1 or 2, got {self.order}")
-        _require(self.inner_steps >= 0, key("inner_steps"), "must be ≥ 0")
-        _require(self.inner_lr > 0, key("inner_lr"), "must be > 0")
-        for name in ("support", "query", "tasks_per_batch", "embedding", "rank"):
-            _require(getattr(self, name) > 0, key(name), "must be > 0")
-        _require(self.alpha > 0, key("alpha"), "must be > 0")
-        _require(self.eta_meta > 0, key("eta_meta"), "must be > 0")
-        _require(
-            self.meta_context in ("other-contrast", "other-mask", "other-acceleration", "any"),
-            key("meta_context"),
-            f"must be other-contrast, other-mask, other-acceleration or any, got {self.meta_context!r}",
-        )
-        _require(self.outer in ("adam", "sgd"), key("outer"), f"must be adam or sgd, got {self.outer!r}")
-        _require(self.test_mode in ("on-the-fly", "hyper", "all"), key("test_mode"), f"must be on-the-fly, hyper or all, got {self.test_mode!r}")
-
-
-@dataclass
 class RunConfig:
     out: str = "runs"
     experiment: str = "default"
@@ -209,51 +154,128 @@ class RunConfig:
         _require(bool(self.experiment) and "/" not in self.experiment, key("experiment"), "must be a plain name")
 
 
-@dataclass
-class Config:
-    method: str = "stl"
-    scarcity: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    mtl: MtlConfig = field(default_factory=MtlConfig)
-    meta: MetaConfig = field(default_factory=MetaConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+#: The sections every run has, defined here; plug-ins add fields to these and sections of
+#: their own (``options`` on a method, backbone or weighting class).
+CORE_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "model": ModelConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+
+#: ``data.root`` of the built-in data; its default configuration also has an unseen context.
+BUILTIN_ROOT = "data/synth-brain"
+BUILTIN_UNSEEN = [{"contrast": "AXFLAIR"}]
+
+
+class _ConfigBase:
+    """Behaviour of the assembled :class:`Config` (its fields come from :func:`assemble_config`)."""
 
     def check(self):
         from .methods import METHODS
 
         _require(self.method in METHODS, "method", f"unknown method {self.method!r}; valid: {', '.join(sorted(METHODS))}")
         _require(self.scarcity >= 0, "scarcity", f"must be ≥ 0, got {self.scarcity}")
+        self._resolve_defaults(METHODS[self.method])
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.check(lambda k, s=f.name: f"{s}.{k}")
         return self
 
+    def _resolve_defaults(self, method) -> None:
+        """Defaults that follow other keys; each one applied is noted in config.json."""
+        explicit = getattr(self, "explicit", set())
+        notes = self.notes = []
+        if not self.model.backbone:
+            self.model.backbone = method.backbones[0] if method.backbones else "varnet"
+            notes.append(f"model.backbone = {self.model.backbone!r}: method {self.method}'s default (not set)")
+        elif method.backbones and self.model.backbone not in method.backbones:
+            raise MrbenchError(
+                f"model.backbone: method {self.method} trains {' or '.join(method.backbones)}, got {self.model.backbone!r} "
+                "(leave model.backbone unset to use the method's own)"
+            )
+        default_tasks = self.data.tasks == DataConfig().tasks
+        if not default_tasks and "data.scarce" not in explicit and self.data.scarce:
+            self.data.scarce = []
+            notes.append("data.scarce = []: data.tasks was changed and data.scarce not set (the default AXT2 goes with the default tasks)")
+        if default_tasks and self.data.root == BUILTIN_ROOT and "data.unseen" not in explicit and not self.data.unseen:
+            self.data.unseen = [dict(u) for u in BUILTIN_UNSEEN]
+            notes.append("data.unseen = AXFLAIR: the built-in data's default unseen context")
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if getattr(self, "notes", None):
+            out["notes"] = list(self.notes)
+        return out
 
     @property
     def run_name(self) -> str:
-        """``<method>-<backbone>-s<scarcity>-seed<seed>``; mtl runs name their blocks and weighting
-        instead of the backbone, so the variants of a grid get their own directories."""
-        if self.method == "zero-filled":
-            variant = "none"
-        elif self.method == "mtl":
-            from .models import SIZES
+        """``<method>-<variant>-s<scarcity>-seed<seed>``; the method names its variant
+        (:meth:`~mrbench.methods.base.Method.run_variant`: the backbone, or mtl's blocks and
+        weighting), so the variants of a grid get their own directories."""
+        from .methods import METHODS
 
-            cascades = self.model.cascades or SIZES[self.model.size]["cascades"]
-            blocks = self.model.blocks or "II" + "V" * (cascades - 2)
-            variant = f"{blocks}-{self.mtl.weighting}" + ("" if self.model.share_etas else "-etas")
-        else:
-            variant = self.model.backbone
+        variant = METHODS[self.method].run_variant(self)
         return self.run.name or f"{self.method}-{variant}-s{self.scarcity}-seed{self.train.seed}"
 
     @property
     def run_dir(self) -> Path:
         return Path(self.run.out) / self.run.experiment / self.run_name
+
+
+def _merge_section(name: str, parts: list[type]) -> type:
+    """One dataclass for section ``[name]`` with the fields of every part, in order; its
+    ``check`` runs every part's ``check``. Two parts declaring one key is a bug."""
+    fields, owner = [], {}
+    for part in parts:
+        hints = typing.get_type_hints(part)
+        for f in dataclasses.fields(part):
+            if f.name in owner:
+                raise TypeError(f"[{name}].{f.name} is declared by both {owner[f.name].__qualname__} and {part.__qualname__}")
+            owner[f.name] = part
+            spec = field(default=f.default) if f.default is not dataclasses.MISSING else field(default_factory=f.default_factory)
+            fields.append((f.name, hints[f.name], spec))
+
+    def check(self, key):
+        for part in parts:
+            if hasattr(part, "check"):
+                part.check(self, key)
+
+    namespace = {"check": check, "parts": tuple(parts)}
+    for part in parts:  # helper methods a part defines (e.g. ModelConfig.backbone_kwargs)
+        for attr, value in vars(part).items():
+            if callable(value) and not attr.startswith("__") and attr != "check":
+                namespace.setdefault(attr, value)
+    return dataclasses.make_dataclass(f"{name.title()}Section", fields, namespace=namespace)
+
+
+def assemble_config() -> type:
+    """The :class:`Config` dataclass: the core sections plus every plug-in's options.
+
+    A plug-in (method, backbone, weighting) declares ``options = {"section": Dataclass}``
+    (or a tuple of dataclasses, e.g. the shared meta-learning keys plus its own) next to
+    its code; adding one with options is its own file and one registry line."""
+    from .methods import METHODS
+    from .methods.weighting import WEIGHTINGS
+    from .models import BACKBONES
+
+    parts: dict[str, list[type]] = {k: [v] for k, v in CORE_SECTIONS.items()}
+    for registry in (BACKBONES, METHODS, WEIGHTINGS):
+        for plugin in registry.values():
+            for section, options in getattr(plugin, "options", {}).items():
+                for part in options if isinstance(options, tuple) else (options,):
+                    if part not in parts.setdefault(section, []):
+                        parts[section].append(part)
+    fields = [("method", str, field(default="stl")), ("scarcity", int, field(default=0))]
+    for section, ps in parts.items():
+        fields.append((section, _merge_section(section, ps), None))
+    fields = [(n, t, f if f is not None else field(default_factory=t)) for n, t, f in fields]
+    return dataclasses.make_dataclass("Config", fields, bases=(_ConfigBase,))
+
+
+Config = assemble_config()
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -301,7 +323,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp}")  # a bug, not bad input
 
 
-def _apply(obj: Any, values: dict, prefix: str) -> None:
+def _apply(obj: Any, values: dict, prefix: str, explicit: set | None = None) -> None:
+    """Set ``values`` on the (nested) dataclass ``obj``; every key set goes into ``explicit``."""
     hints = typing.get_type_hints(type(obj))
     for k, v in values.items():
         key = f"{prefix}{k}"
@@ -312,19 +335,33 @@ def _apply(obj: Any, values: dict, prefix: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(v, dict):
                 raise MrbenchError(f"{key}: expected a table [{key}], got {v!r}")
-            _apply(current, v, f"{key}.")
+            _apply(current, v, f"{key}.", explicit)
         else:
             setattr(obj, k, _coerce(v, hints[k], key))
+            if explicit is not None:
+                explicit.add(key)
 
 
 def _parse_set(item: str) -> tuple[list[str], Any]:
+    """``key=value`` with a TOML value (``3e-4``, ``true``, ``["AXT1", "AXT2"]``,
+    ``{contrast = "AXFLAIR"}``); a bracketed list of bare words (``[AXT1,AXT2]``) is a list
+    of strings, and anything else that is not TOML is a plain string."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise MrbenchError(f"--set {item!r}: expected key=value, e.g. train.budget=500")
+    raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
+    except tomllib.TOMLDecodeError as exc:
+        if raw.startswith("[") and raw.endswith("]") and not any(c in raw[1:-1] for c in "[]{}=\"'"):
+            value = [w.strip() for w in raw[1:-1].split(",") if w.strip()]
+        elif raw.startswith(("[", "{")):
+            raise MrbenchError(
+                f"--set {item!r}: the value is not a TOML inline value ({exc}); write e.g. "
+                f"'data.tasks=[\"AXT1\", \"AXT2\"]' or 'data.unseen=[{{contrast=\"AXFLAIR\"}}]'"
+            ) from None
+        else:
+            value = raw
     return key.strip().split("."), value
 
 
@@ -345,14 +382,19 @@ def load_config(
     overrides: typing.Sequence[str] = (),
     **top: Any,
 ) -> Config:
-    """Defaults ← TOML file ← ``--set`` overrides ← keyword arguments (method, scarcity, …)."""
+    """Defaults ← TOML file ← ``--set`` overrides ← keyword arguments (method, scarcity, …).
+
+    The keys set explicitly are remembered (``cfg.explicit``): defaults that depend on
+    other keys (the method's backbone, ``data.scarce``, the built-in unseen context) only
+    apply to keys left unset."""
     cfg = Config()
+    cfg.explicit = explicit = set()
     if path is not None:
         p = Path(path)
         values = read_toml(p)
         values.pop("sweep", None)  # the sweep grid is read by `mrbench sweep`
         try:
-            _apply(cfg, values, "")
+            _apply(cfg, values, "", explicit)
         except MrbenchError as exc:
             raise MrbenchError(f"config file {p}: {exc}") from None
     for item in overrides:
@@ -363,15 +405,16 @@ def load_config(
             cursor = cursor.setdefault(k, {})
         cursor[keys[-1]] = value
         try:
-            _apply(cfg, nested, "")
+            _apply(cfg, nested, "", explicit)
         except MrbenchError as exc:
             raise MrbenchError(f"--set {item}: {exc}") from None
-    _apply(cfg, {k: v for k, v in top.items() if v is not None}, "")
+    _apply(cfg, {k: v for k, v in top.items() if v is not None}, "", explicit)
     return cfg.check()
 
 
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a Config from a run's config.json."""
+    """Rebuild a Config from a run's config.json (every key explicit, notes dropped)."""
     cfg = Config()
-    _apply(cfg, values, "")
+    cfg.explicit = explicit = set()
+    _apply(cfg, {k: v for k, v in values.items() if k != "notes"}, "", explicit)
     return cfg.check()

@@ -9,3 +9,21 @@ traceback.
 
 class MrbenchError(Exception):
     """Bad input: the message names the file or option and what is wrong."""
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first line of an exception's message for a one-line error, shortened at a word
+    boundary with an ellipsis (never cut mid-word); the exception's type if it has none."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
+
+
+class RunStopped(Exception):
+    """A deliberate stop (``train.stop_after``): not an error; the run resumes from its last
+    checkpoint. The CLI prints how to continue and exits 0."""
+
+    def __init__(self, slices: int, run_dir):
+        super().__init__(f"stopped after {slices} slices (train.stop_after); the run resumes from {run_dir}")
+        self.slices = slices
+        self.run_dir = run_dir

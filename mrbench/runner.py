@@ -19,7 +19,7 @@ from .config import Config, config_from_dict
 from .data.assemble import ExperimentData, assemble
 from .data.dataset import SliceDataset, VolumeStore
 from .engine import Preempted, Trainer
-from .errors import MrbenchError
+from .errors import MrbenchError, RunStopped
 from .evaluation.evaluate import predict_volumes, score_volumes, to_device
 from .methods import METHODS, Method
 from .models import build_backbone
@@ -52,9 +52,9 @@ def _progress_bar(total: int, quiet: bool):
             bar.n = n
             bar.refresh()
             return
-        bar.update(n)
-        if "loss" in info:
+        if "loss" in info:  # before update(), which draws: the bar shows this step's phase
             bar.set_postfix(phase=info["phase"], loss=f"{info['loss']:.4f}", refresh=False)
+        bar.update(n)
 
     return bar, update
 
@@ -62,20 +62,24 @@ def _progress_bar(total: int, quiet: bool):
 def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore:
     """Train, evaluate and store one run; return its store."""
     store = RunStore(cfg.run_dir)
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support)  # bad data is reported before run-dir state
     if store.exists() and not (resume or overwrite):
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
-    if resume and store.is_done():
-        return store
     resume_state = None
-    if resume and store.checkpoint_path("last").exists():
+    if resume and store.config_path.exists():
         if _identity(store.read_json("config.json")) != _identity(cfg.to_dict()):
-            raise MrbenchError(f"{store.config_path}: the run was started with another configuration; --resume needs the same one")
-        resume_state = store.load_checkpoint("last")
+            raise MrbenchError(
+                f"{store.config_path}: the run was started with another configuration; --resume needs the same one "
+                "(or --overwrite to redo it)"
+            )
+        if store.is_done():
+            return store
+        if store.checkpoint_path("last").exists():
+            resume_state = store.load_checkpoint("last")
     if overwrite and store.exists():
         store.clear_done()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     device = select_device(cfg.train.device)
-    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support)
     started = now()
     t0 = time.perf_counter()
     store.write_json("config.json", cfg.to_dict())
@@ -97,9 +101,7 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
     except Preempted as stop:
         bar.close()
         writer.close()
-        raise MrbenchError(
-            f"stopped after {stop.args[0]} slices (train.stop_after); continue with: mrbench run {cfg.method} --resume"
-        ) from None
+        raise RunStopped(stop.args[0], store.path) from None
     finally:
         bar.close()
     # metrics.json is a pure function of config + data (the determinism test compares it
@@ -128,7 +130,7 @@ _OPERATIONAL = ("stop_after", "threads", "device")
 
 def _identity(cfg: dict) -> dict:
     train = {k: v for k, v in cfg["train"].items() if k not in _OPERATIONAL}
-    return {**cfg, "train": train}
+    return {**{k: v for k, v in cfg.items() if k != "notes"}, "train": train}
 
 
 def _writer(store: RunStore):

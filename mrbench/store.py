@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md §7).
+"""The run directory (docs/design.md §7).
 
 ```
 <out>/<experiment>/<run>/
@@ -24,13 +24,14 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import atomic
-from .errors import MrbenchError
+from .errors import MrbenchError, first_line
 
 
 class RunStore:
@@ -149,10 +150,15 @@ class RunStore:
         if not p.exists():
             raise MrbenchError(f"{p} does not exist")
         try:
-            return torch.load(p, map_location=map_location, weights_only=True)
+            with warnings.catch_warnings():  # torch warns about foreign pickle protocols before failing
+                warnings.simplefilter("ignore")
+                return torch.load(p, map_location=map_location, weights_only=True)
         except Exception as exc:  # corrupt/truncated/foreign pickles all land here
-            msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise MrbenchError(f"checkpoint {p} is corrupt or not an mrbench checkpoint ({msg})") from None
+            msg = first_line(exc)
+            raise MrbenchError(
+                f"checkpoint {p} is corrupt or not an mrbench checkpoint ({msg}); "
+                f"start the run over with --overwrite (or delete {p.parent})"
+            ) from None
 
 
 def _now() -> str:

@@ -154,7 +154,7 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = ()) -> E
                     cfg = load_config(p, [*overrides, *entry.overrides], method=entry.method, scarcity=level,
                                       train={"seed": seed})
                 except MrbenchError as exc:
-                    raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.method}): {exc}") from None
+                    raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None
                 if entry.name:
                     cfg.run.name = f"{entry.name}-s{level}-seed{seed}"
                 if cfg.run_dir in dirs:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mrbench.config import load_config
 from mrbench.data.synth.physics import NAMED_CONTRASTS
 from mrbench.data.synth.subject import simulate_subject
-from mrbench.errors import MrbenchError
+from mrbench.errors import MrbenchError, RunStopped
 from mrbench.methods import METHODS
 from mrbench.methods.kmmaml import KMMAML, embedded_loss, group_names, kmunet_kwargs
 from mrbench.methods.meta import inner_loop
@@ -229,10 +229,12 @@ def test_adaptation_modes_touch_the_right_groups(data_root, tmp_path):
     assert all(torch.equal(p, orig[n]) for n, p in method.models["net"].named_parameters())
 
 
-def test_kmmaml_requires_a_unet_backbone(data_root, tmp_path):
-    cfg = tiny_cfg(data_root, tmp_path, "model.backbone=varnet")
-    with pytest.raises(MrbenchError, match="kmmaml trains a km-unet"):
-        kmunet_kwargs(cfg)
+def test_kmmaml_picks_its_backbone_unless_a_conflicting_one_is_set(data_root, tmp_path):
+    cfg = load_config(None, [], method="kmmaml")  # model.backbone not set: the method's own
+    assert cfg.model.backbone == "km-unet" and cfg.run_name.startswith("kmmaml-km-unet-")
+    assert any("km-unet" in n for n in cfg.to_dict()["notes"])  # config.json says so
+    with pytest.raises(MrbenchError, match="method kmmaml trains km-unet or unet, got 'varnet'"):
+        tiny_cfg(data_root, tmp_path, "model.backbone=varnet")
     kw = kmunet_kwargs(load_config(None, ["model.backbone=unet"], method="kmmaml"))
     unet = build_backbone("unet", **load_config(None, ["model.backbone=unet"]).model.backbone_kwargs())
     assert kw == {"chans": unet.chans, "pools": unet.pools, "embedding": 256, "rank": 1}  # the unet backbone's size
@@ -289,7 +291,7 @@ def test_kmmaml_resume_equivalence(data_root, tmp_path):
 
     full = execute(tiny_cfg(data_root, tmp_path / "a", "meta.order=2"), quiet=True)
     cfg = tiny_cfg(data_root, tmp_path / "b", "meta.order=2", "train.stop_after=24")
-    with pytest.raises(MrbenchError, match="stopped after 24 slices"):
+    with pytest.raises(RunStopped, match="stopped after 24 slices"):
         execute(cfg, quiet=True)
     cfg.train.stop_after = 0
     execute(cfg, resume=True, quiet=True)

@@ -12,7 +12,7 @@ from torch.func import functional_call
 from mrbench.config import load_config
 from mrbench.data.contexts import Context, context_grid
 from mrbench.data.dataset import Sample, TaskData
-from mrbench.errors import MrbenchError
+from mrbench.errors import MrbenchError, RunStopped
 from mrbench.methods import METHODS
 from mrbench.methods.maml import MAML
 from mrbench.methods.meta import adapt_names, detached_params, inner_loop, reconstruction_loss
@@ -327,7 +327,7 @@ def test_maml_two_inner_steps_budget_and_resume(data_root, tmp_path):
     full = execute(load_config(None, tiny(data_root, tmp_path / "a", *extra), method="maml"), quiet=True)
     ref = check_run(full, trained=48)
     cfg = load_config(None, tiny(data_root, tmp_path / "b", *extra, "train.stop_after=16"), method="maml")
-    with pytest.raises(MrbenchError, match="stopped after 24 slices"):
+    with pytest.raises(RunStopped, match="stopped after 24 slices"):
         execute(cfg, quiet=True)
     cfg.train.stop_after = 0
     execute(cfg, resume=True, quiet=True)

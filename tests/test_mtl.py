@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mrbench.config import load_config
-from mrbench.errors import MrbenchError
+from mrbench.errors import MrbenchError, RunStopped
 from mrbench.methods.weighting import WEIGHTINGS, DWA, GradNorm, Naive, PCGrad, Uncertainty, make_weighting, pcgrad_project
 from mrbench.models import BACKBONES, build_backbone
 from mrbench.models.mtl_varnet import MTLVarNet, SplitBlock, default_blocks
@@ -296,7 +296,7 @@ def test_mtl_dwa_resume_equivalence(data_root, tmp_path):
     base = ["model.blocks=IV", "mtl.weighting=dwa", "train.val_every=8", "train.sampling=stratified"]
     full = execute(load_config(None, tiny(data_root, tmp_path / "a", *base), method="mtl"), quiet=True)
     cfg = load_config(None, tiny(data_root, tmp_path / "b", *base, "train.stop_after=16"), method="mtl")
-    with pytest.raises(MrbenchError, match="stopped after 16 slices"):
+    with pytest.raises(RunStopped, match="stopped after 16 slices"):
         execute(cfg, quiet=True)
     last = RunStore(cfg.run_dir).load_checkpoint("last")["models"]["weighting"]
     assert int(last["epochs"]) == 2 and not torch.equal(last["lambdas"], torch.ones(2))  # DWA state is checkpointed
@@ -350,6 +350,5 @@ def test_per_task_gradient_weightings_on_mtl_varnet(name):
 
 
 def test_mtl_rejects_other_backbones(data_root, tmp_path):
-    cfg = load_config(None, tiny(data_root, tmp_path, "model.backbone=unet"), method="mtl")
-    with pytest.raises(MrbenchError, match="mtl-varnet"):
-        execute(cfg, quiet=True)
+    with pytest.raises(MrbenchError, match="method mtl trains mtl-varnet or varnet, got 'unet'"):
+        load_config(None, tiny(data_root, tmp_path, "model.backbone=unet"), method="mtl")  # refused before any run dir

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from mrbench.cli import main
 from mrbench.config import load_config
+from mrbench.errors import RunStopped
 from mrbench.runner import execute
 from mrbench.store import RunStore
 
@@ -64,10 +65,8 @@ def test_same_config_same_metrics_and_resume_equivalence(data_root, tmp_path):
     b = execute(run_cfg(data_root, tmp_path / "b", "joint"), quiet=True)
     assert a.metrics_path.read_bytes() == b.metrics_path.read_bytes()
     # interrupted after the first checkpoint (16 slices), then resumed
-    from mrbench.errors import MrbenchError
-
     cfg = run_cfg(data_root, tmp_path / "c", "joint", "train.stop_after=16")
-    with pytest.raises(MrbenchError, match="stopped after 16 slices"):
+    with pytest.raises(RunStopped, match="stopped after 16 slices"):
         execute(cfg, quiet=True)
     store = RunStore(cfg.run_dir)
     assert not store.is_done() and store.status() == "incomplete"
@@ -82,15 +81,13 @@ def test_transfer_resume_across_phase_boundary(data_root, tmp_path):
     cfg = run_cfg(data_root, tmp_path / "g", "transfer", "train.stop_after=8", "train.val_every=8")
     cfg_full = run_cfg(data_root, tmp_path / "h", "transfer", "train.val_every=8")
     ref = execute(cfg_full, quiet=True)
-    from mrbench.errors import MrbenchError
-
-    with pytest.raises(MrbenchError):
+    with pytest.raises(RunStopped):
         execute(cfg, quiet=True)
     for _ in range(10):  # stop again at every checkpoint: pre-emption at any point must be harmless
         try:
             execute(cfg, resume=True, quiet=True)
             break
-        except MrbenchError:
+        except RunStopped:
             cfg.train.stop_after += 8
     store = RunStore(cfg.run_dir)
     a = json.loads(ref.metrics_path.read_text())

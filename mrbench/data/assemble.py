@@ -1,6 +1,6 @@
 """From a data configuration to the tasks every method of an experiment sees.
 
-This is where the fair-comparison rules of DESIGN.md §5 are made concrete:
+This is where the fair-comparison rules of docs/design.md §5 are made concrete:
 
 * seen tasks = contexts (contrast × mask × acceleration) of ``data.tasks``;
 * training volumes of the ``data.scarce`` contrasts are cut to the scarcity
@@ -65,6 +65,7 @@ def unseen_contexts(data_cfg) -> list[Context]:
 
 def assemble(data_cfg, scarcity: int, support: int = 4) -> ExperimentData:
     index = scan(data_cfg.root)
+    index.require_splits()
     seen = seen_contexts(data_cfg)
     train, val, test, scarce = [], [], [], []
     for ctx in seen:

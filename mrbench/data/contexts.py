@@ -1,7 +1,7 @@
 """Contexts: (contrast, mask kind, acceleration), the unit meta-learning adapts to.
 
 *Seen* contexts appear in training, *unseen* ones only in evaluation
-(DESIGN.md §1). The centre fraction rides along as a parameter of the mask but
+(docs/design.md §1). The centre fraction rides along as a parameter of the mask but
 is not part of a context's identity.
 """
 

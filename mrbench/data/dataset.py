@@ -5,7 +5,7 @@ One dataset serves every method. It is built from a list of :class:`TaskData`
 subset) and yields :class:`Sample` named tuples that the default collate
 function batches.
 
-Masks follow DESIGN.md §3: for training (``train=True``) a new mask is drawn
+Masks follow docs/design.md §3: for training (``train=True``) a new mask is drawn
 per sample from the dataset's own generator (its state is saved in checkpoints,
 so a resumed run draws the same masks); for validation and test the mask is
 fixed per (volume, context), seeded from the file name, so every method is

@@ -1,6 +1,6 @@
 """Reading and writing fastMRI-format HDF5 volumes.
 
-One on-disk format for everything mrbench trains on (DESIGN.md §3):
+One on-disk format for everything mrbench trains on (docs/design.md §3):
 
 * ``kspace``: complex64, ``(slices, H, W)`` single-coil or ``(slices, coils, H, W)``
   multi-coil, the phase-encoding direction last.
@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path
-from ..errors import MrbenchError
+from ..errors import MrbenchError, first_line
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 TARGET_KEYS = ("reconstruction_esc", "reconstruction_rss")
@@ -273,5 +273,4 @@ def write_volume(
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    return first_line(exc)

@@ -4,7 +4,8 @@ A data root holds ``train/``, ``val/`` and ``test/`` sub-directories of ``.h5``
 files (the layout ``mrbench data synth`` writes and fastMRI uses). A directory
 with ``.h5`` files and no split sub-directories is indexed as a single split
 named after the directory, so ``mrbench data info path/to/singlecoil_val``
-works on real fastMRI folders too.
+shows real fastMRI folders too (and says, with exit code 2, that a run needs
+the three splits: :meth:`VolumeIndex.training_problems`, the checks a run applies).
 """
 
 from __future__ import annotations
@@ -46,6 +47,29 @@ class VolumeIndex:
                 f"(contrasts there: {', '.join(self.contrasts(split)) or 'none'})"
             )
         return vols
+
+    def training_problems(self) -> list[str]:
+        """Why ``mrbench run`` would refuse this directory (empty if it would not): a run needs
+        the ``train``, ``val`` and ``test`` splits, and every contrast in all three. ``data info``
+        reports these; :func:`~mrbench.data.assemble.assemble` raises the first."""
+        missing = [s for s in SPLITS if s not in self.volumes]
+        if missing:
+            return [
+                f"{self.root}: no {', '.join(missing)} split (mrbench run needs {self.root}/train, /val and /test "
+                f"with .h5 files; found: {', '.join(self.splits) or 'none'})"
+            ]
+        problems = []
+        for c in self.contrasts():
+            absent = [s for s in SPLITS if c not in self.contrasts(s)]
+            if absent:
+                problems.append(f"{self.root}: contrast {c} has no volume in {', '.join(absent)} (it cannot be a task)")
+        return problems
+
+    def require_splits(self) -> None:
+        """Raise the first missing-split problem (the one a run cannot work around)."""
+        problems = self.training_problems()
+        if problems and "split" in problems[0]:
+            raise MrbenchError(problems[0])
 
     def summary(self) -> list[dict]:
         """One row per (split, contrast): volumes, slices, k-space shapes, coils, targets."""

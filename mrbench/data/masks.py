@@ -5,7 +5,7 @@ draws a sampling pattern for a k-space shape from a random generator (a template
 method, as in fastMRI's ``MaskFunc``). :meth:`MaskFunc.__call__` handles seeding,
 padding columns and the bookkeeping every kind shares.
 
-Kinds (DESIGN.md §3):
+Kinds (docs/design.md §3):
 
 * ``random``: fastMRI ``RandomMaskFunc``: a centre block of ``round(W·cf)``
   lines, every other line kept with probability

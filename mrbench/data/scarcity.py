@@ -1,9 +1,9 @@
 """Scarcity levels: nested, seeded subsets of a task's training volumes.
 
-Level N keeps ``floor(n / 2^N)`` of the ``n`` training volumes (DESIGN.md §1). The
+Level N keeps ``floor(n / 2^N)`` of the ``n`` training volumes (docs/design.md §1). The
 volumes are put in one seeded order per (task, seed) and level N takes a prefix of
 it, so level N+1 ⊂ level N and two processes computing the same level get the same
-list. DESIGN.md writes ``max(1, floor(n / 2^N))``; mrbench refuses a level where the
+list. Rather than ``max(1, floor(n / 2^N))``, mrbench refuses a level where the
 floor is 0 (the level "leaves no volume") instead of silently repeating the
 one-volume level, so every accepted level really halves the data.
 """

@@ -7,7 +7,7 @@ checkpoints and resumes, without knowing which method it runs. After
 training, :meth:`Method.reconstructor` gives the network for a seen task and
 :meth:`Method.adapt` adapts to an unseen context from a k-shot support batch —
 plain fine-tuning unless a method (meta-learning) says otherwise, with the same
-support set and step counts for every method (DESIGN.md §5, fair comparison).
+support set and step counts for every method (docs/design.md §5, fair comparison).
 """
 
 from __future__ import annotations
@@ -81,8 +81,24 @@ class Phase:
 
 
 class Method:
+    """A training regime. Class attributes a method sets (docs/design.md §8):
+
+    * ``backbones``: the backbones it can train, its default first (empty: any generic
+      backbone, default ``varnet``); a conflicting explicit ``model.backbone`` is an error;
+    * ``options``: config section → dataclass of its own keys, merged into
+      :class:`~mrbench.config.Config` (e.g. ``{"meta": MetaOptions}``);
+    * :meth:`run_variant`: the part of the run name after the method.
+    """
+
     name: ClassVar[str] = "base"
     learned: ClassVar[bool] = True  # False: no training (zero-filled)
+    backbones: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[dict[str, type]] = {}
+
+    @classmethod
+    def run_variant(cls, cfg) -> str:
+        """What tells this run apart from the same method's other variants: the backbone."""
+        return cfg.model.backbone
 
     def __init__(self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module]):
         self.cfg = cfg

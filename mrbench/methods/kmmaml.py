@@ -1,4 +1,4 @@
-"""kmmaml: KM-MAML, meta-learned kernel-modulating hypernetworks (DESIGN.md §5.7).
+"""kmmaml: KM-MAML, meta-learned kernel-modulating hypernetworks (docs/design.md §5.7).
 
 Ramanarayanan, Palla, Ram & Sivaprakasam (2023), "Generalizing supervised deep
 learning MRI reconstruction to multiple and unseen contrasts using
@@ -74,21 +74,33 @@ from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
 from .base import Method, Phase, Reconstructor, StepResult, l1_per_sample
-from .meta import detached_params, episode_phase, episode_slices, episode_step, inner_loop
+from .meta import MetaOptions, detached_params, episode_phase, episode_slices, episode_step, inner_loop
 
 GROUPS = ("base", "hyper", "encoder")
 TEST_MODES = {"on-the-fly": (), "hyper": ("hyper",), "all": ("base", "hyper")}  # groups adapted at test time
 
 
+@dataclasses.dataclass
+class KMMAMLOptions:
+    """``[meta]`` keys of kmmaml only."""
+
+    embedding: int = 256  # context embedding size
+    rank: int = 1  # rank of the kernel modulation
+    test_mode: str = "hyper"  # at test time: on-the-fly | hyper | all
+
+    def check(self, key):
+        for name in ("embedding", "rank"):
+            if not getattr(self, name) > 0:
+                raise MrbenchError(f"{key(name)}: must be > 0")
+        if self.test_mode not in TEST_MODES:
+            raise MrbenchError(f"{key('test_mode')}: must be {', '.join(TEST_MODES)}, got {self.test_mode!r}")
+
+
 def kmunet_kwargs(cfg) -> dict:
-    """KMUNet constructor arguments: the ``unet`` backbone's size for this configuration,
-    ``meta.embedding`` and ``meta.rank``."""
-    if cfg.model.backbone not in ("unet", "km-unet"):
-        raise MrbenchError(
-            f"model.backbone: method kmmaml trains a km-unet (a kernel-modulated U-Net); "
-            f"set model.backbone to km-unet (or unet), got {cfg.model.backbone!r}"
-        )
-    kw = dataclasses.replace(cfg.model, backbone="unet").backbone_kwargs()  # chans, pools
+    """KMUNet constructor arguments: the ``unet`` backbone's size for this configuration
+    (``model.size`` preset at the U-Net width, explicit ``model.*`` values), ``meta.embedding``
+    and ``meta.rank``."""
+    kw = cfg.model.backbone_kwargs("km-unet")  # chans, pools
     return dict(**kw, embedding=cfg.meta.embedding, rank=cfg.meta.rank)
 
 
@@ -115,6 +127,8 @@ def embedded_loss(z: torch.Tensor) -> Callable:
 
 class KMMAML(Method):
     name = "kmmaml"
+    backbones = ("km-unet", "unet")  # unet: the same base network, modulated
+    options = {"meta": (MetaOptions, KMMAMLOptions)}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)

@@ -1,4 +1,4 @@
-"""maml: model-agnostic meta-learning over contexts (DESIGN.md §5.6; Finn et al., 2017).
+"""maml: model-agnostic meta-learning over contexts (docs/design.md §5.6; Finn et al., 2017).
 
 One network ``models["net"] = make_backbone()`` (``unet`` or ``varnet``; the
 complex data consistency is inside the backbone). A task is a seen context
@@ -40,11 +40,12 @@ import copy
 import torch
 
 from .base import Method, Phase, Reconstructor, StepResult, reconstruct
-from .meta import adapt_names, detached_params, episode_phase, episode_slices, episode_step, inner_loop, reconstruction_loss
+from .meta import MetaOptions, adapt_names, detached_params, episode_phase, episode_slices, episode_step, inner_loop, reconstruction_loss
 
 
 class MAML(Method):
     name = "maml"
+    options = {"meta": MetaOptions}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)

@@ -2,7 +2,7 @@
 
 Used by :mod:`~mrbench.methods.maml` (and KM-MAML, which adapts only its
 hypernetwork). Everything is written with :func:`torch.func.functional_call`
-(DESIGN.md §5.6: no learn2learn/higher), so the network's own parameters are
+(docs/design.md §5.6: no learn2learn/higher), so the network's own parameters are
 never overwritten by the inner loop: adapted parameters are plain tensors in
 a dict, and the meta-gradient reaches the network's ``nn.Parameter`` objects
 through ordinary autograd.
@@ -39,6 +39,7 @@ A group that selects no parameter of the backbone is a
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -49,6 +50,32 @@ from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
 from .base import Phase, StepResult, backbone_args, l1_per_sample
+
+
+
+@dataclass
+class MetaOptions:
+    """``[meta]`` keys every meta-learner (maml, metadrop, kmmaml) shares: episodes and the inner loop."""
+
+    order: int = 1  # 1 = first-order, 2 = differentiate through the inner loop
+    inner_steps: int = 1  # SGD steps on the support loss per task
+    inner_lr: float = 1e-2
+    support: int = 2  # support slices per task per episode
+    query: int = 2  # query slices per task per episode
+    tasks_per_batch: int = 2  # tasks (contexts) per meta-batch
+    adapt: str = "all"  # parameter groups adapted in the inner loop (method-specific names, e.g. all | hyper)
+
+    def check(self, key):
+        def require(ok, k, what):
+            if not ok:
+                raise MrbenchError(f"{key(k)}: {what}")
+
+        require(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
+        require(self.inner_steps >= 0, "inner_steps", "must be ≥ 0")
+        require(self.inner_lr > 0, "inner_lr", "must be > 0")
+        for name in ("support", "query", "tasks_per_batch"):
+            require(getattr(self, name) > 0, name, "must be > 0")
+
 
 Tensors = Mapping[str, torch.Tensor]
 LossFn = Callable[[nn.Module, dict, object], torch.Tensor]

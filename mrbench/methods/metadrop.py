@@ -1,4 +1,4 @@
-"""metadrop: bi-level Meta-Drop-style training over contexts (DESIGN.md §5.8).
+"""metadrop: bi-level Meta-Drop-style training over contexts (docs/design.md §5.8).
 
 One network ``models["net"] = make_backbone()``. A step (:meth:`MetaDrop.step`):
 
@@ -43,6 +43,7 @@ fine-tuning (Adam at ``eval.adapt_lr``), like the non-meta methods.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -51,7 +52,7 @@ from torch import nn
 from ..data.contexts import Context
 from ..errors import MrbenchError
 from .base import Method, Phase, StepResult, l1_per_sample, reconstruct
-from .meta import episode_phase
+from .meta import MetaOptions, episode_phase
 
 RULES: dict[str, Callable[[Context, Context], bool]] = {
     "other-contrast": lambda a, b: b.contrast != a.contrast,
@@ -128,8 +129,29 @@ def metadrop_update(
     return float(lt.detach()), float(lm.detach())
 
 
+@dataclass
+class MetaDropOptions:
+    """``[meta]`` keys of metadrop only (the module docstring has the update they enter)."""
+
+    alpha: float = 1.0  # φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇L_meta(φ̃)
+    eta_meta: float = 1e-3  # with outer = "sgd"
+    outer: str = "adam"  # adam (engine's Adam at train.lr on the meta gradient) | sgd (η_meta)
+    meta_context: str = "any"  # other-contrast | other-mask | other-acceleration | any
+
+    def check(self, key):
+        if not self.alpha > 0:
+            raise MrbenchError(f"{key('alpha')}: must be > 0")
+        if not self.eta_meta > 0:
+            raise MrbenchError(f"{key('eta_meta')}: must be > 0")
+        if self.meta_context not in RULES:
+            raise MrbenchError(f"{key('meta_context')}: must be {', '.join(RULES)}, got {self.meta_context!r}")
+        if self.outer not in ("adam", "sgd"):
+            raise MrbenchError(f"{key('outer')}: must be adam or sgd, got {self.outer!r}")
+
+
 class MetaDrop(Method):
     name = "metadrop"
+    options = {"meta": (MetaOptions, MetaDropOptions)}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)

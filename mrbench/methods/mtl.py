@@ -28,23 +28,38 @@ Sizes: ``model.size`` preset overridden by explicit ``model.*`` values;
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import MrbenchError
 from .base import Method, Phase, Reconstructor, StepResult, _per_task, l1_per_sample, reconstruct
-from .weighting import make_weighting
+from ..models.mtl_varnet import MTLVarNet, default_blocks
+from .weighting import WEIGHTINGS, make_weighting
+
+
+@dataclass
+class MtlOptions:
+    """``[mtl]`` key of the mtl method (the weightings add their own, e.g. ``dwa_temperature``)."""
+
+    weighting: str = "naive"  # naive | uncert | dwa | gradnorm | pcgrad (mrbench.methods.weighting.WEIGHTINGS)
+
+    def check(self, key):
+        if self.weighting not in WEIGHTINGS:
+            raise MrbenchError(f"{key('weighting')}: unknown weighting {self.weighting!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
+
+
+def mtl_blocks(cfg) -> str:
+    """The block letters of this configuration: ``model.blocks`` or the default for the cascades."""
+    from ..models import SIZES
+
+    cascades = cfg.model.cascades or SIZES[cfg.model.size]["cascades"]
+    return cfg.model.blocks or default_blocks(cascades)
 
 
 def mtl_backbone_kwargs(cfg) -> dict:
     """MTLVarNet constructor arguments (without ``num_tasks``) from a run configuration."""
-    from ..models.mtl_varnet import default_blocks
-
-    if cfg.model.backbone not in ("varnet", "mtl-varnet"):
-        raise MrbenchError(
-            f"model.backbone: method mtl trains an mtl-varnet; set model.backbone to mtl-varnet (or varnet), got {cfg.model.backbone!r}"
-        )
-    kw = cfg.model.backbone_kwargs()  # size preset + explicit values
+    kw = cfg.model.backbone_kwargs("mtl-varnet")  # size preset + explicit values
     blocks = cfg.model.blocks
     if blocks and cfg.model.cascades and cfg.model.cascades != len(blocks):
         raise MrbenchError(
@@ -57,11 +72,16 @@ def mtl_backbone_kwargs(cfg) -> dict:
 
 class MTL(Method):
     name = "mtl"
+    backbones = ("mtl-varnet", "varnet")  # always builds an mtl-varnet; varnet accepted as its plain form
+    options = {"mtl": MtlOptions}
+
+    @classmethod
+    def run_variant(cls, cfg) -> str:
+        """Blocks and weighting instead of the backbone (``IIVV-dwa``, ``-etas`` with per-task η)."""
+        return f"{mtl_blocks(cfg)}-{cfg.mtl.weighting}" + ("" if cfg.model.share_etas else "-etas")
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)
-        from ..models.mtl_varnet import MTLVarNet
-
         n = len(self.tasks)
         self.models["mtl"] = MTLVarNet(num_tasks=n, **mtl_backbone_kwargs(cfg))
         self.models["weighting"] = make_weighting(

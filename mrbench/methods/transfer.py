@@ -8,12 +8,29 @@ abundant tasks it was trained on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import MrbenchError
 from .base import Method, Phase
 
 
+@dataclass
+class TransferOptions:
+    """``[train]`` keys of transfer."""
+
+    pretrain_fraction: float = 0.5  # share of the budget spent pre-training
+    finetune_lr_factor: float = 0.3  # fine-tuning lr = lr × this (0.3 measured better than 0.1, README)
+
+    def check(self, key):
+        if not 0 < self.pretrain_fraction < 1:
+            raise MrbenchError(f"{key('pretrain_fraction')}: must be in (0, 1)")
+        if not self.finetune_lr_factor > 0:
+            raise MrbenchError(f"{key('finetune_lr_factor')}: must be > 0")
+
+
 class Transfer(Method):
     name = "transfer"
+    options = {"train": TransferOptions}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)

@@ -22,7 +22,7 @@ Interface (every weighting)::
 * ``model``: the network, for weightings that need per-task gradients
   (``pcgrad``: all parameters; ``gradnorm``: ``model.last_shared_layer()``).
 
-Formulas (DESIGN.md §5.5), with P the tasks present in the batch:
+Formulas (docs/design.md §5.5), with P the tasks present in the batch:
 
 * ``naive``: L = Σ_{t∈P} c_t L_t with c_t = 1 (stratified sampling). With
   uniform sampling (``inverse_frequency``) c_t = (b_t / B)·(N / n_t): b_t of
@@ -62,40 +62,56 @@ Formulas (DESIGN.md §5.5), with P the tasks present in the batch:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import MtlConfig
+from ..errors import MrbenchError
+
 
 __all__ = ["WEIGHTINGS", "Weighting", "Naive", "Uncertainty", "DWA", "PCGrad", "GradNorm", "make_weighting", "pcgrad_project"]
 
 
-def _mtl_cfg(cfg):
-    if cfg is None:
-        from ..config import MtlConfig
+@dataclass
+class DWAOptions:
+    """``[mtl]`` keys of ``dwa``."""
 
-        return MtlConfig()
-    return cfg
+    dwa_temperature: float = 2.0
+
+    def check(self, key):
+        if not self.dwa_temperature > 0:
+            raise MrbenchError(f"{key('dwa_temperature')}: must be > 0")
+
+
+@dataclass
+class GradNormOptions:
+    """``[mtl]`` keys of ``gradnorm``."""
+
+    gradnorm_alpha: float = 1.5
+
+    def check(self, key):
+        if not self.gradnorm_alpha >= 0:
+            raise MrbenchError(f"{key('gradnorm_alpha')}: must be ≥ 0")
 
 
 class Weighting(nn.Module):
     """Base class: the naive coefficients c_t, the default backward and the logging hook."""
 
     name: ClassVar[str] = "base"
+    options: ClassVar[dict[str, type]] = {}  # config section → dataclass of this weighting's keys
 
     def __init__(
         self,
         num_tasks: int,
-        cfg: "MtlConfig | None" = None,
+        cfg=None,
         task_sizes: Sequence[int] | None = None,
         inverse_frequency: bool = False,
     ):
         super().__init__()
         self.num_tasks = num_tasks
-        self.cfg = _mtl_cfg(cfg)
+        self.cfg = cfg
         self.task_sizes = [int(n) for n in task_sizes] if task_sizes is not None else None
         if inverse_frequency and self.task_sizes is None:
             raise ValueError("inverse-frequency weights need task_sizes")
@@ -190,6 +206,7 @@ class DWA(Weighting):
     """
 
     name = "dwa"
+    options = {"mtl": DWAOptions}
 
     def __init__(self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False, epoch_slices: int | None = None):
         super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
@@ -198,7 +215,7 @@ class DWA(Weighting):
                 raise ValueError("dwa needs task_sizes (an epoch = the training slices of all tasks) or epoch_slices")
             epoch_slices = sum(self.task_sizes)
         self.epoch_slices = max(1, int(epoch_slices))
-        self.temperature = float(self.cfg.dwa_temperature)
+        self.temperature = float((cfg or DWAOptions()).dwa_temperature)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
         self.register_buffer("loss_sum", torch.zeros(num_tasks, dtype=torch.float64))
@@ -315,10 +332,11 @@ class GradNorm(Weighting):
     """``gradnorm`` (Chen et al. 2018): weights w_t learned to balance ‖∇_W w_t L_t‖ on the last shared layer."""
 
     name = "gradnorm"
+    options = {"mtl": GradNormOptions}
 
     def __init__(self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False):
         super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
-        self.alpha = float(self.cfg.gradnorm_alpha)
+        self.alpha = float((cfg or GradNormOptions()).gradnorm_alpha)
         self.task_weight = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.full((num_tasks,), math.nan))
 
@@ -372,8 +390,6 @@ WEIGHTINGS: dict[str, type[Weighting]] = {cls.name: cls for cls in (Naive, Uncer
 
 def make_weighting(name: str, num_tasks: int, cfg=None, task_sizes=None, inverse_frequency: bool = False) -> Weighting:
     """Build weighting ``name``; an unknown name lists the valid ones."""
-    from ..errors import MrbenchError
-
     try:
         cls = WEIGHTINGS[name]
     except KeyError:

@@ -9,6 +9,10 @@ class ZeroFilled(Method):
     name = "zero-filled"
     learned = False
 
+    @classmethod
+    def run_variant(cls, cfg) -> str:
+        return "none"
+
     def phases(self) -> list[Phase]:
         return []
 

@@ -1,4 +1,4 @@
-"""The ``km-unet`` backbone: KM-MAML's kernel-modulated U-Net (DESIGN.md §4, §5.7).
+"""The ``km-unet`` backbone: KM-MAML's kernel-modulated U-Net (docs/design.md §4, §5.7).
 
 Ramanarayanan et al. (2023), "Generalizing supervised deep learning MRI
 reconstruction to multiple and unseen contrasts using meta-learning
@@ -145,6 +145,8 @@ class KMUNet(nn.Module):
     ``embedding``: size of z; ``rank``: r; ``hyper_hidden``: the hypernetworks'
     bottleneck; ``encoder_chans``: the context encoder's first width.
     """
+
+    preset_width = 2  # model.size presets give a lone U-Net twice the VarNet width
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Multi-task VarNet (``mtl-varnet``; Liu et al., NeurIPS Deep Inverse Workshop 2021).
 
 A :class:`~mrbench.models.varnet.VarNet` whose cascade ``i`` has a *block
-structure* letter (DESIGN.md §4) that says how its regulariser is shared
+structure* letter (docs/design.md §4) that says how its regulariser is shared
 between the ``T`` tasks (contrasts):
 
 * ``I`` — one :class:`~mrbench.models.unet.NormUNet` shared by all tasks;
@@ -36,6 +36,7 @@ with ``task`` an int64 (B,) tensor. ``task_aware = True`` tells
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -55,6 +56,19 @@ from mrbench.models.varnet import (
 )
 
 __all__ = ["MTLVarNet", "MTLCascade", "SplitBlock", "YBlock", "WBlock", "route", "default_blocks", "BLOCKS"]
+
+
+@dataclass
+class MTLVarNetOptions:
+    """``[model]`` keys of ``mtl-varnet``."""
+
+    blocks: str = ""  # one letter per cascade: I shared, V split, Y shared encoder, W attention; "" = "II" + "V"·(cascades − 2)
+    share_etas: bool = True  # one η per cascade (True) or one per task per cascade
+
+    def check(self, key):
+        bad = set(self.blocks) - set("IVYW")
+        if bad:
+            raise MrbenchError(f"{key('blocks')}: letters must be I, V, Y or W, got {''.join(sorted(bad))!r}")
 
 
 def default_blocks(cascades: int) -> str:
@@ -395,6 +409,8 @@ class MTLVarNet(VarNet):
     :class:`SensitivityModel` for multi-coil input. ``share_etas``: one η per
     cascade, or one per task per cascade.
     """
+
+    options = {"model": MTLVarNetOptions}
 
     task_aware = True
 

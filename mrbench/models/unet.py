@@ -1,6 +1,6 @@
 """U-Net regulariser and the ``unet`` backbone.
 
-* :class:`UNet` — a plain real-valued U-Net (DESIGN.md §4): per level two
+* :class:`UNet` — a plain real-valued U-Net (docs/design.md §4): per level two
   (conv3×3 → instance norm → LeakyReLU(0.2)), 2×2 average pooling down,
   stride-2 transpose convolution (→ instance norm → LeakyReLU) up,
   concatenation with the skip, final 1×1 convolution. Channels double per
@@ -207,6 +207,8 @@ class UNetRecon(nn.Module):
     float32 (B, H, W); single-coil outputs first get the measured k-space back
     (:func:`data_consistency`).
     """
+
+    preset_width = 2  # model.size presets give a lone U-Net twice the VarNet width (one net, not cascades)
 
     def __init__(self, chans: int = 16, pools: int = 3):
         super().__init__()

@@ -1,4 +1,4 @@
-"""``mrbench compare``: finished runs → one self-contained HTML report (DESIGN.md §9).
+"""``mrbench compare``: finished runs → one self-contained HTML report (docs/design.md §9).
 
 The report is a Bokeh layout rendered with BokehJS inlined, so the file opens
 offline and can be mailed or archived next to the runs. Every panel is drawn
@@ -456,7 +456,7 @@ def _ink(values: np.ndarray, mapper: LinearColorMapper) -> list[str]:
 
 
 def unseen_panel(data: ReportData) -> LayoutDOM:
-    """How fast each method adapts to contexts it never trained on (few-shot, DESIGN.md §6)."""
+    """How fast each method adapts to contexts it never trained on (few-shot, docs/design.md §6)."""
     title = f"{_UNITS[data.metric]} vs adaptation steps on unseen contexts"
     if not data.unseen:
         return _heading(title, "No unseen contexts in these runs (data.unseen is empty), so no adaptation curves.")
@@ -582,7 +582,7 @@ def _image_figure(name: str, title: str, img: np.ndarray, mapper: LinearColorMap
 
 
 def _slice_psnr(target: np.ndarray, x: np.ndarray) -> float:
-    """PSNR of one slice with data_range = target.max(), as the volume metric uses (DESIGN.md §6)."""
+    """PSNR of one slice with data_range = target.max(), as the volume metric uses (docs/design.md §6)."""
     mse = float(np.mean((target.astype(np.float64) - x.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(float(target.max()) ** 2 / mse)
 

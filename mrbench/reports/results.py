@@ -7,7 +7,7 @@ adaptation step count × test volume). Everything the reports show is a
 function of that frame, so a report can always be redrawn from the run
 directories alone (benchopt's rule: results carry everything the plot needs).
 
-Statistics (DESIGN.md §6): mean ± std over test volumes (pooled over seeds when
+Statistics (docs/design.md §6): mean ± std over test volumes (pooled over seeds when
 there are several), a 95 % bootstrap CI of the mean (``scipy.stats.bootstrap``),
 a paired Wilcoxon signed-rank test of each method against a reference method
 over the same test volumes (``scipy.stats.wilcoxon``; seeds averaged per

@@ -6,7 +6,7 @@ adaptation step count unless ``steps`` is given). A cell is mean ± std over
 test volumes (pooled over seeds); the best mean of a column is bold; ``*``
 marks a cell whose paired Wilcoxon signed-rank test against the reference
 method has p < 0.05 after Holm's correction over the methods of its column
-(DESIGN.md §6). The last column is the win rate over unseen contexts.
+(docs/design.md §6). The last column is the win rate over unseen contexts.
 
 With few test volumes a Wilcoxon test cannot reach p < 0.05 at all (two-sided,
 its smallest p is 2/2ⁿ for n pairs, before the correction multiplies it by up
