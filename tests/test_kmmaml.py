@@ -15,7 +15,7 @@ from mrbench.methods import METHODS
 from mrbench.methods.kmmaml import KMMAML, embedded_loss, group_names, kmunet_kwargs
 from mrbench.methods.meta import inner_loop
 from mrbench.models import BACKBONES, build_backbone
-from mrbench.models.km_unet import KMUNet, kernel_modulation, modulated_conv2d, modulated_convs
+from mrbench.models.km_unet import KMUNet, kernel_modulation, modulated_conv, modulated_convs
 from mrbench.models.unet import UNetRecon
 from mrbench.runner import execute
 
@@ -90,19 +90,49 @@ def test_constant_ones_modulation_equals_plain_unet(coils):
         assert not torch.allclose(net(k, mask, nlf), expected, atol=1e-3)  # a real modulation changes it
 
 
-def test_grouped_per_sample_conv_equals_loop():
+def test_modulated_conv_is_the_kernel_modulation_without_a_norm():
     g = torch.Generator().manual_seed(0)
     b, cin, cout, r = 3, 4, 5, 2
     x = torch.randn(b, cin, 9, 7, generator=g, dtype=torch.float64)
     w = torch.randn(cout, cin, 3, 3, generator=g, dtype=torch.float64)
     a = torch.randn(b, r, cin, generator=g, dtype=torch.float64)
     bb = torch.randn(b, r, cout, generator=g, dtype=torch.float64)
-    out = modulated_conv2d(x, w, a, bb)
+    out = modulated_conv(x, w, a, bb)
     m = kernel_modulation(a, bb)
     loop = torch.cat([F.conv2d(x[i : i + 1], w * m[i][..., None, None], padding=1) for i in range(b)])
-    assert (out - loop).abs().max() < 1e-10
-    shared = modulated_conv2d(x, w, a[:1], bb[:1])  # N = 1: one kernel for the whole batch
+    assert (out - loop).abs().max() < 1e-10  # conv(x, W ⊙ M) per sample
+    shared = modulated_conv(x, w, a[:1], bb[:1])  # N = 1: one modulation for the whole batch
     assert (shared - F.conv2d(x, w * m[0][..., None, None], padding=1)).abs().max() < 1e-10
+
+
+def test_output_factor_b_is_not_cancelled_by_the_norm():
+    """Issue 12, defect 1: with a non-affine instance norm after every modulated conv, a
+    per-output-channel factor inside the kernel is cancelled exactly (b got ~1e-7 of a's
+    gradient and changed nothing). b must change the output and get gradients like a's."""
+    torch.manual_seed(0)
+    net = KMUNet(chans=4, pools=2, embedding=8, rank=1)
+    k, mask, nlf = make_batch()
+    z = torch.randn(1, 8)
+    mods = [(a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for a, b in net.modulations(z)]
+    out = net.forward_modulated(k, mask, mods)
+    out.abs().mean().backward()
+    ga = torch.stack([a.grad.norm() for a, _ in mods])
+    gb = torch.stack([b.grad.norm() for _, b in mods])
+    ratio = float(gb.sum() / ga.sum())
+    assert 0.05 < ratio < 20, ratio  # the same order of magnitude
+    assert (gb > 1e-6).all()  # every layer's b matters
+    with torch.no_grad():
+        base = net.forward_modulated(k, mask, mods)
+        j = len(mods) // 2
+        g = torch.Generator().manual_seed(1)
+        # one layer's factor perturbed per channel (a uniform scale is removed by the next norm, for a as for b)
+        factor_a = 1 + 0.5 * torch.rand(mods[j][0].shape, generator=g)
+        factor_b = 1 + 0.5 * torch.rand(mods[j][1].shape, generator=g)
+        with_a = [(a * factor_a, b) if i == j else (a, b) for i, (a, b) in enumerate(mods)]
+        with_b = [(a, b * factor_b) if i == j else (a, b) for i, (a, b) in enumerate(mods)]
+        delta_a = (net.forward_modulated(k, mask, with_a) - base).abs().max()
+        delta_b = (net.forward_modulated(k, mask, with_b) - base).abs().max()
+    assert delta_b > 1e-5 and delta_b > 0.1 * delta_a, (float(delta_a), float(delta_b))
 
 
 def test_per_sample_output_independent_of_batch_mates():

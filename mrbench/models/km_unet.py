@@ -13,7 +13,9 @@ hypernetworks". Three parameter groups, named by the submodules of
   ``a_j ∈ R^{C_in}``, ``b_j ∈ R^{C_out}`` (j ≤ r) through a small bottleneck
   (z → ``hidden`` → r·(C_in + C_out)); the conv's kernel
   ``W ∈ R^{C_out×C_in×3×3}`` is used as ``W' = W ⊙ M``,
-  ``M = Σ_j b_j a_jᵀ`` broadcast over the 3×3 taps (rank ≤ r). The transpose
+  ``M = Σ_j b_j a_jᵀ`` broadcast over the 3×3 taps (rank ≤ r), with the output
+  factor b applied after the conv's non-affine instance norm, which would
+  otherwise cancel it (:func:`modulated_conv`). The transpose
   convolutions (2×2) and the final 1×1 convolution are not modulated.
 * ``encoder`` — :class:`ContextEncoder`: a small CNN on the normalised
   zero-filled magnitude image → global average pool → linear to z
@@ -31,12 +33,11 @@ so their gradients differ and they do not stay copies of one another.
   such as ``joint`` trains a km-unet, or for seen tasks at test time):
   *per sample*, from each sample's own zero-filled image (on-the-fly
   inference). The output of a sample does not depend on its batch-mates;
-  every sample gets its own kernels, computed with one grouped convolution
-  per layer (the batch folded into the groups, no loop over samples).
+  every sample gets its own modulation (input and output channel scales
+  around one plain convolution per layer).
 * ``embedding`` of shape (E,) or (1, E): one context embedding for the whole
   batch (KM-MAML's episodes and test-time adaptation: the mean over a
-  support set, see :meth:`KMUNet.context_embedding`) — one ordinary
-  convolution with the modulated kernel per layer;
+  support set, see :meth:`KMUNet.context_embedding`);
 * ``embedding`` of shape (B, E): per-sample embeddings given by the caller.
 """
 
@@ -49,9 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrbench.fourier import ifft2c, rss
-from mrbench.models.unet import _VAR_EPS, NormUNet, UNet, UNetRecon, data_consistency
+from mrbench.models.unet import _VAR_EPS, InstanceNorm, NormUNet, UNet, UNetRecon, data_consistency
 
-__all__ = ["ContextEncoder", "KernelHyperNet", "KMUNet", "modulated_conv2d", "kernel_modulation"]
+__all__ = ["ContextEncoder", "KernelHyperNet", "KMUNet", "modulated_conv", "kernel_modulation"]
 
 Modulation = tuple[torch.Tensor, torch.Tensor]  # a (N, r, C_in), b (N, r, C_out)
 
@@ -61,25 +62,33 @@ def kernel_modulation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nro,nri->noi", b, a)
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, padding: int = 1) -> torch.Tensor:
-    """``conv2d(x_n, W ⊙ M_n)`` for every sample n, without bias.
+def modulated_conv(
+    x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, norm: nn.Module | None = None
+) -> torch.Tensor:
+    """The kernel-modulated 3×3 convolution ``conv(x, W ⊙ M)``, ``M = Σ_j b_j a_jᵀ``, and the
+    instance norm that follows it in the U-Net block.
 
-    ``x`` (B, C_in, H, W); ``weight`` (C_out, C_in, k, k); ``a`` (N, r, C_in),
-    ``b`` (N, r, C_out) with N = 1 (one modulation for the batch: one plain
-    convolution) or N = B (per sample: the batch is folded into the channel
-    axis and convolved with ``groups = B``, one kernel bank per sample).
+    Written as ``Σ_j b_j ⊙ norm(conv(a_j ⊙ x, W))``: for rank 1, W ⊙ (b aᵀ) = diag(b)·W·diag(a),
+    so the input factor a scales the input channels and the output factor b the output
+    channels. Without a norm this *is* ``conv(x, W ⊙ M)`` for any rank. A non-affine instance
+    norm directly after the conv would cancel every per-output-channel factor (b would get no
+    gradient and change nothing), so b acts after the norm, as the scale of a conditional
+    norm — the base network's norm stays non-affine and, at M = 1, the network is its base.
+
+    ``x`` (B, C_in, H, W); ``weight`` (C_out, C_in, 3, 3); ``a`` (N, r, C_in), ``b`` (N, r, C_out)
+    with N = 1 (one modulation for the batch) or N = B (per sample). One plain convolution
+    over the B·r scaled inputs: no grouped or per-sample kernels are built.
     """
-    m = kernel_modulation(a, b)  # (N, C_out, C_in)
-    w = weight.unsqueeze(0) * m[..., None, None]  # (N, C_out, C_in, k, k)
-    n = w.shape[0]
-    if n == 1:
-        return F.conv2d(x, w[0], padding=padding)
-    bsz, cin, h, wd = x.shape
-    if n != bsz:
+    bsz, cin, h, w = x.shape
+    n, r = a.shape[:2]
+    if n not in (1, bsz):
         raise ValueError(f"modulation for {n} samples, batch has {bsz}")
-    cout = weight.shape[0]
-    y = F.conv2d(x.reshape(1, bsz * cin, h, wd), w.reshape(bsz * cout, cin, *weight.shape[-2:]), padding=padding, groups=bsz)
-    return y.view(bsz, cout, y.shape[-2], y.shape[-1])
+    xa = x.unsqueeze(1) * a[..., None, None].to(x.dtype)  # (B, r, C_in, H, W)
+    y = F.conv2d(xa.reshape(bsz * r, cin, h, w), weight, padding=weight.shape[-1] // 2)
+    if norm is not None:
+        y = norm(y)
+    y = y.view(bsz, r, y.shape[1], y.shape[2], y.shape[3]) * b[..., None, None].to(y.dtype)
+    return y.sum(dim=1)
 
 
 class KernelHyperNet(nn.Module):
@@ -217,12 +226,19 @@ def modulated_convs(module: nn.Module) -> list[nn.Conv2d]:
 
 
 def _block(seq: nn.Sequential, x: torch.Tensor, mods: Iterator[Modulation]) -> torch.Tensor:
-    for layer in seq:
+    """A U-Net block with each 3×3 conv (and the instance norm after it) modulated."""
+    layers = list(seq)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
         if isinstance(layer, nn.Conv2d) and layer.kernel_size == (3, 3):
             a, b = next(mods)
-            x = modulated_conv2d(x, layer.weight, a, b, padding=1)
+            norm = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], InstanceNorm) else None
+            x = modulated_conv(x, layer.weight, a, b, norm)
+            i += 2 if norm is not None else 1
         else:
             x = layer(x)
+            i += 1
     return x
 
 
