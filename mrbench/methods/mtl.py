@@ -90,6 +90,7 @@ class MTL(Method):
             cfg.mtl,
             task_sizes=[t.num_slices for t in self.tasks],
             inverse_frequency=cfg.train.sampling != "stratified",
+            budget=cfg.train.budget,
         )
         self._last: dict[str, float] = {}
 

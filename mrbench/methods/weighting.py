@@ -61,6 +61,7 @@ Formulas (docs/design.md §5.5), with P the tasks present in the batch:
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
@@ -75,14 +76,31 @@ __all__ = ["WEIGHTINGS", "Weighting", "Naive", "Uncertainty", "DWA", "PCGrad", "
 
 
 @dataclass
+class UncertaintyOptions:
+    """``[mtl]`` keys of ``uncert``."""
+
+    uncert_form: str = "laplace"  # laplace (L1 losses: Σ L_t/e^{s_t} + s_t) | gaussian (Σ L_t/(2e^{s_t}) + s_t/2)
+    uncert_init: str = "loss"  # loss: s_t starts at its optimum log L_t(first batch) | zero: s_t = 0
+
+    def check(self, key):
+        if self.uncert_form not in ("laplace", "gaussian"):
+            raise MrbenchError(f"{key('uncert_form')}: must be laplace or gaussian, got {self.uncert_form!r}")
+        if self.uncert_init not in ("loss", "zero"):
+            raise MrbenchError(f"{key('uncert_init')}: must be loss or zero, got {self.uncert_init!r}")
+
+
+@dataclass
 class DWAOptions:
     """``[mtl]`` keys of ``dwa``."""
 
     dwa_temperature: float = 2.0
+    dwa_period: float = 0.1  # a DWA "epoch" as a share of the budget (0 = one pass over the training slices)
 
     def check(self, key):
         if not self.dwa_temperature > 0:
             raise MrbenchError(f"{key('dwa_temperature')}: must be > 0")
+        if not 0 <= self.dwa_period <= 0.5:
+            raise MrbenchError(f"{key('dwa_period')}: must be in [0, 0.5] (DWA needs ≥ 2 periods), got {self.dwa_period}")
 
 
 @dataclass
@@ -175,21 +193,43 @@ class Naive(Weighting):
 
 
 class Uncertainty(Weighting):
-    """``uncert`` (Kendall et al. 2018): L = Σ_t L_t / (2 e^{s_t}) + s_t / 2, s_t = log σ_t² learned."""
+    """``uncert`` (Kendall et al. 2018), s_t learned:
+
+    * ``gaussian``: L = Σ_t L_t / (2 e^{s_t}) + s_t / 2 (s_t = log σ_t², the paper's form for L2);
+    * ``laplace`` (default; mrbench's losses are L1): L = Σ_t L_t / e^{s_t} + s_t (s_t = log b_t).
+
+    Both have their optimum at s_t = log L_t. mrbench's normalised L1 losses are ~0.01–0.1,
+    so that optimum is about −3 to −5: from s_t = 0, Adam at the network's learning rate moved
+    s_t by ~0.45 in a demo run and the weights stayed near their start. With ``uncert_init =
+    "loss"`` (default) each s_t starts at log L_t of the first batch that has the task, so the
+    weighting acts from the first step and then tracks the losses as they fall.
+    """
 
     name = "uncert"
+    options = {"mtl": UncertaintyOptions}
 
     def __init__(self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False):
         super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
+        opts = cfg or UncertaintyOptions()
+        self.laplace = opts.uncert_form == "laplace"
+        self.init_from_loss = opts.uncert_init == "loss"
         self.log_vars = nn.Parameter(torch.zeros(num_tasks))
+        self.register_buffer("started", torch.zeros(num_tasks, dtype=torch.bool))
 
     def combine(self, losses, counts):
-        present = (counts > 0).to(losses.dtype)
+        present = counts > 0
+        if self.init_from_loss and bool((present & ~self.started).any()):
+            with torch.no_grad():
+                fresh = present & ~self.started
+                start = torch.log(losses.detach().to(self.log_vars).clamp_min(1e-8))
+                self.log_vars.copy_(torch.where(fresh.to(self.log_vars.device), start, self.log_vars))
+                self.started |= fresh.to(self.started.device)
         s = self.log_vars.to(losses.dtype)
-        return (present * (self._masked(losses, counts) * 0.5 * torch.exp(-s) + 0.5 * s)).sum()
+        scale = 1.0 if self.laplace else 0.5
+        return (present.to(losses.dtype) * scale * (self._masked(losses, counts) * torch.exp(-s) + s)).sum()
 
     def task_weights(self):
-        return (0.5 * torch.exp(-self.log_vars.detach())).cpu()
+        return ((1.0 if self.laplace else 0.5) * torch.exp(-self.log_vars.detach())).cpu()
 
     def weights(self):
         out = super().weights()
@@ -208,8 +248,14 @@ class DWA(Weighting):
     name = "dwa"
     options = {"mtl": DWAOptions}
 
-    def __init__(self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False, epoch_slices: int | None = None):
+    def __init__(
+        self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False, epoch_slices: int | None = None,
+        budget: int | None = None,
+    ):
         super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
+        period = (cfg or DWAOptions()).dwa_period
+        if epoch_slices is None and budget and period > 0:
+            epoch_slices = round(period * budget)  # a data epoch (1152 slices) outlasted a demo run
         if epoch_slices is None:
             if self.task_sizes is None:
                 raise ValueError("dwa needs task_sizes (an epoch = the training slices of all tasks) or epoch_slices")
@@ -388,10 +434,15 @@ class GradNorm(Weighting):
 WEIGHTINGS: dict[str, type[Weighting]] = {cls.name: cls for cls in (Naive, Uncertainty, DWA, GradNorm, PCGrad)}
 
 
-def make_weighting(name: str, num_tasks: int, cfg=None, task_sizes=None, inverse_frequency: bool = False) -> Weighting:
-    """Build weighting ``name``; an unknown name lists the valid ones."""
+def make_weighting(
+    name: str, num_tasks: int, cfg=None, task_sizes=None, inverse_frequency: bool = False, budget: int | None = None
+) -> Weighting:
+    """Build weighting ``name``; an unknown name lists the valid ones. ``budget`` (slices) lets a
+    weighting size its periods to the run (DWA)."""
     try:
         cls = WEIGHTINGS[name]
     except KeyError:
         raise MrbenchError(f"unknown weighting {name!r}; valid: {', '.join(sorted(WEIGHTINGS))}") from None
+    if budget is not None and "budget" in inspect.signature(cls).parameters:
+        return cls(num_tasks, cfg, task_sizes, inverse_frequency, budget=budget)
     return cls(num_tasks, cfg, task_sizes, inverse_frequency)
