@@ -60,6 +60,15 @@ class DataConfig:
             _require(not extra, key(f"unseen[{i}]"), f"unknown key(s) {sorted(extra)}")
 
 
+#: task-sampling rules (docs/design.md §5.9); the first is the default, which run names leave out
+SAMPLING = ("stratified", "uniform")
+
+
+def sampling_suffix(sampling: str) -> str:
+    """The run-name part that says a run used a non-default task-sampling rule (``-uniform``)."""
+    return "" if sampling == SAMPLING[0] else f"-{sampling}"
+
+
 @dataclass
 class TrainConfig:
     budget: int = 2000  # slices through forward+backward, equal for every method
@@ -69,7 +78,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant
     grad_clip: float = 1.0  # max gradient norm, 0 = off
     val_every: int = 500  # slices between validations (and checkpoints)
-    sampling: str = "uniform"  # uniform | stratified (tasks interleaved, scarce up-sampled)
+    sampling: str = "stratified"  # stratified (tasks equally often, scarce up-sampled) | uniform (by slice); one rule for every method
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
@@ -81,7 +90,7 @@ class TrainConfig:
         _require(self.schedule in ("cosine", "constant"), key("schedule"), f"must be cosine or constant, got {self.schedule!r}")
         _require(self.grad_clip >= 0, key("grad_clip"), "must be ≥ 0")
         _require(self.val_every > 0, key("val_every"), "must be > 0")
-        _require(self.sampling in ("uniform", "stratified"), key("sampling"), f"must be uniform or stratified, got {self.sampling!r}")
+        _require(self.sampling in SAMPLING, key("sampling"), f"must be {' or '.join(SAMPLING)}, got {self.sampling!r}")
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
         _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")
         _require(self.stop_after >= 0, key("stop_after"), "must be ≥ 0")
@@ -217,7 +226,8 @@ class _ConfigBase:
         weighting), so the variants of a grid get their own directories."""
         from .methods import METHODS
 
-        variant = METHODS[self.method].run_variant(self)
+        cls = METHODS[self.method]
+        variant = cls.run_variant(self) + (sampling_suffix(self.train.sampling) if cls.learned else "")
         return self.run.name or f"{self.method}-{variant}-s{self.scarcity}-seed{self.train.seed}"
 
     @property

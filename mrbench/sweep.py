@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import atomic
-from .config import Config, load_config, read_toml
+from .config import SAMPLING, Config, load_config, read_toml, sampling_suffix
+from .methods import METHODS
 from .errors import MrbenchError
 from .store import RunStore
 
@@ -58,6 +59,7 @@ class Cell:
     entry: Entry
     scarcity: int
     seed: int
+    sampling: str = ""  # a [sweep].sampling value, "" = the file's train.sampling
 
 
 @dataclass
@@ -82,7 +84,8 @@ class Experiment:
     def command(self, cell: Cell, threads: int) -> list[str]:
         """The ``mrbench run`` command line of one cell."""
         cfg = self.configs[cell]
-        sets = [*self.overrides, *cell.entry.overrides, f"run.name={json.dumps(cfg.run_name)}"]
+        axis = [f"train.sampling={cell.sampling}"] if cell.sampling else []
+        sets = [*self.overrides, *cell.entry.overrides, *axis, f"run.name={json.dumps(cfg.run_name)}"]
         cmd = [sys.executable, "-m", "mrbench", "run", cell.entry.method, "--config", str(self.path)]
         for s in sets:
             cmd += ["--set", s]
@@ -97,6 +100,14 @@ def _int_list(value, key: str) -> list[int]:
     if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
         raise MrbenchError(f"{key}: expected a list of whole numbers ≥ 0, got {value!r}")
     return sorted(set(value))
+
+
+def _sampling_list(value, key: str) -> list[str]:
+    """The task-sampling axis: rules every method of the grid is run with."""
+    value = value if isinstance(value, list) else [value]
+    if not value or any(v not in ("", *SAMPLING) for v in value):
+        raise MrbenchError(f"{key}: expected a list of {', '.join(SAMPLING)}, got {value!r}")
+    return list(dict.fromkeys(value))
 
 
 def _entries(value, key: str) -> list[Entry]:
@@ -133,38 +144,42 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = ()) -> E
     sweep = values.get("sweep", {})
     if not isinstance(sweep, dict):
         raise MrbenchError(f"{p}: [sweep] must be a table")
-    extra = set(sweep) - {"scarcity", "seeds", "methods"}
+    extra = set(sweep) - {"scarcity", "seeds", "methods", "sampling"}
     if extra:
-        raise MrbenchError(f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} (valid: scarcity, seeds, methods)")
+        raise MrbenchError(f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} (valid: scarcity, seeds, methods, sampling)")
     try:
         base = load_config(p, overrides)  # file + sweep-wide overrides, checked once
         scarcity = _int_list(sweep.get("scarcity", [base.scarcity]), "sweep.scarcity")
         seeds = _int_list(sweep.get("seeds", [base.train.seed]), "sweep.seeds")
         entries = _entries(sweep.get("methods", [base.method]), "sweep.methods")
+        samplings = _sampling_list(sweep.get("sampling", [""]), "sweep.sampling")
     except MrbenchError as exc:
         msg = str(exc)
         raise MrbenchError(msg if msg.startswith(("config file", "--set")) else f"{p}: {msg}") from None
     exp = Experiment(p, entries, scarcity, seeds, tuple(overrides))
     dirs: dict[Path, Cell] = {}
-    for i, entry in enumerate(entries):
-        for level in scarcity:
-            for seed in seeds:
-                cell = Cell(entry, level, seed)
-                try:
-                    cfg = load_config(p, [*overrides, *entry.overrides], method=entry.method, scarcity=level,
-                                      train={"seed": seed})
-                except MrbenchError as exc:
-                    raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None
-                if entry.name:
-                    cfg.run.name = f"{entry.name}-s{level}-seed{seed}"
-                if cfg.run_dir in dirs:
-                    raise MrbenchError(
-                        f"{p}: sweep.methods[{i}] and another entry both write {cfg.run_dir}; give them distinct names"
-                    )
-                if dirs and cfg.run_dir.parent != next(iter(dirs)).parent:
-                    raise MrbenchError(f"{p}: sweep.methods[{i}] changes run.out or run.experiment; a sweep writes one experiment")
-                dirs[cfg.run_dir] = cell
-                exp.configs[cell] = cfg
+    cells = [(i, e, lv, sd, sm) for i, e in enumerate(entries) for sm in samplings for lv in scarcity for sd in seeds]
+    for i, entry, level, seed, sampling in cells:
+        if sampling != samplings[0] and not METHODS[entry.method].learned:
+            continue  # zero-filled samples nothing: one run, not one per rule
+        cell = Cell(entry, level, seed, sampling)
+        axis = [f"train.sampling={sampling}"] if sampling else []
+        try:
+            cfg = load_config(p, [*overrides, *entry.overrides, *axis], method=entry.method, scarcity=level,
+                              train={"seed": seed})
+        except MrbenchError as exc:
+            raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None
+        if entry.name:
+            suffix = sampling_suffix(cfg.train.sampling) if METHODS[entry.method].learned else ""
+            cfg.run.name = f"{entry.name}{suffix}-s{level}-seed{seed}"
+        if cfg.run_dir in dirs:
+            raise MrbenchError(
+                f"{p}: sweep.methods[{i}] and another entry both write {cfg.run_dir}; give them distinct names"
+            )
+        if dirs and cfg.run_dir.parent != next(iter(dirs)).parent:
+            raise MrbenchError(f"{p}: sweep.methods[{i}] changes run.out or run.experiment; a sweep writes one experiment")
+        dirs[cfg.run_dir] = cell
+        exp.configs[cell] = cfg
     return exp
 
 

@@ -154,3 +154,39 @@ def test_slurm_script_lists_the_remaining_runs(tmp_path, data_root):
     res = CliRunner().invoke(main, ["sweep", f, "--executor", "slurm",
                                     *sum((["--set", s] for s in tiny_run_settings(data_root, tmp_path / "runs")), [])])
     assert res.exit_code == 0 and "sweep.sbatch" in res.output
+
+
+def test_task_sampling_is_a_sweep_axis_shown_in_run_names(tmp_path, data_root):
+    """Issue 12 defect 3: one sampling rule for all methods by default (stratified), and the
+    rule as a sweep axis whose non-default value shows in the run name (and so the table row)."""
+    sweep = """
+    [sweep]
+    sampling = ["stratified", "uniform"]
+    methods = ["zero-filled", "joint", { method = "stl", name = "stl-small" }, "maml"]
+    """
+    exp = load_experiment(write_experiment(tmp_path / "e.toml", sweep), tiny_run_settings(data_root, tmp_path / "runs"))
+    names = sorted(cfg.run_name for cfg in exp.configs.values())
+    assert names == sorted([
+        "zero-filled-none-s0-seed0",  # samples nothing: one run, not one per rule
+        "joint-varnet-s0-seed0", "joint-varnet-uniform-s0-seed0",
+        "stl-small-s0-seed0", "stl-small-uniform-s0-seed0",
+        "maml-varnet-s0-seed0", "maml-varnet-uniform-s0-seed0",
+    ])
+    assert {cfg.train.sampling for cfg in exp.configs.values() if "uniform" not in cfg.run_name} == {"stratified"}
+    cell = next(c for c, cfg in exp.configs.items() if cfg.run_name == "joint-varnet-uniform-s0-seed0")
+    assert "train.sampling=uniform" in exp.command(cell, threads=1)
+    with pytest.raises(MrbenchError, match="sweep.sampling"):
+        load_experiment(write_experiment(tmp_path / "f.toml", "[sweep]\nsampling = [\"by-slice\"]\n"))
+
+
+def test_meta_learners_draw_tasks_by_the_shared_rule():
+    import torch
+
+    from mrbench.methods.meta import sample_tasks
+
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_tasks(2, 1, g)[0] for _ in range(4000)]  # stratified: tasks equally often
+    assert abs(sum(draws) / len(draws) - 0.5) < 0.03
+    weights = torch.tensor([80.0, 20.0])  # uniform-by-slice: in proportion to the tasks' slices
+    draws = [sample_tasks(2, 1, g, weights)[0] for _ in range(4000)]
+    assert abs(sum(draws) / len(draws) - 0.2) < 0.03

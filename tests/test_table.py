@@ -82,14 +82,17 @@ def test_markdown_table_values_order_and_marks(finished_experiment):
     tables = build_tables(runs, metrics=["psnr"])
     md = render(tables, "md")
     lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| method | AXT1/equispaced/4x (s0) | AXT1/equispaced/4x (s1) | AXT2/equispaced/4x (s0)")
+    assert lines[0].startswith("| method | setting | AXT1/equispaced/4x (s0) | AXT1/equispaced/4x (s1) | AXT2/equispaced/4x (s0)")
     assert "AXFLAIR/equispaced/6x (s0, unseen, 2 steps)" in lines[0] and lines[0].endswith("unseen win rate |")
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| zero-filled-none", "| stl-varnet", "| joint-varnet"]
     mean, std = _expected_mean_std(finished_experiment / "stl-varnet-s1-seed0", "AXT2/equispaced/4x")
     stl_cells = lines[2].split(" | ")
-    assert f"{mean:.2f} ± {std:.2f}" in stl_cells[4]
+    assert f"{mean:.2f} ± {std:.2f}" in stl_cells[5]
+    # like with like, visible: each row says its backbone, parameter count and sampling rule
+    params = json.loads((finished_experiment / "stl-varnet-s1-seed0" / "metrics.json").read_text())["cost"]["parameters"]
+    assert stl_cells[1] == f"varnet · {params / 1e3:.0f}k params · stratified" and lines[1].split(" | ")[1] == "–"
     # exactly one bold cell per column
-    for col in range(1, 7):
+    for col in range(2, 8):
         assert sum("**" in line.split(" | ")[col] for line in lines[1:]) == 1
     assert "(ref.)" in lines[3]
     assert "Holm-corrected over the methods of each column" in md and "over ≤ 3 test volumes" in md
@@ -117,7 +120,7 @@ def test_csv_and_latex(finished_experiment):
 def test_table_cli_and_errors(finished_experiment, tmp_path):
     r = CliRunner()
     res = r.invoke(main, ["table", str(finished_experiment), "--format", "csv", "--metrics", "ssim"])
-    assert res.exit_code == 0 and res.output.startswith("metric,label,context")
+    assert res.exit_code == 0 and res.output.startswith("metric,label,setting,context")
     out = tmp_path / "t.tex"
     res = r.invoke(main, ["table", str(finished_experiment), "--format", "latex", "--out", str(out)])
     assert res.exit_code == 0 and out.read_text().startswith("\\begin{table}")

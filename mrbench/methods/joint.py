@@ -1,8 +1,10 @@
 """joint: one network trained on the pooled data of all tasks.
 
-``train.sampling = "uniform"`` draws slices uniformly from the pool (the scarce
-task is seen in proportion to its size); ``"stratified"`` interleaves the tasks,
-which up-samples the scarce one to the abundant one's rate.
+``train.sampling = "stratified"`` (the default, and the rule every method shares)
+interleaves the tasks, which up-samples the scarce one to the abundant one's rate —
+the meta-learners draw their tasks 50/50 the same way; ``"uniform"`` draws slices
+uniformly from the pool (the scarce task is seen in proportion to its size: 20 % of
+batches at level 2 of the demo).
 """
 
 from __future__ import annotations

@@ -168,11 +168,26 @@ def detached_params(model: nn.Module, names: Sequence[str] = ()) -> dict[str, to
     return {n: p.detach().clone().requires_grad_(n in wanted) for n, p in model.named_parameters()}
 
 
-def sample_tasks(num_tasks: int, per_batch: int, generator: torch.Generator | None = None) -> list[int]:
-    """``min(per_batch, num_tasks)`` distinct task indices, uniformly (the scarce task is
-    drawn as often as the others: episodes up-sample it, like stratified sampling)."""
-    perm = torch.randperm(num_tasks, generator=generator)
-    return [int(i) for i in perm[: min(per_batch, num_tasks)]]
+def task_draw_weights(method) -> torch.Tensor | None:
+    """How a meta-learner draws its tasks under ``train.sampling``, the rule every method
+    shares: ``stratified`` — every task equally often (``None``: the scarce task up-sampled,
+    as joint's stratified sampler does); ``uniform`` — in proportion to the tasks' training
+    slices (as joint's uniform sampler does)."""
+    if method.cfg.train.sampling == "stratified":
+        return None
+    return torch.tensor([float(t.num_slices) for t in method.tasks])
+
+
+def sample_tasks(
+    num_tasks: int, per_batch: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None
+) -> list[int]:
+    """``min(per_batch, num_tasks)`` distinct task indices: uniformly (``weights=None``, the
+    stratified rule) or drawn without replacement in proportion to ``weights``."""
+    k = min(per_batch, num_tasks)
+    if weights is None:
+        perm = torch.randperm(num_tasks, generator=generator)
+        return [int(i) for i in perm[:k]]
+    return [int(i) for i in torch.multinomial(weights, k, replacement=False, generator=generator)]
 
 
 def episode_slices(cfg, num_tasks: int, support_always: bool = False) -> int:
@@ -190,7 +205,7 @@ def episode_step(method, source, query_loss: Callable, support_always: bool = Fa
     ``query_loss(support, query)`` runs the inner loop and returns the query loss, whose
     meta-gradient is accumulated into the parameters' ``.grad`` (mean over the tasks)."""
     m = method.cfg.meta
-    tasks = sample_tasks(len(method.tasks), m.tasks_per_batch)
+    tasks = sample_tasks(len(method.tasks), m.tasks_per_batch, weights=task_draw_weights(method))
     losses: dict[int, float] = {}
     for t in tasks:
         support = source(m.support, task=t) if (m.inner_steps or support_always) else None

@@ -166,6 +166,31 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def row_settings(runs: Sequence[Run]) -> dict[str, str]:
+    """What each table row (label) was trained with, so like is seen to be compared with like:
+    backbone, parameter count and task-sampling rule (``–`` for zero-filled). Values that
+    differ between a label's runs are joined with ``/``."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for run in runs:
+        if run.method == "zero-filled":
+            seen.setdefault(run.label, {})
+            continue
+        params = int((run.metrics or {}).get("cost", {}).get("parameters", 0))
+        parts = {
+            "backbone": str(run.config.get("model", {}).get("backbone", "?")),
+            "params": f"{params / 1e3:.0f}k" if params < 10**6 else f"{params / 1e6:.2f}M",
+            "sampling": str(run.config.get("train", {}).get("sampling", "?")),
+        }
+        row = seen.setdefault(run.label, {})
+        for k, v in parts.items():
+            if v not in row.setdefault(k, []):
+                row[k].append(v)
+    return {
+        label: " · ".join("/".join(vals) + (" params" if k == "params" else "") for k, vals in row.items()) or "–"
+        for label, row in seen.items()
+    }
+
+
 def costs(runs: Sequence[Run]) -> pd.DataFrame:
     """Per run: wall and training seconds (manifest.json), parameters and slices (metrics.json)."""
     rows = []

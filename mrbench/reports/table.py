@@ -41,6 +41,7 @@ class Table:
     reference: str | None
     win_rate: dict[str, float]
     max_pairs: int
+    settings: dict[str, str] = field(default_factory=dict)  # label → backbone · params · sampling
 
 
 @dataclass
@@ -114,7 +115,7 @@ def build_tables(
             cells["p_holm"] = np.nan
         cells["significant"] = cells["p_holm"] < 0.05
         rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
-        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs))
+        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(runs)))
     return out
 
 
@@ -152,12 +153,12 @@ def to_markdown(tables: Tables) -> str:
     buf = io.StringIO()
     for t in tables.tables:
         unseen = any(not c[1] for c in t.columns)
-        head = ["method", *[_column_title(*c) for c in t.columns]] + (["unseen win rate"] if unseen else [])
+        head = ["method", "setting", *[_column_title(*c) for c in t.columns]] + (["unseen win rate"] if unseen else [])
         buf.write(f"**{_NAMES[t.metric]}**\n\n")
         buf.write("| " + " | ".join(head) + " |\n")
-        buf.write("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|\n")
+        buf.write("|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|\n")
         for label in t.labels:
-            row = [label]
+            row = [label, t.settings.get(label, "–")]
             for col in t.columns:
                 c = _cell(t, label, col)
                 if c is None:
@@ -180,10 +181,11 @@ def to_csv(tables: Tables) -> str:
         c.insert(0, "metric", t.metric)
         c["reference"] = t.reference or ""
         c["win_rate"] = c["label"].map(t.win_rate)
+        c["setting"] = c["label"].map(t.settings)
         c["order"] = c["label"].map({lab: i for i, lab in enumerate(t.labels)})
         frames.append(c.sort_values(["order", "seen", "context", "scarcity"], ascending=[True, False, True, True]))
     out = pd.concat(frames, ignore_index=True).drop(columns="order")
-    cols = ["metric", "label", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std", "best",
+    cols = ["metric", "label", "setting", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std", "best",
             "p_holm", "significant", "reference", "win_rate"]
     return out[cols].to_csv(index=False, float_format="%.6g")
 
@@ -206,11 +208,11 @@ def to_latex(tables: Tables) -> str:
         buf.write("\\begin{table}[t]\n\\centering\\small\n")
         caption = _tex(_legend(t, tables)).replace("±", r"$\pm$")
         buf.write(f"\\caption{{{_tex(_NAMES[t.metric])}: {caption}}}\n")
-        buf.write(f"\\begin{{tabular}}{{l{'r' * n}}}\n\\toprule\n")
-        head = ["method", *[_column_title(*c) for c in t.columns]] + (["unseen win rate"] if unseen else [])
+        buf.write(f"\\begin{{tabular}}{{ll{'r' * n}}}\n\\toprule\n")
+        head = ["method", "setting", *[_column_title(*c) for c in t.columns]] + (["unseen win rate"] if unseen else [])
         buf.write(" & ".join(_tex(h) for h in head) + " \\\\\n\\midrule\n")
         for label in t.labels:
-            row = [_tex(label)]
+            row = [_tex(label), _tex(t.settings.get(label, "–"))]
             for col in t.columns:
                 c = _cell(t, label, col)
                 if c is None:
