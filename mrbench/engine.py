@@ -159,7 +159,7 @@ class Trainer:
         while used < phase.budget:
             opt.zero_grad(set_to_none=True)
             if phase.custom_step is not None:
-                result = phase.custom_step(self._batch_source(sampler))
+                result = phase.custom_step(self._batch_source(sampler, opt.param_groups[0]["lr"]))
             else:
                 n = min(cfg.batch, phase.budget - used)
                 result = phase.step(self._batch(sampler.next(n)))
@@ -196,8 +196,10 @@ class Trainer:
         samples = [self.train.sample(i) for i in indices]
         return to_device(torch.utils.data.default_collate(samples), self.device)
 
-    def _batch_source(self, sampler: TaskSampler):
-        """For custom steps: ``source(n, task=None)`` → a batch of ``n`` items (of ``task`` if given)."""
+    def _batch_source(self, sampler: TaskSampler, lr: float):
+        """For custom steps: ``source(n, task=None)`` → a batch of ``n`` items (of ``task`` if given);
+        ``source.lr`` is the phase's scheduled learning rate for this step (for a method's own
+        optimiser, e.g. metadrop's inner Adam)."""
 
         def source(n: int, task: int | None = None) -> Sample:
             if task is None:
@@ -206,6 +208,7 @@ class Trainer:
             picks = sampler.rng.integers(len(items), size=n)
             return self._batch([items[int(i)] for i in picks])
 
+        source.lr = lr
         return source
 
     # ------------------------------------------------------------------ validation

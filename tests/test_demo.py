@@ -20,7 +20,15 @@ def test_demo_experiment_file_is_packaged_and_complete():
     exp = load_experiment(demo.demo_experiment_file())
     methods = {c.entry.method for c in exp.cells}
     assert methods == {"zero-filled", "stl", "joint", "transfer", "mtl", "maml", "metadrop", "kmmaml"}
-    assert exp.scarcity == [0, 1, 2] and len(exp.cells) == 24
+    assert exp.scarcity == [0, 1, 2] and len(exp.cells) == 30
+    # KM-MAML has its own backbone in the grid: joint and maml on the same base U-Net as km-unet's
+    by_name = {cfg.run_name: cfg for cfg in exp.configs.values()}
+    km, ju, mu = (by_name[f"{n}-s0-seed0"] for n in ("kmmaml-km-unet", "joint-unet", "maml-unet"))
+    from mrbench.methods.kmmaml import kmunet_kwargs
+
+    base = kmunet_kwargs(km)
+    for cfg in (ju, mu):
+        assert cfg.model.backbone == "unet" and cfg.model.backbone_kwargs() == {k: base[k] for k in ("chans", "pools")}
     cfg = next(iter(exp.configs.values()))
     assert cfg.data.tasks == ["AXT1", "AXFLAIR"] and cfg.data.scarce == ["AXFLAIR"]
     assert [u["contrast"] for u in cfg.data.unseen] == ["AXT2"]
@@ -35,8 +43,8 @@ def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     exp = out / "demo"
-    assert "24 done, 0 failed, 0 skipped" in res.output
-    assert "training slice lists identical per scarcity level (level 0: 8 runs, level 1: 8 runs, level 2: 8 runs)" in res.output
+    assert "30 done, 0 failed, 0 skipped" in res.output
+    assert "training slice lists identical per scarcity level (level 0: 10 runs, level 1: 10 runs, level 2: 10 runs)" in res.output
     html = (exp / "report.html").read_text()
     assert "kmmaml-km-unet" in html and "cdn.bokeh.org" not in html
     rows = [line for line in (exp / "table.md").read_text().splitlines() if line.startswith("| ")]

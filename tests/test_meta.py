@@ -242,6 +242,35 @@ def test_metadrop_update_on_a_linear_model_by_hand():
     torch.testing.assert_close(lin2.bias.grad, 2 * rb)
 
 
+def test_metadrop_notes_variant_adam_inner_step_then_plain_sgd_meta_term():
+    """Issue 12 defect 5: the notes' order — φ̃ by the training optimiser (Adam, moments carried
+    across steps), then φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇L_meta(φ̃) with plain η_meta."""
+    from mrbench.methods.metadrop import AdamInnerStep
+
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2).double()
+    W0 = lin.weight.detach().clone()
+    b0 = lin.bias.detach().clone()
+    xa, ya = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), torch.tensor([0.3, -1.0], dtype=torch.float64)
+    xb, yb = torch.tensor([-0.5, 1.5, 2.0], dtype=torch.float64), torch.tensor([1.0, 0.2], dtype=torch.float64)
+    lr, alpha, eta = 0.01, 0.8, 0.05
+    inner = AdamInnerStep(list(lin.parameters()), lr)
+    metadrop_update(lin, lambda: ((lin(xa) - ya) ** 2).sum(), lambda: ((lin(xb) - yb) ** 2).sum(), inner, alpha, eta)
+    ra = W0 @ xa + b0 - ya
+    ga_W = 2 * torch.outer(ra, xa)
+    Wt = W0 - lr * ga_W / (ga_W.abs() + 1e-8)  # Adam's first step: m̂ = g, v̂ = g²
+    bt = b0 - lr * (2 * ra) / ((2 * ra).abs() + 1e-8)
+    rb = Wt @ xb + bt - yb
+    W = W0 + alpha * (Wt - W0) - eta * 2 * torch.outer(rb, xb)
+    torch.testing.assert_close(lin.weight.detach(), W)
+    assert lin.weight.grad is None  # nothing for the engine's optimiser
+    metadrop_update(lin, lambda: ((lin(xa) - ya) ** 2).sum(), lambda: ((lin(xb) - yb) ** 2).sum(), inner, alpha, eta)
+    assert int(inner.opt.state[lin.weight]["step"]) == 2  # moments carried across steps
+    from mrbench.config import Config
+
+    assert Config().meta.outer == "notes"
+
+
 GRID = context_grid(["AXT1", "AXT2"], ["equispaced", "random"], [4.0, 8.0])
 
 
