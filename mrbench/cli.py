@@ -192,10 +192,15 @@ def _resume_command(method, config_file, overrides, scarcity, quiet) -> str:
 
 def _print_metrics(metrics: dict, path) -> None:
     click.echo(f"{path}")
+    choice = metrics.get("adaptation")
+    if choice and choice.get("selected_on") == "seen-validation":
+        lr = f" lr {choice['lr']:g}" if choice.get("lr") else ""
+        click.echo(f"  adaptation chosen on seen validation: {choice['rule']}{lr}, {choice['steps']} steps (marked *)")
     for name, c in metrics["contexts"].items():
         for steps, res in sorted(c["steps"].items(), key=lambda kv: int(kv[0])):
             m, zf = res["mean"], res["zero_filled"]
-            tag = "seen" if c["seen"] else f"unseen, {steps} steps"
+            mark = "*" if not c["seen"] and c.get("chosen_steps") == int(steps) else ""
+            tag = "seen" if c["seen"] else f"unseen, {steps} steps{mark}"
             click.echo(
                 f"  {name:28s} ({tag:16s}) PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  NMSE {m['nmse']:.4f}"
                 f"   (zero-filled {zf['psnr']:.2f} dB / {zf['ssim']:.4f})"

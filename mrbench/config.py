@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,14 +140,18 @@ class ModelConfig:
 @dataclass
 class EvalConfig:
     adapt_steps: list[int] = field(default_factory=lambda: [0, 5, 10])  # on unseen contexts; 0 always included
-    support: int = 4  # k-shot support slices per unseen context, the same for every method
-    adapt_lr: float = 1e-4
+    support: int = 2  # support set per unseen context (and per seen one, for choosing the adaptation), the same for every method
+    support_unit: str = "volumes"  # volumes (whole volumes: 2 × 24 slices of the built-in data) | slices
+    adapt_lr: list[float] = field(default_factory=lambda: [1e-4, 1e-3])  # finetune rule's candidate lrs
+    select: str = "seen-val"  # seen-val: rule, lr and steps chosen on seen contexts' validation data | fixed
     max_volumes: int = 0  # test volumes per context, 0 = all
 
     def check(self, key):
         _require(all(s >= 0 for s in self.adapt_steps), key("adapt_steps"), "must be ≥ 0")
         _require(self.support > 0, key("support"), "must be > 0")
-        _require(self.adapt_lr > 0, key("adapt_lr"), "must be > 0")
+        _require(self.support_unit in ("volumes", "slices"), key("support_unit"), f"must be volumes or slices, got {self.support_unit!r}")
+        _require(bool(self.adapt_lr) and all(lr > 0 for lr in self.adapt_lr), key("adapt_lr"), "must be one or more numbers > 0")
+        _require(self.select in ("seen-val", "fixed"), key("select"), f"must be seen-val or fixed, got {self.select!r}")
         _require(self.max_volumes >= 0, key("max_volumes"), "must be ≥ 0")
         if 0 not in self.adapt_steps:
             self.adapt_steps = [0, *self.adapt_steps]
@@ -298,6 +303,14 @@ def _require(ok: bool, key: str, what: str) -> None:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # e.g. float | str: the first type that takes it
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except MrbenchError as exc:
+                errors.append(str(exc))
+        raise MrbenchError(errors[0])
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):

@@ -20,7 +20,8 @@ from .data.assemble import ExperimentData, assemble
 from .data.dataset import SliceDataset, VolumeStore
 from .engine import Preempted, Trainer
 from .errors import MrbenchError, RunStopped
-from .evaluation.evaluate import predict_volumes, score_volumes, to_device
+from .evaluation.adaptation import adapted_volumes, select_adaptation, support_batch
+from .evaluation.evaluate import predict_volumes, score_volumes
 from .methods import METHODS, Method
 from .models import build_backbone
 from .store import RunStore, environment, file_digest, now
@@ -62,7 +63,7 @@ def _progress_bar(total: int, quiet: bool):
 def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore:
     """Train, evaluate and store one run; return its store."""
     store = RunStore(cfg.run_dir)
-    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support)  # bad data is reported before run-dir state
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)  # bad data is reported before run-dir state
     if store.exists() and not (resume or overwrite):
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
     resume_state = None
@@ -200,16 +201,19 @@ def evaluate(
                 "steps": {"0": score_volumes(vols)},
             }
     if contexts in ("unseen", "all") and data.unseen_test:
+        choice = select_adaptation(method, cfg, data, device, volumes, adapt_steps, batch=batch)
+        out["adaptation"] = choice
         test = SliceDataset(data.unseen_test, train=False, store=volumes)
         pool = SliceDataset(data.unseen_support, train=False, store=volumes)
         for t, task in enumerate(data.unseen_test):
-            wanted = set(data.support_slices[task.name])
-            idx = [i for i in pool.task_items(t) if (pool.items[i][1].name, pool.items[i][2]) in wanted]
-            support = to_device(torch.utils.data.default_collate([pool[i] for i in idx]), device)
+            support = support_batch(pool, t, data.support_slices[task.name], device)
+
+            def predict(recon, t=t):
+                return predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
+
+            by_steps = adapted_volumes(method, task.context, support, choice, adapt_steps, predict)
             steps_out = {}
-            for steps in adapt_steps:
-                recon = method.adapt(task.context, support, steps, cfg.eval.adapt_lr)
-                vols = predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
+            for steps, vols in by_steps.items():
                 steps_out[str(steps)] = score_volumes(vols)
                 _keep_preview(previews, task.name, steps, vols)
                 if steps == adapt_steps[-1]:
@@ -220,6 +224,7 @@ def evaluate(
                 "context": task.context.as_dict(),
                 "train_slices": 0,
                 "support_slices": [list(s) for s in data.support_slices[task.name]],
+                "chosen_steps": choice["steps"],
                 "steps": steps_out,
             }
     out["summary"] = _summary(out["contexts"])
@@ -267,7 +272,7 @@ def evaluate_run_dir(path: str | os.PathLike, contexts: str = "all", adapt_steps
     store = RunStore(path)
     cfg = config_from_dict(store.read_json("config.json"))
     device = select_device(cfg.train.device)
-    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support)
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)
     method = build_method(cfg, data, device)
     if method.learned:
         method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])

@@ -247,16 +247,15 @@ def test_adaptation_modes_touch_the_right_groups(data_root, tmp_path):
     support = to_device(torch.utils.data.default_collate([pool[i] for i in pool.task_items(0)[:2]]), torch.device("cpu"))
     orig = {n: p.detach().clone() for n, p in method.models["net"].named_parameters()}
 
-    def changed(net, group):
-        return [not torch.equal(p, orig[n]) for n, p in net.named_parameters() if n.startswith(group + ".")]
-
-    for mode, moved in (("on-the-fly", ()), ("hyper", ("hyper",)), ("all", ("base", "hyper"))):
+    x = next(iter(torch.utils.data.DataLoader([pool[i] for i in pool.task_items(0)[2:4]], batch_size=2)))
+    for mode, adapts in (("on-the-fly", False), ("hyper", True), ("all", True)):
         cfg.meta.test_mode = mode
-        net, z = method.adapted_network(support, 2)
-        assert z.shape == (1, 16)
-        for group in ("base", "hyper", "encoder"):
-            assert any(changed(net, group)) == (group in moved), (mode, group)
-    assert all(torch.equal(p, orig[n]) for n, p in method.models["net"].named_parameters())
+        for rule in method.adapt_rules():
+            outs = {k: recon(x).detach().clone() for k, recon in method.adapt_path(None, support, [0, 2], 1e-3, rule)}
+            assert (not torch.allclose(outs[0], outs[2], atol=1e-7)) == adapts, (mode, rule)
+    assert all(torch.equal(p, orig[n]) for n, p in method.models["net"].named_parameters())  # copies adapted
+    with pytest.raises(ValueError, match="no adaptation rule"):
+        next(method.adapt_path(None, support, [0], 1e-3, "sgd"))
 
 
 def test_kmmaml_picks_its_backbone_unless_a_conflicting_one_is_set(data_root, tmp_path):

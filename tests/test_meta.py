@@ -202,7 +202,8 @@ def test_maml_test_time_adaptation():
         assert not torch.allclose(recon(x), ref)
     for n, p in net.named_parameters():  # the meta-learned network is untouched
         assert torch.equal(p, before[n])
-    assert method.episode_slices() == 2 * (2 * 1 + 2)
+    assert method.episode_slices() == 2 * (1 * 1 + 2)  # meta.support = 0: matched to eval.support (no volumes here: 1)
+    assert maml_method("meta.support=2").episode_slices() == 2 * (2 * 1 + 2)
 
 
 # ----------------------------------------------------------------------------- Meta-Drop

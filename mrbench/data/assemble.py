@@ -7,8 +7,14 @@ This is where the fair-comparison rules of docs/design.md §5 are made concrete:
   level, keyed by contrast and ``data.split_seed`` only — never by the method or
   the run seed — so every method of an experiment trains on the same slices;
 * validation uses the first ``data.val_volumes`` volumes of each task, test all;
-* each unseen context gets one k-shot support set (slices of its *train* split,
-  chosen by ``split_seed``) shared by every method.
+* each unseen context gets one support set from its *train* split, chosen by
+  ``split_seed`` and the context name only and shared by every method: ``eval.support``
+  whole volumes (``eval.support_unit = "volumes"``, the default: 2 volumes, 48 slices
+  of the built-in data) or single slices;
+* each seen context gets a support set the same way from its (scarcity-cut) training
+  volumes: with its validation volumes it is the held-out data on which every
+  method's adaptation rule, learning rate and step count are chosen
+  (:func:`mrbench.evaluation.adaptation.select_adaptation`), never on the test set.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class ExperimentData:
     unseen_support: list[TaskData]  # support volumes; `support_slices` picks the k shots
     support_slices: dict[str, list[tuple[str, int]]]  # unseen context name -> (file, slice)
     scarce: list[bool]  # per seen task
+    seen_support_slices: dict[str, list[tuple[str, int]]] = None  # seen task name -> (file, slice)
 
     def slice_lists(self) -> dict[str, dict]:
         """Per training task: number of slices and the SHA-256 of the exact slice list."""
@@ -63,17 +70,19 @@ def unseen_contexts(data_cfg) -> list[Context]:
     return out
 
 
-def assemble(data_cfg, scarcity: int, support: int = 4) -> ExperimentData:
+def assemble(data_cfg, scarcity: int, support: int = 2, unit: str = "volumes") -> ExperimentData:
     index = scan(data_cfg.root)
     index.require_splits()
     seen = seen_contexts(data_cfg)
     train, val, test, scarce = [], [], [], []
+    seen_support: dict[str, list[tuple[str, int]]] = {}
     for ctx in seen:
         vols = index.select("train", ctx.contrast)
         is_scarce = ctx.contrast in data_cfg.scarce
         if is_scarce:
             vols = scarcity_subset(vols, scarcity, data_cfg.split_seed, ctx.contrast)
         train.append(TaskData(ctx.name, ctx, tuple(vols)))
+        seen_support[ctx.name] = choose_support(vols, support, data_cfg.split_seed, ctx.name, unit)
         scarce.append(is_scarce)
         v = index.select("val", ctx.contrast)
         val.append(TaskData(ctx.name, ctx, tuple(v[: data_cfg.val_volumes] if data_cfg.val_volumes else v)))
@@ -86,14 +95,19 @@ def assemble(data_cfg, scarcity: int, support: int = 4) -> ExperimentData:
         unseen_test.append(TaskData(ctx.name, ctx, tuple(index.select("test", ctx.contrast))))
         pool = index.select("train", ctx.contrast)
         unseen_support.append(TaskData(ctx.name, ctx, tuple(pool)))
-        support_slices[ctx.name] = choose_support(pool, support, data_cfg.split_seed, ctx.name)
-    return ExperimentData(index, train, val, test, unseen_test, unseen_support, support_slices, scarce)
+        support_slices[ctx.name] = choose_support(pool, support, data_cfg.split_seed, ctx.name, unit)
+    return ExperimentData(index, train, val, test, unseen_test, unseen_support, support_slices, scarce, seen_support)
 
 
-def choose_support(volumes, k: int, seed: int, name: str) -> list[tuple[str, int]]:
-    """k slices of the pool, chosen by (split seed, context) only: the same for every method."""
-    all_slices = slice_list(volumes)
+def choose_support(volumes, k: int, seed: int, name: str, unit: str = "slices") -> list[tuple[str, int]]:
+    """``k`` whole volumes (every slice of each) or ``k`` slices of the pool (fewer if the pool
+    is smaller), chosen by (split seed, context) only: the same for every method."""
     digest = hashlib.sha256(f"support|{seed}|{name}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    if unit == "volumes":
+        ordered = sorted(volumes, key=lambda v: v.name)
+        pick = rng.choice(len(ordered), size=min(k, len(ordered)), replace=False)
+        return slice_list([ordered[i] for i in pick])
+    all_slices = slice_list(volumes)
     pick = rng.choice(len(all_slices), size=min(k, len(all_slices)), replace=False)
     return sorted(all_slices[i] for i in pick)

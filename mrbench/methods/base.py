@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -149,18 +149,28 @@ class Method:
                     return i
         return 0
 
-    def adapt(self, ctx: Context, support: Sample, steps: int, lr: float) -> Reconstructor:
-        """Fine-tune a copy of the starting network on the support batch for ``steps`` Adam steps."""
+    def adapt_rules(self) -> tuple[str, ...]:
+        """The test-time adaptation rules this method offers; :func:`~mrbench.evaluation.
+        adaptation.select_adaptation` chooses among them (and the learning rate and step count)
+        on seen-context validation data. ``finetune``: Adam on every parameter at a chosen lr."""
+        return ("finetune",)
+
+    def adapt_path(
+        self, ctx: Context, support: Sample, step_counts: Sequence[int], lr: float, rule: str = "finetune"
+    ) -> Iterator[tuple[int, Reconstructor]]:
+        """Adapt a copy of the starting network to ``support`` along one trajectory and yield
+        ``(k, reconstructor)`` after k full-batch steps for each k in ``step_counts`` (sorted;
+        0 = the network as trained). One pass serves every step count; a yielded reconstructor
+        is valid until the generator resumes."""
+        if rule != "finetune":
+            raise ValueError(f"{self.name} has no adaptation rule {rule!r} (it has {', '.join(self.adapt_rules())})")
         model = copy.deepcopy(self.models[self.model_key(self.nearest_task(ctx))])
-        if steps:
-            model.train()
-            opt = torch.optim.Adam(model.parameters(), lr=lr)
-            for _ in range(steps):
-                opt.zero_grad(set_to_none=True)
-                l1_per_sample(reconstruct(model, support), support).mean().backward()
-                opt.step()
-        model.eval()
-        return lambda batch: reconstruct(model, batch)
+        yield from finetune_path(model, support, step_counts, lr, lambda m, b: reconstruct(m, b))
+
+    def adapt(self, ctx: Context, support: Sample, steps: int, lr: float, rule: str | None = None) -> Reconstructor:
+        """The reconstructor after ``steps`` steps of ``rule`` (default: the method's first)."""
+        *_, (_, recon) = self.adapt_path(ctx, support, [steps], lr, rule or self.adapt_rules()[0])
+        return recon
 
     # -- state
     def state_dict(self) -> dict:
@@ -172,6 +182,24 @@ class Method:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.models.parameters())
+
+
+def finetune_path(
+    model: nn.Module, support: Sample, step_counts: Sequence[int], lr: float, forward: Callable, params=None
+) -> Iterator[tuple[int, Reconstructor]]:
+    """Adam at ``lr`` on the mean L1 of ``forward(model, support)`` (over ``params``, default all
+    of ``model``'s), yielding ``(k, batch → forward(model, batch))`` after k steps for each k."""
+    opt = torch.optim.Adam(list(params if params is not None else model.parameters()), lr=lr) if max(step_counts) else None
+    done = 0
+    for k in sorted(set(step_counts)):
+        model.train()
+        while done < k:
+            opt.zero_grad(set_to_none=True)
+            l1_per_sample(forward(model, support), support).mean().backward()
+            opt.step()
+            done += 1
+        model.eval()
+        yield k, (lambda batch: forward(model, batch))
 
 
 def _per_task(per_sample: torch.Tensor, task: torch.Tensor) -> dict[int, float]:

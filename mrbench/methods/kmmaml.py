@@ -45,19 +45,21 @@ its *own* zero-filled image (on-the-fly, per sample: the network's default
 without an ``embedding``; a slice's output does not depend on its
 batch-mates), with the meta-learned (un-adapted) ω.
 
-**Unseen contexts** (:meth:`adapt`, same k-shot support set and step counts as
+**Unseen contexts** (:meth:`adapt_path`, the same support set and step counts as
 every method): z is the mean embedding of the support images (encoder frozen);
 then by ``meta.test_mode``:
 
 * ``on-the-fly`` — no gradient step at all, whatever ``steps`` is: the
   kernels come from z alone (the metrics for every step count are then
   identical, which is what this mode is);
-* ``hyper`` — ``steps`` SGD steps on ω (the inner-loop rule);
-* ``all`` — ``steps`` SGD steps on θ and ω.
+* ``hyper`` — steps on ω;
+* ``all`` — steps on θ and ω.
 
-The steps use KM-MAML's meta-learned rule, SGD at ``meta.inner_lr`` (the
-``lr`` argument, ``eval.adapt_lr`` for the fine-tuning baselines, is not used;
-MAML does the same).
+Two rules take the steps (:meth:`adapt_rules`): ``inner``, KM-MAML's meta-learned
+rule (SGD at ``meta.inner_lr``, or the learned per-tensor rates with
+``meta.inner_lr = "learned"``), and ``finetune`` (Adam at a chosen lr). Which
+rule, lr and step count is chosen on seen-context validation data, like every
+method's (:mod:`mrbench.evaluation.adaptation`).
 """
 
 from __future__ import annotations
@@ -73,8 +75,17 @@ from torch.func import functional_call
 from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
-from .base import Method, Phase, Reconstructor, StepResult, l1_per_sample
-from .meta import MetaOptions, detached_params, episode_phase, episode_slices, episode_step, inner_loop
+from .base import Method, Phase, StepResult, finetune_path, l1_per_sample
+from .meta import (
+    MetaOptions,
+    episode_phase,
+    episode_slices,
+    episode_step,
+    inner_loop,
+    inner_path,
+    inner_rates,
+    make_inner_rates,
+)
 
 GROUPS = ("base", "hyper", "encoder")
 TEST_MODES = {"on-the-fly": (), "hyper": ("hyper",), "all": ("base", "hyper")}  # groups adapted at test time
@@ -136,6 +147,7 @@ class KMMAML(Method):
 
         self.models["net"] = KMUNet(**kmunet_kwargs(cfg))
         self.hyper_names = group_names(self.models["net"], ("hyper",))
+        make_inner_rates(self, self.hyper_names)
 
     # -- training
     def phases(self) -> list[Phase]:
@@ -143,7 +155,7 @@ class KMMAML(Method):
 
     def episode_slices(self) -> int:
         """Slices one episode pushes through forward+backward (the budget accounting rule)."""
-        return episode_slices(self.cfg, len(self.tasks), support_always=True)
+        return episode_slices(self, support_always=True)
 
     def step(self, source) -> StepResult:
         m = self.cfg.meta
@@ -153,7 +165,7 @@ class KMMAML(Method):
 
         def query_loss(support, query):
             z = net.context_embedding(support.kspace)
-            fast = inner_loop(net, params, buffers, support, m.inner_steps, m.inner_lr, m.order, self.hyper_names, loss=embedded_loss(z))
+            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.hyper_names, loss=embedded_loss(z))
             return l1_per_sample(embedded_reconstruct(net, {**fast, **buffers}, query, z), query).mean()  # grads into θ, ω, encoder
 
         return episode_step(self, source, query_loss, support_always=True)
@@ -164,38 +176,37 @@ class KMMAML(Method):
 
     # reconstructor(t): the base class's — the km-unet without an embedding (per-sample, on-the-fly)
 
-    def adapted_network(self, support: Sample, steps: int) -> tuple[nn.Module, torch.Tensor]:
-        """A copy of the network adapted to ``support`` by ``meta.test_mode``, and the support
-        set's context embedding z (1, E)."""
+    def adapt_rules(self) -> tuple[str, ...]:
+        """``inner``: KM-MAML's own rule (SGD at the meta-learned or fixed inner rate on the
+        ``meta.test_mode`` groups, embedding z of the support set); ``finetune``: Adam at a
+        chosen lr on the same groups with the same z."""
+        return ("inner", "finetune")
+
+    def adapt_path(self, ctx, support, step_counts, lr: float, rule: str = "inner"):
+        """z is the mean embedding of the support images (encoder frozen); ``on-the-fly``
+        adapts nothing (every step count gives the 0-step network)."""
+        if rule not in self.adapt_rules():
+            raise ValueError(f"kmmaml has no adaptation rule {rule!r}")
         m = self.cfg.meta
         net = copy.deepcopy(self.models["net"])
         net.eval()
         with torch.no_grad():
             z = net.context_embedding(support.kspace)
         names = group_names(net, TEST_MODES[m.test_mode])
-        if steps and names:
-            fast = inner_loop(
-                net,
-                detached_params(net, names),
-                dict(net.named_buffers()),
-                support,
-                steps,
-                m.inner_lr,
-                1,  # nothing differentiates through test-time adaptation
-                names,
-                loss=embedded_loss(z),
-            )
-            with torch.no_grad():
-                for n, p in net.named_parameters():
-                    p.copy_(fast[n])
-        return net, z
 
-    def adapt(self, ctx, support, steps: int, lr: float) -> Reconstructor:
-        """By ``meta.test_mode`` (module docstring); ``lr`` is not used (SGD at ``meta.inner_lr``)."""
-        net, z = self.adapted_network(support, steps)
-
-        def recon(batch: Sample) -> torch.Tensor:
-            out = net(batch.kspace, batch.mask, batch.num_low_frequencies, embedding=z)
+        def forward(model, batch, tensors=None):
+            if tensors is not None:
+                return embedded_reconstruct(model, tensors, batch, z)
+            out = model(batch.kspace, batch.mask, batch.num_low_frequencies, embedding=z)
             return center_crop(out, tuple(batch.target.shape[-2:]))
 
-        return recon
+        if not names:  # on-the-fly
+            for k in sorted(set(step_counts)):
+                yield k, (lambda batch: forward(net, batch))
+        elif rule == "inner":
+            for k, tensors in inner_path(net, names, support, step_counts, inner_rates(self), loss=embedded_loss(z)):
+                yield k, (lambda batch, t=tensors: forward(net, batch, t))
+        else:
+            wanted = set(names)
+            params = [p for n, p in net.named_parameters() if n in wanted]
+            yield from finetune_path(net, support, step_counts, lr, forward, params)

@@ -26,21 +26,34 @@ forward+backward, each query slice once); the engine stops at the first
 episode that reaches ``train.budget``, so the last one may overshoot by less
 than one episode (``metrics.cost.trained_slices`` records the exact count).
 
-**Test time** (:meth:`MAML.adapt`): MAML's own rule — ``steps`` SGD steps at
-``meta.inner_lr`` (not Adam at ``eval.adapt_lr``; the number of steps and the
-support set are the same as every other method's) on a copy of the
-meta-learned parameters, the same parameter group as in the inner loop;
-0 steps is the meta-learned network itself.
+**Inner step size**: ``meta.inner_lr`` fixed, or ``"learned"``: Meta-SGD rates, one
+per adapted tensor (:class:`~mrbench.methods.meta.InnerRates`), meta-learned in the
+outer loop (first-order gradient for α with ``meta.order = 1``).
+
+**Test time** (:meth:`MAML.adapt_path`): two rules on the same support set and step
+counts as every method — ``inner``, MAML's own (SGD at the fixed or learned inner
+rates on the ``meta.adapt`` group, from the meta-learned parameters; 0 steps is the
+meta-learned network itself), and ``finetune`` (Adam on all parameters at a chosen
+lr). The rule, lr and step count are chosen on seen-context validation data
+(:mod:`mrbench.evaluation.adaptation`).
 """
 
 from __future__ import annotations
 
-import copy
-
-import torch
-
-from .base import Method, Phase, Reconstructor, StepResult, reconstruct
-from .meta import MetaOptions, adapt_names, detached_params, episode_phase, episode_slices, episode_step, inner_loop, reconstruction_loss
+from .base import Method, Phase, StepResult
+from .meta import (
+    MetaOptions,
+    adapt_names,
+    episode_phase,
+    episode_slices,
+    episode_step,
+    functional_reconstruct,
+    inner_loop,
+    inner_path,
+    inner_rates,
+    make_inner_rates,
+    reconstruction_loss,
+)
 
 
 class MAML(Method):
@@ -51,13 +64,17 @@ class MAML(Method):
         super().__init__(cfg, tasks, scarce, make_backbone)
         self.models["net"] = make_backbone()
         self.adapt_names = adapt_names(self.models["net"], cfg.meta.adapt)  # MrbenchError if empty
+        make_inner_rates(self, self.adapt_names)
+
+    def inner_rates(self):
+        return inner_rates(self)
 
     def phases(self) -> list[Phase]:
         return episode_phase(self)
 
     def episode_slices(self) -> int:
         """Slices one episode pushes through forward+backward (the budget accounting rule)."""
-        return episode_slices(self.cfg, len(self.tasks))
+        return episode_slices(self)
 
     def step(self, source) -> StepResult:
         m = self.cfg.meta
@@ -66,30 +83,24 @@ class MAML(Method):
         buffers = dict(net.named_buffers())
 
         def query_loss(support, query):
-            fast = inner_loop(net, params, buffers, support, m.inner_steps, m.inner_lr, m.order, self.adapt_names)
+            fast = inner_loop(net, params, buffers, support, m.inner_steps, self.inner_rates(), m.order, self.adapt_names)
             return reconstruction_loss(net, {**fast, **buffers}, query)
 
         return episode_step(self, source, query_loss)
 
-    def adapt(self, ctx, support, steps: int, lr: float) -> Reconstructor:
-        """``steps`` SGD steps at ``meta.inner_lr`` (``lr`` = ``eval.adapt_lr`` is not used:
-        MAML adapts with its inner-loop rule) on a copy; 0 steps = the meta-learned network."""
+    def adapt_rules(self) -> tuple[str, ...]:
+        """``inner``: MAML's own rule (SGD at the meta-learned or fixed inner rate on the
+        ``meta.adapt`` group); ``finetune``: Adam on every parameter, as the other methods."""
+        return ("inner", "finetune")
+
+    def adapt_path(self, ctx, support, step_counts, lr: float, rule: str = "inner"):
+        """``inner`` ignores ``lr`` (the inner loop's rate is MAML's own); 0 steps = the
+        meta-learned network."""
+        if rule == "finetune":
+            yield from super().adapt_path(ctx, support, step_counts, lr, rule)
+            return
+        if rule != "inner":
+            raise ValueError(f"maml has no adaptation rule {rule!r}")
         net = self.models["net"]
-        model = copy.deepcopy(net)
-        if steps:
-            m = self.cfg.meta
-            fast = inner_loop(
-                model,
-                detached_params(model, self.adapt_names),
-                dict(model.named_buffers()),
-                support,
-                steps,
-                m.inner_lr,
-                1,  # nothing differentiates through test-time adaptation
-                self.adapt_names,
-            )
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    p.copy_(fast[n])
-        model.eval()
-        return lambda batch: reconstruct(model, batch)
+        for k, tensors in inner_path(net, self.adapt_names, support, step_counts, self.inner_rates()):
+            yield k, (lambda batch, t=tensors: functional_reconstruct(net, t, batch))

@@ -39,8 +39,9 @@ A group that selects no parameter of the backbone is a
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -59,8 +60,9 @@ class MetaOptions:
 
     order: int = 1  # 1 = first-order, 2 = differentiate through the inner loop
     inner_steps: int = 1  # SGD steps on the support loss per task
-    inner_lr: float = 1e-2
-    support: int = 2  # support slices per task per episode
+    inner_lr: float | str = 1e-2  # SGD step size α, or "learned": Meta-SGD rates, one per adapted tensor
+    inner_lr_init: float = 1e-2  # the learned rates' starting value
+    support: int = 0  # support slices per task per episode; 0 = as many as the test-time support set (eval.support)
     query: int = 2  # query slices per task per episode
     tasks_per_batch: int = 2  # tasks (contexts) per meta-batch
     adapt: str = "all"  # parameter groups adapted in the inner loop (method-specific names, e.g. all | hyper)
@@ -72,8 +74,11 @@ class MetaOptions:
 
         require(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
         require(self.inner_steps >= 0, "inner_steps", "must be ≥ 0")
-        require(self.inner_lr > 0, "inner_lr", "must be > 0")
-        for name in ("support", "query", "tasks_per_batch"):
+        require(self.inner_lr == "learned" or (isinstance(self.inner_lr, float) and self.inner_lr > 0),
+                "inner_lr", f'must be > 0 or "learned", got {self.inner_lr!r}')
+        require(self.inner_lr_init > 0, "inner_lr_init", "must be > 0")
+        require(self.support >= 0, "support", "must be ≥ 0 (0 = match eval.support)")
+        for name in ("query", "tasks_per_batch"):
             require(getattr(self, name) > 0, name, "must be > 0")
 
 
@@ -87,6 +92,42 @@ ADAPT_GROUPS: dict[str, Callable[[str], bool]] = {
     "last": lambda n: ".unet.final." in n and not n.startswith("sens_net."),
     "eta": lambda n: bool(re.fullmatch(r"cascades\.\d+\.eta", n)),
 }
+
+
+class InnerRates(nn.Module):
+    """Meta-SGD's learned inner step sizes (Li et al. 2017, per layer): one α per adapted
+    parameter tensor, φ'_n = φ_n − α_n ∇_n L_sup, meta-learned by the outer optimiser with the
+    network. α is the parameter itself (not log α): Adam moves it by about the outer lr per
+    step, so within a CPU budget it can grow from 1e-2 by orders of magnitude where the
+    fixed rate moved a VarNet by ~2e-5 relative per step. First order, the outer gradient on
+    α_n is −∇_n L_sup · ∇_n L_query (the inner gradient is detached, α is not)."""
+
+    def __init__(self, names: Sequence[str], init: float):
+        super().__init__()
+        self.names = list(names)
+        self.init = float(init)
+        self.rates = nn.Parameter(torch.full((len(self.names),), float(init)))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """name → α; a tensor adapted at test time but not in the inner loop (KM-MAML's
+        ``test_mode = "all"`` adapts θ too) gets the starting rate."""
+        out = defaultdict(lambda: self.init)
+        out.update({n: self.rates[i] for i, n in enumerate(self.names)})
+        return out
+
+
+def make_inner_rates(method, names: Sequence[str]) -> None:
+    """With ``meta.inner_lr = "learned"``, give ``method`` its :class:`InnerRates` (trained and
+    checkpointed with the network as ``models["inner_lr"]``)."""
+    if method.cfg.meta.inner_lr == "learned":
+        method.models["inner_lr"] = InnerRates(names, method.cfg.meta.inner_lr_init)
+
+
+def inner_rates(method) -> float | dict[str, torch.Tensor]:
+    """The inner step size(s) of ``method``: the fixed ``meta.inner_lr`` or the learned ones."""
+    if "inner_lr" in method.models:
+        return method.models["inner_lr"].as_dict()
+    return float(method.cfg.meta.inner_lr)
 
 
 def adapt_names(model: nn.Module, group: str) -> list[str]:
@@ -124,7 +165,8 @@ def inner_loop(
     adapt_names: Iterable[str],
     loss: LossFn | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The MAML inner loop: ``steps`` SGD steps at ``lr`` on the support ``batch``.
+    """The MAML inner loop: ``steps`` SGD steps at ``lr`` on the support ``batch`` (``lr`` a
+    number, or name → rate tensor for learned per-tensor rates, :class:`InnerRates`).
 
     ``params``: name → tensor for every parameter of ``model`` (its own
     ``nn.Parameter`` objects for meta-training, so the meta-gradient reaches
@@ -157,8 +199,26 @@ def inner_loop(
             for n, g in zip(names, grads):
                 if g is None:  # this parameter does not touch the loss (e.g. an unused branch)
                     continue
-                fast[n] = fast[n] - lr * (g if order == 2 else g.detach())
+                rate = lr[n] if isinstance(lr, Mapping) else lr
+                fast[n] = fast[n] - rate * (g if order == 2 else g.detach())
     return fast
+
+
+def inner_path(
+    model: nn.Module, names: Sequence[str], support, step_counts: Sequence[int], lr, loss: LossFn | None = None
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """The test-time inner-loop trajectory: ``(k, tensors)`` (parameters and buffers) after k
+    first-order SGD steps on ``support`` for each k in ``step_counts`` — one pass for all."""
+    buffers = dict(model.named_buffers())
+    wanted = set(names)
+    fast = detached_params(model, names)
+    done = 0
+    for k in sorted(set(step_counts)):
+        if k > done and wanted:
+            fast = inner_loop(model, fast, buffers, support, k - done, lr, 1, names, loss)
+            fast = {n: t.detach().requires_grad_(n in wanted) for n, t in fast.items()}
+        done = k
+        yield k, {**fast, **buffers}
 
 
 def detached_params(model: nn.Module, names: Sequence[str] = ()) -> dict[str, torch.Tensor]:
@@ -190,13 +250,28 @@ def sample_tasks(
     return [int(i) for i in torch.multinomial(weights, k, replacement=False, generator=generator)]
 
 
-def episode_slices(cfg, num_tasks: int, support_always: bool = False) -> int:
+def meta_support(method) -> int:
+    """Support slices per task per episode: ``meta.support``, or with 0 (the default) as many
+    as the test-time support set has — ``eval.support`` slices, or ``eval.support`` volumes
+    times the mean slices per training volume — so meta-training adapts on support sets of the
+    size it will be tested with (issue: a 4-slice set made Adam overfit, 32 slices helped)."""
+    m, e = method.cfg.meta, method.cfg.eval
+    if m.support:
+        return m.support
+    if e.support_unit == "slices":
+        return e.support
+    vols = [v for t in method.tasks for v in t.volumes]
+    per_volume = sum(v.num_slices for v in vols) / max(1, len(vols))
+    return max(1, round(e.support * per_volume))
+
+
+def episode_slices(method, support_always: bool = False) -> int:
     """Slices one episode pushes through forward+backward (the budget accounting rule):
     per task ``support × inner steps + query``; ``support_always`` (KM-MAML, whose context
     embedding reads the support set even without an inner step) counts the support once at least."""
-    m = cfg.meta
+    m = method.cfg.meta
     passes = max(m.inner_steps, 1) if support_always else m.inner_steps
-    return min(m.tasks_per_batch, num_tasks) * (m.support * passes + m.query)
+    return min(m.tasks_per_batch, len(method.tasks)) * (meta_support(method) * passes + m.query)
 
 
 def episode_step(method, source, query_loss: Callable, support_always: bool = False) -> StepResult:
@@ -208,12 +283,12 @@ def episode_step(method, source, query_loss: Callable, support_always: bool = Fa
     tasks = sample_tasks(len(method.tasks), m.tasks_per_batch, weights=task_draw_weights(method))
     losses: dict[int, float] = {}
     for t in tasks:
-        support = source(m.support, task=t) if (m.inner_steps or support_always) else None
+        support = source(meta_support(method), task=t) if (m.inner_steps or support_always) else None
         query = source(m.query, task=t)
         q_loss = query_loss(support, query)
         (q_loss / len(tasks)).backward()
         losses[t] = float(q_loss.detach())
-    slices = episode_slices(method.cfg, len(method.tasks), support_always)
+    slices = episode_slices(method, support_always)
     return StepResult(sum(losses.values()) / len(losses), slices, losses)
 
 
@@ -225,7 +300,7 @@ def episode_phase(method) -> list[Phase]:
             name=method.name,
             budget=method.cfg.train.budget,
             lr=method.cfg.train.lr,
-            modules=["net"],
+            modules=["net", *(["inner_lr"] if "inner_lr" in method.models else [])],
             tasks=list(range(len(method.tasks))),
             custom_step=method.step,
         )

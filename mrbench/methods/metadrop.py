@@ -62,7 +62,7 @@ from torch import nn
 from ..data.contexts import Context
 from ..errors import MrbenchError
 from .base import Method, Phase, StepResult, l1_per_sample, reconstruct
-from .meta import MetaOptions, episode_phase, task_draw_weights
+from .meta import MetaOptions, episode_phase, meta_support, task_draw_weights
 
 RULES: dict[str, Callable[[Context, Context], bool]] = {
     "other-contrast": lambda a, b: b.contrast != a.contrast,
@@ -214,6 +214,8 @@ class MetaDrop(Method):
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)
+        if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "notes":
+            raise MrbenchError('meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number')
         self.candidates, self.fallback = meta_candidates([t.context for t in self.tasks], cfg.meta.meta_context)
         self.models["net"] = make_backbone()
         params = [p for p in self.models["net"].parameters() if p.requires_grad]
@@ -235,7 +237,8 @@ class MetaDrop(Method):
         m = self.cfg.meta
         net = self.models["net"]
         a, b = draw_pair(self.candidates, weights=task_draw_weights(self))
-        batch_a = source(m.support, task=a)
+        n_a = meta_support(self)
+        batch_a = source(n_a, task=a)
         batch_b = source(m.query, task=b)
 
         def loss(batch):
@@ -249,6 +252,6 @@ class MetaDrop(Method):
             inner = m.inner_lr
         eta = None if m.outer == "adam" else m.eta_meta
         lt, lm = metadrop_update(net, loss(batch_a), loss(batch_b), inner, m.alpha, eta)
-        n = m.support + m.query
+        n = n_a + m.query
         # logged loss: the mean L1 over both batches' slices (A's at φ₀, B's at φ̃)
-        return StepResult((lt * m.support + lm * m.query) / n, n, {a: lt, b: lm})
+        return StepResult((lt * n_a + lm * m.query) / n, n, {a: lt, b: lm})

@@ -19,5 +19,6 @@ class ZeroFilled(Method):
     def reconstructor(self, task: int) -> Reconstructor:
         return lambda batch: batch.zero_filled
 
-    def adapt(self, ctx, support, steps, lr) -> Reconstructor:
-        return lambda batch: batch.zero_filled
+    def adapt_path(self, ctx, support, step_counts, lr, rule="finetune"):
+        for k in sorted(set(step_counts)):
+            yield k, (lambda batch: batch.zero_filled)

@@ -135,7 +135,8 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run × context × adaptation step count × test volume.
 
     Columns: label, method, run, experiment, scarcity, seed, context, contrast,
-    mask, acceleration, seen, scarce, steps, volume, train_slices, psnr, ssim, nmse.
+    mask, acceleration, seen, scarce, steps, volume, train_slices, chosen_steps (the adaptation
+    step count chosen on seen validation, unseen contexts only), psnr, ssim, nmse.
     """
     rows = []
     for run in runs:
@@ -159,17 +160,19 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
                         "steps": int(steps),
                         "volume": volume,
                         "train_slices": int(ctx.get("train_slices", 0)),
+                        "chosen_steps": float(ctx.get("chosen_steps", float("nan"))),
                         **{k: float(m[k]) for k in METRICS},
                     })
     columns = ["label", "method", "run", "experiment", "scarcity", "seed", "context", "contrast", "mask",
-               "acceleration", "seen", "scarce", "steps", "volume", "train_slices", *METRICS]
+               "acceleration", "seen", "scarce", "steps", "volume", "train_slices", "chosen_steps", *METRICS]
     return pd.DataFrame(rows, columns=columns)
 
 
 def row_settings(runs: Sequence[Run]) -> dict[str, str]:
     """What each table row (label) was trained with, so like is seen to be compared with like:
-    backbone, parameter count and task-sampling rule (``–`` for zero-filled). Values that
-    differ between a label's runs are joined with ``/``."""
+    backbone, parameter count, task-sampling rule and the test-time adaptation chosen on
+    seen validation (rule, lr, steps; ``–`` for zero-filled). Values that differ between a
+    label's runs (levels, seeds) are joined with ``/``."""
     seen: dict[str, dict[str, list[str]]] = {}
     for run in runs:
         if run.method == "zero-filled":
@@ -181,6 +184,10 @@ def row_settings(runs: Sequence[Run]) -> dict[str, str]:
             "params": f"{params / 1e3:.0f}k" if params < 10**6 else f"{params / 1e6:.2f}M",
             "sampling": str(run.config.get("train", {}).get("sampling", "?")),
         }
+        choice = (run.metrics or {}).get("adaptation")
+        if choice and choice.get("rule") not in (None, "none"):
+            lr = f" {choice['lr']:g}" if choice.get("lr") else ""
+            parts["adapt"] = f"adapt {choice['rule']}{lr} ×{choice['steps']}"
         row = seen.setdefault(run.label, {})
         for k, v in parts.items():
             if v not in row.setdefault(k, []):

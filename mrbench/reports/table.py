@@ -52,8 +52,11 @@ class Tables:
     note: str = ""
 
 
+CHOSEN = -1  # the steps value of an unseen column read at each run's chosen step count
+
+
 def _column_title(context: str, seen: bool, scarcity: int, steps: int) -> str:
-    tag = f"s{scarcity}" if seen else f"s{scarcity}, unseen, {steps} steps"
+    tag = f"s{scarcity}" if seen else f"s{scarcity}, unseen, " + ("chosen steps" if steps == CHOSEN else f"{steps} steps")
     return f"{context} ({tag})"
 
 
@@ -81,8 +84,14 @@ def build_tables(
         if reference_required:
             raise MrbenchError(f"--reference {reference!r}: no such method among {', '.join(sorted(set(df['label'])))}")
         note = f"no {reference!r} runs: no significance tests or win rates"
-    # unseen contexts: keep one adaptation step count per context
-    if steps is None:
+    # unseen contexts: keep one adaptation step count per context — by default each run's own
+    # choice (made on seen validation), shown as one "chosen steps" column; else the largest
+    if steps is None and df.loc[~df["seen"], "chosen_steps"].notna().any():
+        keep = df["seen"] | (df["steps"] == df["chosen_steps"])
+        df = df[keep].copy()
+        df.loc[~df["seen"], "steps"] = CHOSEN
+        keep = df["seen"] | ~df["seen"]
+    elif steps is None:
         keep = df["seen"] | (df["steps"] == df.groupby("context")["steps"].transform("max"))
     else:
         available = sorted(set(df.loc[~df["seen"], "steps"]))
