@@ -194,3 +194,11 @@ function count(root) {
 }
 return count(document);
 """
+
+
+def test_report_has_verdicts_with_intervals(report, runs):
+    text = report.read_text()
+    assert "Verdicts against the reference" in text and "95 % interval" in text
+    v = results.verdicts(results.records(runs), "joint-varnet", "psnr")
+    assert len(v) and set(v["verdict"]) <= {"better", "worse", "tie"}
+    assert "Single seed" in text  # the fixture runs one seed: the report says what its intervals leave out

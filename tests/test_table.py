@@ -81,7 +81,8 @@ def test_markdown_table_values_order_and_marks(finished_experiment):
     assert len(runs) == 6
     tables = build_tables(runs, metrics=["psnr"])
     md = render(tables, "md")
-    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    main_table = md.split("difference from")[0]
+    lines = [line for line in main_table.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| method | setting | AXT1/equispaced/4x (s0) | AXT1/equispaced/4x (s1) | AXT2/equispaced/4x (s0)")
     assert "AXFLAIR/equispaced/6x (s0, unseen, chosen steps)" in lines[0] and lines[0].endswith("unseen win rate |")
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| zero-filled-none", "| stl-varnet", "| joint-varnet"]
@@ -147,3 +148,48 @@ def test_reference_by_method_or_label(finished_experiment):
     assert t1.reference == t2.reference == "stl-varnet"
     with pytest.raises(MrbenchError, match="no such method"):
         build_tables(runs, reference="transfer", reference_required=True)
+
+
+def _psnr_frame(offsets, seeds=3, volumes=8, seed_shifts=(0.0, 0.0, 0.0), vol_sd=0.3):
+    """Per-volume PSNR records: label → seed → volume, the reference at 30 dB plus each
+    label's offset, a volume difficulty shared by every label and seed, and per-seed shifts
+    of the non-reference labels (what a different initialisation does to a run)."""
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0, 2, volumes)
+    rows = []
+    for label, off in {"joint": 0.0, **offsets}.items():
+        for s in range(seeds):
+            shift = 0.0 if label == "joint" else seed_shifts[s]
+            for v in range(volumes):
+                rows.append({"label": label, "method": label, "run": f"{label}-{s}", "experiment": "e", "scarcity": 0,
+                             "seed": s, "context": "AXT2/equispaced/4x", "seen": True, "steps": 0,
+                             "volume": f"v{v}", "psnr": 30 + off + difficulty[v] + shift + rng.normal(0, vol_sd)})
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_say_tie_when_the_difference_is_within_seed_noise():
+    df = _psnr_frame({"better": 1.0, "worse": -1.0, "noisy": 0.3})
+    v = R.verdicts(df, "joint", "psnr").set_index("label")
+    assert v.loc["better", "verdict"] == "better" and v.loc["worse", "verdict"] == "worse"
+    assert v.loc["better", "lo"] > 0 and v.loc["better", "seeds"] == 3 and v.loc["better", "volumes"] == 8
+    # the same mean gap, but seeds that move a run by ~1 dB: the interval spans 0 → a tie
+    noisy = R.verdicts(_psnr_frame({"gap": 0.3}, seed_shifts=(-1.0, 0.0, 1.0)), "joint", "psnr").set_index("label")
+    assert noisy.loc["gap", "verdict"] == "tie" and noisy.loc["gap", "lo"] < 0 < noisy.loc["gap", "hi"]
+    # a paired volume difficulty (2 dB spread) does not hide a consistent 0.3 dB gain
+    steady = R.verdicts(_psnr_frame({"gap": 0.3}, vol_sd=0.05), "joint", "psnr").set_index("label")
+    assert steady.loc["gap", "verdict"] == "better"
+
+
+def test_hierarchical_interval_widens_with_seed_noise():
+    flat = np.zeros((3, 8)) + np.arange(8) * 0.01
+    lo1, hi1 = R.hierarchical_bootstrap(flat)
+    seeded = flat + np.array([[-1.0], [0.0], [1.0]])
+    lo2, hi2 = R.hierarchical_bootstrap(seeded)
+    assert (hi2 - lo2) > 10 * (hi1 - lo1)
+    assert R.hierarchical_bootstrap(np.array([[2.0]])) == (2.0, 2.0)
+
+
+def test_single_seed_table_says_so_and_prints_verdicts(finished_experiment):
+    md = render(build_tables(R.load_runs([finished_experiment]), metrics=["psnr"]), "md")
+    assert "SINGLE SEED" in md and "difference from joint-varnet, 95 % CI, verdict" in md
+    assert any(w in md for w in ("tie (within noise)", "better", "worse"))

@@ -178,6 +178,7 @@ def build_layout(
         header_div(data, title),
         scarcity_panel(data),
         heatmap_panel(data),
+        verdict_panel(data),
         unseen_panel(data),
         viewer_panel(data),
         cost_panel(data),
@@ -441,6 +442,37 @@ def heatmap_panel(data: ReportData) -> LayoutDOM:
     fig.grid.visible = False
     fig.axis.axis_line_color = None
     return column(_heading("Seen / unseen contexts: gain over the reference", note), fig)
+
+
+def verdict_panel(data: ReportData) -> LayoutDOM:
+    """Each method against the reference per context × level: Δ with its 95 % interval over
+    seeds × volumes and the verdict better / worse / tie (within noise) — the heat map's gains
+    with the noise that says which of them are real (:func:`results.verdicts`)."""
+    heading = _heading("Verdicts against the reference",
+                       "Δ = method − reference, mean over seeds × test volumes (paired by seed and volume); "
+                       "95 % interval by bootstrap over seeds and volumes; a difference whose interval contains 0 "
+                       "is a tie within noise.")
+    if data.reference is None:
+        return column(heading, Div(text="<p>No reference method among the runs: no verdicts.</p>"))
+    df = results.records(data.runs)
+    v = results.verdicts(df, data.reference, data.metric)
+    if v.empty:
+        return column(heading, Div(text="<p>No cell shared with the reference.</p>"))
+    seeds = int(v["seeds"].max())
+    note = ("<p><b>Single seed</b>: the intervals hold test-volume noise only; seeds moved demo cells by up to "
+            "~1 dB, so run ≥ 3 seeds before reading a ranking.</p>" if seeds == 1 else "")
+    rows = []
+    for r in v.sort_values(["context", "scarcity", "label"]).itertuples(index=False):
+        colour = {"better": "#1a7f37", "worse": "#b42318", "tie": "#555"}[r.verdict]
+        steps = "" if r.steps <= 0 else f", {int(r.steps)} steps"
+        rows.append(
+            f"<tr><td>{html.escape(r.label)}</td><td>{html.escape(r.context)} (s{r.scarcity}{steps})</td>"
+            f"<td>{_fmt(r.delta, data.metric, '+')}</td><td>[{_fmt(r.lo, data.metric, '+')}, {_fmt(r.hi, data.metric, '+')}]</td>"
+            f"<td>{r.seeds} × {r.volumes}</td><td style='color:{colour}'>{'tie (within noise)' if r.verdict == 'tie' else r.verdict}</td></tr>"
+        )
+    table = ("<table><tr><th>method</th><th>context (level)</th><th>Δ</th><th>95 % interval</th>"
+             "<th>seeds × volumes</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
+    return column(heading, Div(text=note + table, width=900))
 
 
 def _ink(values: np.ndarray, mapper: LinearColorMapper) -> list[str]:

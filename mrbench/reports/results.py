@@ -256,8 +256,8 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str] = METRICS, ci: bool = Fal
             vals = g[m].to_numpy(dtype=np.float64)
             row[f"{m}_mean"] = float(vals.mean())
             row[f"{m}_std"] = float(vals.std())
-            if ci:
-                row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_ci(vals)
+            if ci:  # over seeds × volumes, volumes shared by the seeds
+                row[f"{m}_lo"], row[f"{m}_hi"] = hierarchical_bootstrap(_seed_volume_matrix(g, m).to_numpy())
         out.append(row)
     return pd.DataFrame(out)
 
@@ -326,6 +326,70 @@ def paired_tests(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     for _, idx in out.groupby(["context", "scarcity", "steps"]).groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
     return out
+
+
+def _seed_volume_matrix(g: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """seeds × volumes of ``metric`` for one cell (mean if a (seed, volume) repeats)."""
+    return g.pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean")
+
+
+def hierarchical_bootstrap(matrix: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean of a seeds × volumes matrix, resampling seeds and
+    volumes independently with replacement (the same volumes for every seed: a volume's
+    difficulty is shared by all seeds, so the pairing by volume is kept). With one seed it
+    is the bootstrap over volumes alone — the interval then leaves out seed-to-seed noise."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.size == 0:
+        return float("nan"), float("nan")
+    if m.size == 1 or np.ptp(m) == 0:
+        v = float(m.mean())
+        return v, v
+    rng = np.random.default_rng(seed)
+    s, v = m.shape
+    si = rng.integers(0, s, size=(n_resamples, s))
+    vi = rng.integers(0, v, size=(n_resamples, v))
+    stats = m[si[:, :, None], vi[:, None, :]].mean(axis=(1, 2))
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
+    """Every label against ``reference`` per (context, scarcity, steps): the paired difference
+    of ``metric`` (label − reference) averaged over seeds × volumes, its 95 % hierarchical
+    bootstrap interval (:func:`hierarchical_bootstrap`; runs paired by seed, volumes by
+    name), and the verdict — ``better`` / ``worse`` when the interval excludes 0 in the
+    metric's good / bad direction, else ``tie`` (within noise). A difference smaller than
+    the seed-to-seed and volume-to-volume spread is a tie, however the means order.
+
+    Columns: label, context, scarcity, steps, delta, lo, hi, seeds, volumes, verdict."""
+    rows = []
+    cells = df.groupby(["label", "context", "scarcity", "steps"], sort=True)
+    ref_cells = {k[1:]: g for k, g in cells if k[0] == reference}
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    for (label, context, scarcity, steps), g in cells:
+        ref = ref_cells.get((context, scarcity, steps))
+        if label == reference or ref is None:
+            continue
+        x, y = _seed_volume_matrix(g, metric), _seed_volume_matrix(ref, metric)
+        seeds = x.index.intersection(y.index)
+        if len(seeds) == 0:  # no common seed: pair the seed means by volume
+            x, y, seeds = x.mean().to_frame().T, y.mean().to_frame().T, pd.Index([0])
+            x.index = y.index = seeds
+        vols = x.columns.intersection(y.columns)
+        d = (x.loc[seeds, vols] - y.loc[seeds, vols]).to_numpy()
+        if d.size == 0:
+            continue
+        lo, hi = hierarchical_bootstrap(d)
+        delta = float(d.mean())
+        if sign * lo > 0 and sign * hi > 0:
+            verdict = "better"
+        elif sign * lo < 0 and sign * hi < 0:
+            verdict = "worse"
+        else:
+            verdict = "tie"
+        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "delta": delta,
+                     "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "verdict": verdict})
+    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "delta", "lo", "hi", "seeds", "volumes", "verdict"])
 
 
 def win_rates(summary: pd.DataFrame, reference: str, metric: str, steps: int | None = None) -> dict[str, float]:

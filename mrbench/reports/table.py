@@ -42,6 +42,8 @@ class Table:
     win_rate: dict[str, float]
     max_pairs: int
     settings: dict[str, str] = field(default_factory=dict)  # label → backbone · params · sampling
+    verdicts: pd.DataFrame | None = None  # results.verdicts: Δ vs reference, 95 % CI, better/worse/tie
+    max_seeds: int = 1
 
 
 @dataclass
@@ -124,7 +126,11 @@ def build_tables(
             cells["p_holm"] = np.nan
         cells["significant"] = cells["p_holm"] < 0.05
         rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
-        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(runs)))
+        v = R.verdicts(df, ref, m) if ref is not None else None
+        if v is not None:
+            cells = cells.merge(v.drop(columns=["seeds", "volumes"]), how="left", on=["label", "context", "scarcity", "steps"])
+        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(runs), v,
+                                int(cells["seeds"].max())))
     return out
 
 
@@ -141,6 +147,8 @@ def _value(t: Table, row: pd.Series) -> str:
 
 def _legend(t: Table, tables: Tables) -> str:
     parts = ["mean ± std over test volumes" + (" × seeds" if (t.cells["seeds"] > 1).any() else ""), "bold: best in column"]
+    if t.max_seeds == 1:
+        parts.insert(0, "SINGLE SEED: intervals and tests cover test-volume noise only, not seed-to-seed noise (run ≥ 3 seeds)")
     if t.reference:
         parts.append(
             f"* p < 0.05, paired Wilcoxon signed-rank vs {t.reference} over ≤ {t.max_pairs} test volumes, "
@@ -179,6 +187,43 @@ def to_markdown(tables: Tables) -> str:
                 row.append(_win(t, label))
             buf.write("| " + " | ".join(row) + " |\n")
         buf.write(f"\n{_legend(t, tables)}\n\n")
+        if t.verdicts is not None and len(t.verdicts):
+            buf.write(_verdict_markdown(t))
+    return buf.getvalue()
+
+
+_MARK = {"better": "better", "worse": "worse", "tie": "tie (within noise)"}
+
+
+def _verdict_markdown(t: Table) -> str:
+    """Δ vs the reference with its 95 % interval and the verdict, one cell per table cell."""
+    d = _DIGITS[t.metric]
+    v = t.verdicts
+    buf = io.StringIO()
+    head = ["vs " + str(t.reference), *[_column_title(*c) for c in t.columns]]
+    buf.write(f"**{_NAMES[t.metric]}: difference from {t.reference}, 95 % CI, verdict**\n\n")
+    buf.write("| " + " | ".join(head) + " |\n")
+    buf.write("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|\n")
+    for label in t.labels:
+        if label == t.reference:
+            continue
+        row = [label]
+        for col in t.columns:
+            hit = v[(v["label"] == label) & (v["context"] == col[0]) & (v["scarcity"] == col[2]) & (v["steps"] == col[3])]
+            if hit.empty:
+                row.append("–")
+                continue
+            r = hit.iloc[0]
+            row.append(f"{r['delta']:+.{d}f} [{r['lo']:+.{d}f}, {r['hi']:+.{d}f}] {_MARK[r['verdict']]}")
+        buf.write("| " + " | ".join(row) + " |\n")
+    seeds, vols = int(v["seeds"].max()), int(v["volumes"].max())
+    buf.write(
+        f"\nΔ = mean over seeds × test volumes of (method − {t.reference}), runs paired by seed and volumes by name; "
+        f"95 % interval: bootstrap resampling seeds and volumes ({seeds} seed(s) × ≤ {vols} volumes); "
+        "better / worse when the interval excludes 0, otherwise a tie within noise"
+        + (" — single seed: seed-to-seed noise (up to ~1 dB in the demo) is not in these intervals" if seeds == 1 else "")
+        + ".\n\n"
+    )
     return buf.getvalue()
 
 
@@ -195,7 +240,8 @@ def to_csv(tables: Tables) -> str:
         frames.append(c.sort_values(["order", "seen", "context", "scarcity"], ascending=[True, False, True, True]))
     out = pd.concat(frames, ignore_index=True).drop(columns="order")
     cols = ["metric", "label", "setting", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std", "best",
-            "p_holm", "significant", "reference", "win_rate"]
+            "p_holm", "significant", "reference", "win_rate", "delta", "lo", "hi", "verdict"]
+    out = out.reindex(columns=cols)
     return out[cols].to_csv(index=False, float_format="%.6g")
 
 
