@@ -391,8 +391,9 @@ def table_cmd(paths, fmt, reference, metrics, steps, out):
 @click.option("--data", "data_root", default="data/synth-brain-demo", show_default=True, type=click.Path(file_okay=False),
               help="Where the demo's synth-brain lives (synthesised if missing).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run (e.g. train.device=cuda).")
+@click.option("--seeds", default=None, help="Comma-separated seeds instead of the demo's 0,1,2 (e.g. 0 for a quick single-seed look).")
 @click.option("--quiet", is_flag=True)
-def demo_cmd(jobs, out, data_root, overrides, quiet):
+def demo_cmd(jobs, out, data_root, overrides, seeds, quiet):
     """The main job: synthesise the built-in data, train every method at scarcity levels
     0–2, write <out>/demo/report.html and print the table."""
     from .demo import run_demo
@@ -400,7 +401,13 @@ def demo_cmd(jobs, out, data_root, overrides, quiet):
     if jobs < 0:
         raise MrbenchError(f"--jobs must be ≥ 0, got {jobs}")
     report = (lambda line: None) if quiet else _echo_err
-    outcome = run_demo(out=out, data_root=data_root, jobs=jobs, overrides=overrides, report=report)
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in _csv(seeds)]
+        except ValueError:
+            raise MrbenchError(f"--seeds: expected comma-separated whole numbers, got {seeds!r}") from None
+    outcome = run_demo(out=out, data_root=data_root, jobs=jobs, overrides=overrides, report=report, seeds=seed_list)
     click.echo(outcome.table_md, nl=False)
     _print_sweep_summary(outcome.experiment, outcome.sweep)
     click.echo(f"report: {outcome.report}\ntables: {', '.join(str(p) for p in outcome.table_files)}")

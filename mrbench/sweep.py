@@ -137,8 +137,9 @@ def _entries(value, key: str) -> list[Entry]:
     return out
 
 
-def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
-    """Read an experiment file, expand its grid and build (and check) every cell's config."""
+def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = (), seeds: Sequence[int] | None = None) -> Experiment:
+    """Read an experiment file, expand its grid and build (and check) every cell's config;
+    ``seeds`` replaces the file's ``[sweep] seeds``."""
     p = Path(path)
     values = read_toml(p, "experiment file")
     sweep = values.get("sweep", {})
@@ -150,7 +151,7 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = ()) -> E
     try:
         base = load_config(p, overrides)  # file + sweep-wide overrides, checked once
         scarcity = _int_list(sweep.get("scarcity", [base.scarcity]), "sweep.scarcity")
-        seeds = _int_list(sweep.get("seeds", [base.train.seed]), "sweep.seeds")
+        seeds = _int_list(list(seeds) if seeds is not None else sweep.get("seeds", [base.train.seed]), "sweep.seeds")
         entries = _entries(sweep.get("methods", [base.method]), "sweep.methods")
         samplings = _sampling_list(sweep.get("sampling", [""]), "sweep.sampling")
     except MrbenchError as exc:

@@ -20,9 +20,10 @@ def test_demo_experiment_file_is_packaged_and_complete():
     exp = load_experiment(demo.demo_experiment_file())
     methods = {c.entry.method for c in exp.cells}
     assert methods == {"zero-filled", "stl", "joint", "transfer", "mtl", "maml", "metadrop", "kmmaml"}
-    assert exp.scarcity == [0, 1, 2] and len(exp.cells) == 30
+    assert exp.scarcity == [0, 1, 2] and exp.seeds == [0, 1, 2] and len(exp.cells) == 90
     # KM-MAML has its own backbone in the grid: joint and maml on the same base U-Net as km-unet's
     by_name = {cfg.run_name: cfg for cfg in exp.configs.values()}
+    assert demo.DEMO_SYNTH.splits().count("test") >= 12  # ≥ 12 test volumes per contrast
     km, ju, mu = (by_name[f"{n}-s0-seed0"] for n in ("kmmaml-km-unet", "joint-unet", "maml-unet"))
     from mrbench.methods.kmmaml import kmunet_kwargs
 
@@ -31,7 +32,7 @@ def test_demo_experiment_file_is_packaged_and_complete():
         assert cfg.model.backbone == "unet" and cfg.model.backbone_kwargs() == {k: base[k] for k in ("chans", "pools")}
     cfg = next(iter(exp.configs.values()))
     assert cfg.data.tasks == ["AXT1", "AXFLAIR"] and cfg.data.scarce == ["AXFLAIR"]
-    assert [u["contrast"] for u in cfg.data.unseen] == ["AXT2"]
+    assert [u["contrast"] for u in cfg.data.unseen] == ["AXT2", "AXPD"]
     assert len({c.train.budget for c in exp.configs.values()}) == 1  # one budget for every method
 
 
@@ -39,7 +40,8 @@ def test_demo_experiment_file_is_packaged_and_complete():
 def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_SYNTH", SynthSpec(subjects=6, size=32, slices=3))
     out, data = tmp_path / "runs", tmp_path / "data"
-    args = ["demo", "--out", str(out), "--data", str(data), "--jobs", "2", "--quiet", *sum((["--set", s] for s in TOY), [])]
+    args = ["demo", "--out", str(out), "--data", str(data), "--jobs", "2", "--quiet", "--seeds", "0",
+            *sum((["--set", s] for s in TOY), [])]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     exp = out / "demo"

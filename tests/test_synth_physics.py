@@ -316,3 +316,30 @@ def test_simulate_subject_argument_errors():
         simulate_subject(seq, seed=-3, source="phantom", **SMALL)
     with pytest.raises(MrbenchError, match="Sequence"):
         simulate_subject({"AXT1": "AXT1"}, seed=0, source="phantom", **SMALL)
+
+
+def test_subject_variety_lesions_and_atrophy_are_real_and_deterministic():
+    """Issue 12: subjects differ beyond a small deformation — head size, atrophy (CSF share)
+    and white-matter lesions with their own T1/T2/PD (bright on T2, dark on T1)."""
+    from mrbench.data.synth.subject import subject_lesions, subject_tissue_maps, simulate_subject
+    from mrbench.data.synth.physics import NAMED_CONTRASTS
+
+    maps = [subject_tissue_maps(seed=s, size=32, n_slices=6, source="phantom") for s in range(6)]
+    csf_share = [float(m.csf.sum() / m.brain().sum()) for m in maps]
+    assert max(csf_share) - min(csf_share) > 0.02  # atrophy varies the CSF share between subjects
+    m0 = subject_tissue_maps(seed=0, size=32, n_slices=6, source="phantom")
+    assert np.array_equal(m0.csf, maps[0].csf)  # deterministic
+    lesioned = None
+    for seed in range(20):
+        m = subject_tissue_maps(seed=seed, size=32, n_slices=6, source="phantom")
+        lesion, tissue = subject_lesions(seed, m, 8.0)
+        if (lesion * m.wm).max() > 0.5:
+            lesioned = seed
+            break
+    assert lesioned is not None and tissue.t2 > 1.4 * 70 * 0.9 and tissue.t1 > 1.2 * 500 * 0.9
+    seqs = {c: NAMED_CONTRASTS[c] for c in ("AXT1", "AXT2")}
+    vol = simulate_subject(seqs, seed=lesioned, size=32, n_slices=6, snr=None, source="phantom")
+    where = (lesion * m.wm) > 0.5
+    around = (m.wm > 0.8) & ~((lesion * m.wm) > 0.05)
+    assert vol["AXT2"].target[where].mean() > 1.1 * vol["AXT2"].target[around].mean()  # bright on T2
+    assert vol["AXT1"].target[where].mean() < vol["AXT1"].target[around].mean()  # dark on T1

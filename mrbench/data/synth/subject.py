@@ -46,7 +46,7 @@ from mrbench.errors import MrbenchError
 from mrbench.fourier import fft2c, ifft2c
 
 from .physics import TISSUES, Sequence, Tissue
-from .tissue import TISSUE_NAMES, TissueMaps, mni_slab, phantom_tissue_maps
+from .tissue import MNI_FOV_MM, TISSUE_NAMES, TissueMaps, mni_slab, phantom_tissue_maps
 
 SOURCES = ("mni", "phantom")
 JITTER_SHARED_STD = 0.04
@@ -54,7 +54,13 @@ JITTER_TISSUE_STD = 0.02
 PHANTOM_FOV_MM = 256.0
 
 # stream ids for np.random.default_rng([seed, stream, ...])
-_ANATOMY, _PARAMS, _COILS, _CONTRAST = 0, 1, 2, 3
+_ANATOMY, _PARAMS, _COILS, _CONTRAST, _VARIETY = 0, 1, 2, 3, 4
+
+#: per-subject anatomical variety (issue 12: every subject was one template with small
+#: deformations, a test slice correlating 0.90 with its nearest training subject)
+ATROPHY_MAX = 0.6  # share of GM (and half that of WM) next to CSF that turns into CSF
+HEAD_SCALE = (0.85, 1.15)  # in-plane head size on top of the deformation (±6 % more per axis)
+LESIONS_MEAN = 2.5  # Poisson mean of white-matter lesions per subject
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ def _deform(
 def subject_tissue_maps(*, seed: int, size: int = 128, n_slices: int = 24, source: str = "mni") -> TissueMaps:
     """The deformed tissue maps ``(n_slices, size, size)`` of subject ``seed``.
 
-    Exactly the anatomy :func:`simulate_subject` uses for the same arguments.
+    Exactly the anatomy :func:`simulate_subject` uses for the same arguments: the
+    template deformation, then the subject's head size and atrophy (:func:`_vary`).
     """
     _check_args(seed, size, n_slices, source)
     rng = _rng(seed, _ANATOMY)
@@ -157,7 +164,50 @@ def subject_tissue_maps(*, seed: int, size: int = 128, n_slices: int = 24, sourc
     else:
         base = phantom_tissue_maps(n_slices, size, rng).stack()
         out = _deform(base, np.arange(n_slices), rng, PHANTOM_FOV_MM / size, through_plane=False)
-    return TissueMaps.from_stack(out)
+    return TissueMaps.from_stack(_vary(out, _rng(seed, _VARIETY)))
+
+
+def _vary(stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Subject variety on (4, n, S, S) fractions: an isotropic head size in
+    :data:`HEAD_SCALE`, and atrophy — a share a ~ U(0, ATROPHY_MAX) of the grey matter
+    next to CSF (sulci widen) and a/2 of the white matter next to it (ventricles widen)
+    becomes CSF. Fractions still sum to what they summed to."""
+    scale = rng.uniform(*HEAD_SCALE) * rng.uniform(0.94, 1.06, size=2)
+    _, n, size, _ = stack.shape
+    c = (size - 1) / 2.0
+    inv = 1.0 / scale
+    stack = ndi.affine_transform(stack, np.diag([1.0, 1.0, *inv]), offset=[0, 0, *(c - c * inv)],
+                                 order=1, mode="constant", cval=0.0)
+    csf, gm, wm, fat = (np.array(a, dtype=np.float32) for a in stack)
+    a = rng.uniform(0.0, ATROPHY_MAX)
+    near = np.clip(2.0 * ndi.gaussian_filter(csf, sigma=(0, 1.2, 1.2)), 0.0, 1.0)
+    from_gm, from_wm = a * near * gm, 0.5 * a * near * wm
+    out = np.stack([csf + from_gm + from_wm, gm - from_gm, wm - from_wm, fat])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def subject_lesions(seed: int, maps: TissueMaps, pixel_mm: float) -> tuple[np.ndarray, Tissue]:
+    """White-matter lesions of subject ``seed``: the share (n, S, S) of white matter that is
+    lesion (Poisson(:data:`LESIONS_MEAN`) soft blobs of 2–5 mm radius centred in white
+    matter), and the lesion tissue — T1 1.8–2.6×, T2 1.5–3×, PD 1.05–1.2× the subject's WM
+    (MS-like: bright on T2 and FLAIR, dark on T1)."""
+    rng = _rng(seed, _VARIETY, 1)
+    wm = maps.wm
+    lesion = np.zeros_like(wm)
+    count = rng.poisson(LESIONS_MEAN)
+    candidates = np.argwhere(wm > 0.8)
+    n, size, _ = wm.shape
+    zz, yy, xx = np.meshgrid(np.arange(n), np.arange(size), np.arange(size), indexing="ij")
+    for _ in range(count if len(candidates) else 0):
+        z, y, x = candidates[rng.integers(len(candidates))]
+        r = rng.uniform(2.0, 5.0) / pixel_mm
+        rz = max(1.0, rng.uniform(2.0, 5.0) / 3.0)  # slices are ~3 mm apart
+        d2 = ((yy - y) / r) ** 2 + ((xx - x) / r) ** 2 + ((zz - z) / rz) ** 2
+        lesion = np.maximum(lesion, np.exp(-0.5 * d2 * 4.0).astype(np.float32))
+    base = TISSUES["wm"]
+    tissue = replace(base, t1=base.t1 * rng.uniform(1.8, 2.6), t2=base.t2 * rng.uniform(1.5, 3.0),
+                     pd=base.pd * rng.uniform(1.05, 1.2), t2star=base.t2star * rng.uniform(1.5, 3.0))
+    return np.clip(lesion, 0.0, 1.0).astype(np.float32), tissue
 
 
 def subject_tissues(seed: int) -> dict[str, Tissue]:
@@ -256,6 +306,9 @@ def simulate_subject(
 
     maps = subject_tissue_maps(seed=seed, size=size, n_slices=n_slices, source=source)
     fractions = maps.stack()
+    pixel_mm = (MNI_FOV_MM if source == "mni" else PHANTOM_FOV_MM) / size
+    lesion, lesion_tissue = subject_lesions(seed, maps, pixel_mm)
+    lesion_wm = lesion * maps.wm  # the white matter that is lesion
     brain = maps.brain() > 0.5
     tissues = subject_tissues(seed)
     sens = coil_maps(int(coils), size, _rng(seed, _COILS)) if coils > 1 else None
@@ -266,6 +319,7 @@ def simulate_subject(
         scale = contrast_scale(seq)
         sig = [seq.tissue_signal(tissues[t]) * scale for t in TISSUE_NAMES]
         mag = np.tensordot(np.asarray(sig, dtype=np.float32), fractions, axes=1)
+        mag = mag + lesion_wm * np.float32(seq.tissue_signal(lesion_tissue) * scale - sig[TISSUE_NAMES.index("wm")])
         image = mag * _bias_and_phase(rng, n_slices, size)
         sigma = float(np.abs(image)[brain].mean()) / snr if snr is not None and math.isfinite(snr) else 0.0
         if sens is not None:
