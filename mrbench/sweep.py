@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -60,6 +61,7 @@ class Cell:
     scarcity: int
     seed: int
     sampling: str = ""  # a [sweep].sampling value, "" = the file's train.sampling
+    budget: int = 0  # a [sweep].budgets value (the convergence ladder), 0 = the file's train.budget
 
 
 @dataclass
@@ -84,8 +86,7 @@ class Experiment:
     def command(self, cell: Cell, threads: int) -> list[str]:
         """The ``mrbench run`` command line of one cell."""
         cfg = self.configs[cell]
-        axis = [f"train.sampling={cell.sampling}"] if cell.sampling else []
-        sets = [*self.overrides, *cell.entry.overrides, *axis, f"run.name={json.dumps(cfg.run_name)}"]
+        sets = [*self.overrides, *cell.entry.overrides, *_axis_sets(cell), f"run.name={json.dumps(cfg.run_name)}"]
         cmd = [sys.executable, "-m", "mrbench", "run", cell.entry.method, "--config", str(self.path)]
         for s in sets:
             cmd += ["--set", s]
@@ -100,6 +101,16 @@ def _int_list(value, key: str) -> list[int]:
     if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
         raise MrbenchError(f"{key}: expected a list of whole numbers ≥ 0, got {value!r}")
     return sorted(set(value))
+
+
+RUN_SUFFIX = re.compile(r"-s\d+-seed\d+$")
+
+
+def _axis_sets(cell: Cell) -> list[str]:
+    """The ``--set`` items a cell's sweep axes add (sampling rule, budget of the ladder)."""
+    return ([f"train.sampling={cell.sampling}"] if cell.sampling else []) + (
+        [f"train.budget={cell.budget}"] if cell.budget else []
+    )
 
 
 def _sampling_list(value, key: str) -> list[str]:
@@ -145,34 +156,42 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = (), seed
     sweep = values.get("sweep", {})
     if not isinstance(sweep, dict):
         raise MrbenchError(f"{p}: [sweep] must be a table")
-    extra = set(sweep) - {"scarcity", "seeds", "methods", "sampling"}
+    extra = set(sweep) - {"scarcity", "seeds", "methods", "sampling", "budgets"}
     if extra:
-        raise MrbenchError(f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} (valid: scarcity, seeds, methods, sampling)")
+        raise MrbenchError(
+            f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} (valid: scarcity, seeds, methods, sampling, budgets)"
+        )
     try:
         base = load_config(p, overrides)  # file + sweep-wide overrides, checked once
         scarcity = _int_list(sweep.get("scarcity", [base.scarcity]), "sweep.scarcity")
         seeds = _int_list(list(seeds) if seeds is not None else sweep.get("seeds", [base.train.seed]), "sweep.seeds")
         entries = _entries(sweep.get("methods", [base.method]), "sweep.methods")
         samplings = _sampling_list(sweep.get("sampling", [""]), "sweep.sampling")
+        budgets = _int_list(sweep["budgets"], "sweep.budgets") if "budgets" in sweep else [0]
+        if "budgets" in sweep and min(budgets) < 1:
+            raise MrbenchError("sweep.budgets: expected budgets > 0 (slices), e.g. [1200, 2400, 4800]")
     except MrbenchError as exc:
         msg = str(exc)
         raise MrbenchError(msg if msg.startswith(("config file", "--set")) else f"{p}: {msg}") from None
     exp = Experiment(p, entries, scarcity, seeds, tuple(overrides))
     dirs: dict[Path, Cell] = {}
-    cells = [(i, e, lv, sd, sm) for i, e in enumerate(entries) for sm in samplings for lv in scarcity for sd in seeds]
-    for i, entry, level, seed, sampling in cells:
-        if sampling != samplings[0] and not METHODS[entry.method].learned:
-            continue  # zero-filled samples nothing: one run, not one per rule
-        cell = Cell(entry, level, seed, sampling)
-        axis = [f"train.sampling={sampling}"] if sampling else []
+    cells = [(i, e, lv, sd, sm, b) for i, e in enumerate(entries) for sm in samplings for b in budgets
+             for lv in scarcity for sd in seeds]
+    for i, entry, level, seed, sampling, budget in cells:
+        learned = getattr(METHODS.get(entry.method), "learned", True)  # an unknown name fails in load_config
+        if (sampling != samplings[0] or budget != budgets[0]) and not learned:
+            continue  # zero-filled trains nothing: one run, not one per rule or budget
+        cell = Cell(entry, level, seed, sampling, budget if learned else 0)
+        axis = _axis_sets(cell)
         try:
             cfg = load_config(p, [*overrides, *entry.overrides, *axis], method=entry.method, scarcity=level,
                               train={"seed": seed})
         except MrbenchError as exc:
             raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None
-        if entry.name:
-            suffix = sampling_suffix(cfg.train.sampling) if METHODS[entry.method].learned else ""
-            cfg.run.name = f"{entry.name}{suffix}-s{level}-seed{seed}"
+        if entry.name or cell.budget:
+            stem = entry.name + (sampling_suffix(cfg.train.sampling) if learned else "") \
+                if entry.name else RUN_SUFFIX.sub("", cfg.run_name)
+            cfg.run.name = f"{stem}{f'-b{cell.budget}' if cell.budget else ''}-s{level}-seed{seed}"
         if cfg.run_dir in dirs:
             raise MrbenchError(
                 f"{p}: sweep.methods[{i}] and another entry both write {cfg.run_dir}; give them distinct names"

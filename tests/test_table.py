@@ -193,3 +193,51 @@ def test_single_seed_table_says_so_and_prints_verdicts(finished_experiment):
     md = render(build_tables(R.load_runs([finished_experiment]), metrics=["psnr"]), "md")
     assert "SINGLE SEED" in md and "difference from joint-varnet, 95 % CI, verdict" in md
     assert any(w in md for w in ("tie (within noise)", "better", "worse"))
+
+
+def _fake_run(name, method, budget, psnrs, seed=0):
+    """An in-memory finished run with one seen context and the given per-volume PSNRs."""
+    from pathlib import Path
+
+    vols = {f"v{i}.h5": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(psnrs)}
+    metrics = {"contexts": {"AXT1/equispaced/4x": {
+        "seen": True, "scarce": False, "train_slices": 10, "context": {"contrast": "AXT1"},
+        "steps": {"0": {"volumes": vols}}}}, "cost": {"parameters": 1000}}
+    config = {"method": method, "scarcity": 0, "train": {"seed": seed, "budget": budget, "sampling": "stratified"},
+              "model": {"backbone": "varnet"}, "run": {"experiment": "ladder"}}
+    return R.Run(Path("runs/ladder") / name, config, metrics, None, True)
+
+
+def test_budget_ladder_marks_cells_that_moved_when_the_budget_doubled():
+    """Issue 12: a cell whose mean PSNR moved > 0.2 dB from B/2 to B is 'not converged'."""
+    runs = [
+        _fake_run("joint-varnet-b600-s0-seed0", "joint", 600, [30.0, 31.0, 32.0]),
+        _fake_run("joint-varnet-b1200-s0-seed0", "joint", 1200, [30.1, 31.1, 32.1]),  # +0.1 dB: converged
+        _fake_run("stl-varnet-b600-s0-seed0", "stl", 600, [28.0, 29.0, 30.0]),
+        _fake_run("stl-varnet-b1200-s0-seed0", "stl", 1200, [29.0, 30.0, 31.0]),  # +1 dB: still learning
+    ]
+    conv = R.convergence(R.records(runs)).set_index("label")
+    assert conv.loc["stl-varnet", "change_db"] == pytest.approx(1.0) and not conv.loc["stl-varnet", "converged"]
+    assert conv.loc["joint-varnet", "converged"] and conv.loc["joint-varnet", "budget"] == 1200
+    tables = build_tables(runs, metrics=["psnr"])
+    md = render(tables, "md")
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.split("difference from")[0].splitlines() if line.startswith("| ")}
+    assert "30.00 ± 0.82 †" in rows["stl-varnet"] and "†" not in rows["joint-varnet"]  # the largest budget, marked
+    assert "not converged" in md
+    frame = pd.read_csv(io.StringIO(render(tables, "csv")))
+    assert set(frame.loc[frame.label == "stl-varnet", "converged"]) == {False}
+
+
+def test_budget_ladder_is_a_sweep_axis(tmp_path):
+    from mrbench.sweep import load_experiment
+
+    f = tmp_path / "e.toml"
+    f.write_text('[sweep]\nbudgets = [600, 1200]\nmethods = ["zero-filled", "joint", { method = "stl", name = "stl-x" }]\n')
+    exp = load_experiment(f, [f"run.out={tmp_path}"])
+    names = sorted(cfg.run_name for cfg in exp.configs.values())
+    assert names == ["joint-varnet-b1200-s0-seed0", "joint-varnet-b600-s0-seed0", "stl-x-b1200-s0-seed0",
+                     "stl-x-b600-s0-seed0", "zero-filled-none-s0-seed0"]
+    budgets = {cfg.run_name: cfg.train.budget for cfg in exp.configs.values()}
+    assert budgets["joint-varnet-b600-s0-seed0"] == 600 and budgets["stl-x-b1200-s0-seed0"] == 1200
+    cell = next(c for c, cfg in exp.configs.items() if cfg.run_name == "stl-x-b600-s0-seed0")
+    assert "train.budget=600" in exp.command(cell, threads=1)

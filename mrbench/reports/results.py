@@ -36,7 +36,7 @@ from ..store import RunStore
 METRICS = ("psnr", "ssim", "nmse")
 #: larger is better for these; NMSE is better when smaller
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "nmse": False}
-_SUFFIX = re.compile(r"-s\d+-seed\d+$")
+_SUFFIX = re.compile(r"(-b\d+)?-s\d+-seed\d+$")  # a budget-ladder rung, level and seed
 
 
 @dataclass
@@ -57,7 +57,8 @@ class Run:
     @property
     def label(self) -> str:
         """The method variant a table row stands for: the run name without ``-s<N>-seed<S>``
-        (``stl-varnet``, a sweep entry's name such as ``mtl-IIVV-dwa``)."""
+        and a budget-ladder rung ``-b<B>`` (``stl-varnet``, a sweep entry's name such as
+        ``mtl-IIVV-dwa``)."""
         return _SUFFIX.sub("", self.name) or self.name
 
     @property
@@ -161,10 +162,11 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
                         "volume": volume,
                         "train_slices": int(ctx.get("train_slices", 0)),
                         "chosen_steps": float(ctx.get("chosen_steps", float("nan"))),
+                        "budget": int(run.config.get("train", {}).get("budget", 0)),
                         **{k: float(m[k]) for k in METRICS},
                     })
     columns = ["label", "method", "run", "experiment", "scarcity", "seed", "context", "contrast", "mask",
-               "acceleration", "seen", "scarce", "steps", "volume", "train_slices", "chosen_steps", *METRICS]
+               "acceleration", "seen", "scarce", "steps", "volume", "train_slices", "chosen_steps", "budget", *METRICS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -390,6 +392,28 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "delta": delta,
                      "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "verdict": verdict})
     return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "delta", "lo", "hi", "seeds", "volumes", "verdict"])
+
+
+#: a cell is *not converged* when doubling the budget moved its mean PSNR by more than this
+CONVERGENCE_DB = 0.2
+
+
+def convergence(df: pd.DataFrame) -> pd.DataFrame:
+    """For runs of a budget ladder (``[sweep] budgets``): per (label, context, scarcity, steps)
+    at its largest budget B, the change of mean PSNR from B/2 to B and whether it is within
+    :data:`CONVERGENCE_DB` (``converged``); NaN / True where there is no B/2 rung.
+
+    Columns: label, context, scarcity, steps, budget, change_db, converged."""
+    rows = []
+    means = df.groupby(["label", "context", "scarcity", "steps", "budget"])["psnr"].mean()
+    for (label, context, scarcity, steps), g in means.groupby(level=[0, 1, 2, 3]):
+        by_budget = g.droplevel([0, 1, 2, 3])
+        top = int(by_budget.index.max())
+        half = top // 2
+        change = float(by_budget[top] - by_budget[half]) if half in by_budget.index else float("nan")
+        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "budget": top,
+                     "change_db": change, "converged": bool(not abs(change) > CONVERGENCE_DB)})
+    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "budget", "change_db", "converged"])
 
 
 def win_rates(summary: pd.DataFrame, reference: str, metric: str, steps: int | None = None) -> dict[str, float]:

@@ -101,6 +101,9 @@ def build_tables(
             raise MrbenchError(f"--steps {steps}: the unseen contexts were evaluated after {available} steps")
         keep = df["seen"] | (df["steps"] == steps)
     df = df[keep]
+    conv = R.convergence(df)  # budget ladders: read each label at its largest budget, marked if unconverged
+    if df["budget"].nunique() > 1:
+        df = df[df["budget"] == df.groupby("label")["budget"].transform("max")]
     summary = R.summarise(df, metrics)
     labels = R.order_labels(summary["label"], methods)
     cols = (
@@ -129,6 +132,8 @@ def build_tables(
         v = R.verdicts(df, ref, m) if ref is not None else None
         if v is not None:
             cells = cells.merge(v.drop(columns=["seeds", "volumes"]), how="left", on=["label", "context", "scarcity", "steps"])
+        cells = cells.merge(conv[["label", "context", "scarcity", "steps", "change_db", "converged"]], how="left",
+                            on=["label", "context", "scarcity", "steps"])
         out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(runs), v,
                                 int(cells["seeds"].max())))
     return out
@@ -145,6 +150,11 @@ def _value(t: Table, row: pd.Series) -> str:
     return f"{row['mean']:.{d}f} ± {row['std']:.{d}f}"
 
 
+def _unconverged(row: pd.Series) -> bool:
+    value = row.get("converged")
+    return value is not None and not pd.isna(value) and not bool(value)
+
+
 def _legend(t: Table, tables: Tables) -> str:
     parts = ["mean ± std over test volumes" + (" × seeds" if (t.cells["seeds"] > 1).any() else ""), "bold: best in column"]
     if t.max_seeds == 1:
@@ -155,6 +165,9 @@ def _legend(t: Table, tables: Tables) -> str:
             f"Holm-corrected over the methods of each column"
         )
         parts.append(f"win rate: share of unseen context × level cells beating {t.reference}")
+    if (t.cells["converged"] == False).any():  # noqa: E712 (NaN-safe)
+        parts.append(f"† not converged: doubling the budget moved the mean PSNR by > {R.CONVERGENCE_DB} dB — "
+                     "do not read a ranking off this cell")
     if tables.note:
         parts.append(tables.note)
     return "; ".join(parts)
@@ -181,7 +194,7 @@ def to_markdown(tables: Tables) -> str:
                 if c is None:
                     row.append("–")
                     continue
-                v = _value(t, c) + ("\\*" if c["significant"] else "")
+                v = _value(t, c) + ("\\*" if c["significant"] else "") + (" †" if _unconverged(c) else "")
                 row.append(f"**{v}**" if c["best"] else v)
             if unseen:
                 row.append(_win(t, label))
@@ -240,7 +253,7 @@ def to_csv(tables: Tables) -> str:
         frames.append(c.sort_values(["order", "seen", "context", "scarcity"], ascending=[True, False, True, True]))
     out = pd.concat(frames, ignore_index=True).drop(columns="order")
     cols = ["metric", "label", "setting", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std", "best",
-            "p_holm", "significant", "reference", "win_rate", "delta", "lo", "hi", "verdict"]
+            "p_holm", "significant", "reference", "win_rate", "delta", "lo", "hi", "verdict", "change_db", "converged"]
     out = out.reindex(columns=cols)
     return out[cols].to_csv(index=False, float_format="%.6g")
 
