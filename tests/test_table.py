@@ -241,3 +241,22 @@ def test_budget_ladder_is_a_sweep_axis(tmp_path):
     assert budgets["joint-varnet-b600-s0-seed0"] == 600 and budgets["stl-x-b1200-s0-seed0"] == 1200
     cell = next(c for c, cfg in exp.configs.items() if cfg.run_name == "stl-x-b600-s0-seed0")
     assert "train.budget=600" in exp.command(cell, threads=1)
+
+
+def test_adaptation_gain_is_chosen_minus_zero_steps_with_a_verdict():
+    from pathlib import Path
+
+    def run(seed, zero, adapted, steps=3):
+        ctx = {"seen": False, "scarce": False, "train_slices": 0, "context": {"contrast": "AXT2"}, "chosen_steps": steps,
+               "steps": {"0": {"volumes": {f"v{i}": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(zero)}},
+                         "3": {"volumes": {f"v{i}": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(adapted)}}}}
+        metrics = {"contexts": {"AXT2/equispaced/4x": ctx}, "adaptation": {"rule": "finetune", "lr": 1e-3, "steps": steps}}
+        config = {"method": "joint", "scarcity": 0, "train": {"seed": seed, "budget": 10}, "model": {"backbone": "varnet"}}
+        return R.Run(Path("runs/x") / f"joint-varnet-s0-seed{seed}", config, metrics, None, True)
+
+    runs = [run(s, [30.0, 31.0, 32.0, 33.0], [30.5 + 0.01 * s, 31.5, 32.5, 33.5]) for s in range(3)]
+    g = R.adaptation_gains(runs).iloc[0]
+    assert g["gain"] == pytest.approx(0.5, abs=0.01) and g["verdict"] == "helps" and g["seeds"] == 3
+    assert g["choices"] == "finetune×3"
+    flat = R.adaptation_gains([run(s, [30.0, 31.0], [30.0, 31.0]) for s in range(3)]).iloc[0]
+    assert flat["gain"] == 0 and flat["verdict"] == "within noise"

@@ -394,6 +394,39 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "delta", "lo", "hi", "seeds", "volumes", "verdict"])
 
 
+def adaptation_gains(runs: Sequence[Run], metric: str = "psnr") -> pd.DataFrame:
+    """Whether test-time adaptation helps, per (label, unseen context, level): ``metric``
+    after each run's chosen step count minus at 0 steps, paired by seed and volume, with the
+    verdicts' 95 % hierarchical interval — ``helps`` / ``hurts`` when it excludes 0, else
+    ``within noise`` — and the rule × steps each seed chose on seen validation.
+
+    Columns: label, context, scarcity, choices, gain, lo, hi, seeds, volumes, verdict."""
+    df = records(runs)
+    unseen = df[~df["seen"] & df["chosen_steps"].notna()]
+    chosen_by = {}
+    for run in runs:
+        c = (run.metrics or {}).get("adaptation") or {}
+        if c.get("rule") not in (None, "none"):
+            chosen_by.setdefault((run.label, run.scarcity), set()).add(f"{c['rule']}×{c['steps']}")
+    rows = []
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    for (label, context, level), g in unseen.groupby(["label", "context", "scarcity"]):
+        if (label, level) not in chosen_by:
+            continue  # nothing adapts (zero-filled)
+        zero = _seed_volume_matrix(g[g["steps"] == 0], metric)
+        at = _seed_volume_matrix(g[g["steps"] == g["chosen_steps"]], metric)
+        seeds, vols = zero.index.intersection(at.index), zero.columns.intersection(at.columns)
+        d = (at.loc[seeds, vols] - zero.loc[seeds, vols]).to_numpy()
+        if d.size == 0:
+            continue
+        lo, hi = hierarchical_bootstrap(d)
+        verdict = "helps" if sign * lo > 0 and sign * hi > 0 else "hurts" if sign * lo < 0 and sign * hi < 0 else "within noise"
+        rows.append({"label": label, "context": context, "scarcity": int(level),
+                     "choices": ", ".join(sorted(chosen_by[(label, level)])), "gain": float(d.mean()),
+                     "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "verdict": verdict})
+    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "choices", "gain", "lo", "hi", "seeds", "volumes", "verdict"])
+
+
 #: a cell is *not converged* when doubling the budget moved its mean PSNR by more than this
 CONVERGENCE_DB = 0.2
 
