@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import MrbenchError, RunStopped
+from .errors import MrbenchError, RunDiverged, RunStopped
 
 
 class _UserError(click.ClickException):
@@ -166,6 +166,9 @@ def run_cmd(method, config_file, overrides, scarcity, seed, threads, device, res
     cfg = load_config(config_file, extra, method=method, scarcity=scarcity)
     try:
         store = execute(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+    except RunDiverged as div:
+        click.echo(f"Diverged: {div}", err=True)
+        raise click.exceptions.Exit(RunDiverged.exit_code) from None
     except RunStopped as stop:
         again = _resume_command(method, config_file, extra, scarcity, quiet)
         click.echo(f"{stop}; continue with: {again}")
@@ -318,9 +321,11 @@ def sweep_cmd(experiment_file, jobs, threads, executor, overrides, quiet):
 def _print_sweep_summary(exp, result) -> None:
     from .sweep import slice_summary
 
+    diverged = result.count("diverged")
     click.echo(
         f"{exp.directory}: {result.count('done')} done, {result.count('failed')} failed, "
-        f"{result.count('skipped')} skipped (already done) in {result.wall_seconds:.0f} s"
+        + (f"{diverged} diverged, " if diverged else "")
+        + f"{result.count('skipped')} skipped (already done) in {result.wall_seconds:.0f} s"
     )
     for o in result.outcomes:
         if o.status == "failed":
@@ -357,6 +362,9 @@ def compare_cmd(paths, out, baselines, reference, metric, title):
         metric=metric, title=title or f"mrbench: {', '.join(experiments)}",
     )
     click.echo(f"wrote {path} ({len(runs)} runs) and {Path(path).with_name('summary.csv')}")
+    diverged = R.diverged_runs(paths)
+    if diverged:
+        click.echo(f"note: {len(diverged)} diverged run(s) not averaged in: {', '.join(sorted(r.name for r in diverged))}")
 
 
 @main.command("table")
@@ -375,7 +383,7 @@ def table_cmd(paths, fmt, reference, metrics, steps, out):
     runs = R.load_runs(paths)
     tables = build_tables(
         runs, reference=reference or "joint", reference_required=reference is not None,
-        metrics=_csv(metrics), steps=steps,
+        metrics=_csv(metrics), steps=steps, diverged=R.diverged_runs(paths),
     )
     text = render(tables, fmt)
     if out:

@@ -83,6 +83,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
+    on_divergence: str = "stop"  # stop: store the run as diverged (exit 3) | retry-lower-lr: restart at lr/10, twice at most
+    divergence_factor: float = 100.0  # a loss above this × its running median also counts as divergence (0 = off)
 
     def check(self, key):
         _require(self.budget > 0, key("budget"), f"must be > 0, got {self.budget}")
@@ -95,6 +97,9 @@ class TrainConfig:
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
         _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")
         _require(self.stop_after >= 0, key("stop_after"), "must be ≥ 0")
+        _require(self.on_divergence in ("stop", "retry-lower-lr"), key("on_divergence"),
+                 f"must be stop or retry-lower-lr, got {self.on_divergence!r}")
+        _require(self.divergence_factor >= 0, key("divergence_factor"), "must be ≥ 0 (0 = off)")
 
 
 @dataclass

@@ -75,7 +75,7 @@ def run_demo(
     directory = exp.directory
     title = "mrbench demo: synth-brain, AXT1 abundant, AXFLAIR scarce, AXT2 and AXPD (random 6x) unseen"
     path = write_report(runs, directory / "report.html", title=title, reference=DEMO_REFERENCE)
-    tables = build_tables(runs, reference=DEMO_REFERENCE)
+    tables = build_tables(runs, reference=DEMO_REFERENCE, diverged=R.diverged_runs([exp.directory]))
     md = render(tables, "md")
     files = [directory / "table.md", directory / "table.csv", directory / "table.tex"]
     for f, fmt in zip(files, ("md", "csv", "latex")):

@@ -37,6 +37,28 @@ class Preempted(Exception):
     """Raised when ``train.stop_after`` is reached (a simulated pre-emption); resume continues."""
 
 
+class Diverged(Exception):
+    """Training diverged: a non-finite loss or gradient norm, or (``train.divergence_factor``
+    > 0) a loss that many times its running median. Carries where and why."""
+
+    def __init__(self, reason: str, phase: str, slices: int, loss: float, lr: float):
+        super().__init__(f"diverged in phase {phase} after {slices} slices: {reason} (lr {lr:g})")
+        self.info = {"reason": reason, "phase": phase, "slices": slices, "loss": loss, "lr": lr}
+
+
+def check_divergence(loss: float, grad_norm: float, history: list[float], factor: float) -> str | None:
+    """Why this step counts as diverged, or None. ``history``: recent finite losses."""
+    if not math.isfinite(loss):
+        return f"non-finite loss {loss}"
+    if not math.isfinite(grad_norm):
+        return f"non-finite gradient norm {grad_norm}"
+    if factor > 0 and history:
+        median = float(np.median(history))
+        if loss > factor * median:
+            return f"loss {loss:.4g} > {factor:g} × running median {median:.4g}"
+    return None
+
+
 class TaskSampler:
     """Draws training items of a set of tasks.
 
@@ -156,6 +178,7 @@ class Trainer:
             phase.on_start()
         for m in phase.modules:
             self.method.models[m].train()
+        recent: list[float] = []  # finite losses of the last 50 steps (divergence_factor)
         while used < phase.budget:
             opt.zero_grad(set_to_none=True)
             if phase.custom_step is not None:
@@ -163,8 +186,12 @@ class Trainer:
             else:
                 n = min(cfg.batch, phase.budget - used)
                 result = phase.step(self._batch(sampler.next(n)))
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            # max_norm = inf measures the norm without clipping (1× scale)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
+            why = check_divergence(result.loss, grad_norm, recent, cfg.divergence_factor)
+            if why is not None:
+                raise Diverged(why, phase.name, self.total_used, result.loss, opt.param_groups[0]["lr"])
+            recent = (recent + [result.loss])[-50:]
             opt.step()
             used += result.slices
             self._set_lr(opt, phase, used)

@@ -19,6 +19,22 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
 
 
+class RunDiverged(Exception):
+    """Training diverged and the run is stored as *diverged* (its own status and exit code, 3):
+    not bad input, not a crash. Tables and reports show the cell as diverged, never averaged."""
+
+    exit_code = 3
+
+    def __init__(self, info: dict, run_dir):
+        where = f" in phase {info.get('phase')} after {info.get('slices')} slices" if info else ""
+        super().__init__(
+            f"{run_dir}: training diverged{where}: {info.get('reason', '?')} (lr {info.get('lr', float('nan')):g}); "
+            "stored as diverged — lower train.lr, set train.on_divergence = \"retry-lower-lr\", or redo with --overwrite"
+        )
+        self.info = info
+        self.run_dir = run_dir
+
+
 class RunStopped(Exception):
     """A deliberate stop (``train.stop_after``): not an error; the run resumes from its last
     checkpoint. The CLI prints how to continue and exits 0."""

@@ -8,6 +8,7 @@ backbones from :data:`mrbench.models.BACKBONES`.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -18,8 +19,8 @@ import torch
 from .config import Config, config_from_dict
 from .data.assemble import ExperimentData, assemble
 from .data.dataset import SliceDataset, VolumeStore
-from .engine import Preempted, Trainer
-from .errors import MrbenchError, RunStopped
+from .engine import Diverged, Preempted, Trainer
+from .errors import MrbenchError, RunDiverged, RunStopped
 from .evaluation.adaptation import adapted_volumes, select_adaptation, support_batch
 from .evaluation.evaluate import predict_volumes, score_volumes
 from .methods import METHODS, Method
@@ -75,10 +76,13 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
             )
         if store.is_done():
             return store
+        if store.is_diverged():
+            raise RunDiverged(store.read_json("metrics.json").get("diverged", {}), store.path)
         if store.checkpoint_path("last").exists():
             resume_state = store.load_checkpoint("last")
     if overwrite and store.exists():
         store.clear_done()
+    retries = store.read_json("retries.json") if resume and store.retries_path.exists() else []
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     device = select_device(cfg.train.device)
     started = now()
@@ -87,24 +91,40 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
     manifest = _manifest(cfg, data, device, started)
     store.write_json("manifest.json", manifest)
     volumes = VolumeStore()
-    train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes)
-    val = SliceDataset(data.val, train=False, store=volumes)
-    method = build_method(cfg, data, device)
     writer = _writer(store)
-    bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
-    try:
-        trainer = Trainer(method, train, val, cfg, store, device, writer, update)
-        if method.learned:
-            trainer.fit(resume_state)
-        train_seconds = time.perf_counter() - t0
-        previews: list[dict] = []
-        metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
-    except Preempted as stop:
-        bar.close()
-        writer.close()
-        raise RunStopped(stop.args[0], store.path) from None
-    finally:
-        bar.close()
+    while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
+        run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
+        train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes)
+        val = SliceDataset(data.val, train=False, store=volumes)
+        method = build_method(run_cfg, data, device)
+        bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
+        try:
+            trainer = Trainer(method, train, val, run_cfg, store, device, writer, update)
+            if method.learned:
+                trainer.fit(resume_state)
+            train_seconds = time.perf_counter() - t0
+            previews: list[dict] = []
+            metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
+            break
+        except Preempted as stop:
+            writer.close()
+            raise RunStopped(stop.args[0], store.path) from None
+        except Diverged as div:
+            retries.append(div.info)
+            if cfg.train.on_divergence == "retry-lower-lr" and len(retries) <= MAX_RETRIES:
+                store.write_json("retries.json", retries)  # a resume continues at the lowered lr
+                resume_state = None
+                continue
+            writer.close()
+            store.write_json("metrics.json", {"run": cfg.run_name, "method": cfg.method, "status": "diverged",
+                                              "diverged": div.info, "retries": retries, "contexts": {}})
+            store.mark_diverged()
+            raise RunDiverged(div.info, store.path) from None
+        finally:
+            bar.close()
+    if retries:
+        metrics["retries"] = retries  # the lr each attempt diverged at; the run ended at run_cfg's
+        metrics["lr_final"] = run_cfg.train.lr
     # metrics.json is a pure function of config + data (the determinism test compares it
     # byte for byte); timings live in manifest.json
     metrics["history"] = trainer.history
@@ -123,6 +143,19 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
     writer.close()
     store.mark_done()
     return store
+
+
+#: train.on_divergence = "retry-lower-lr": restarts at lr/10, lr/100 before the run is stored as diverged
+MAX_RETRIES = 2
+
+
+def _with_lr(cfg: Config, lr: float) -> Config:
+    """``cfg`` with another ``train.lr`` (config.json keeps the one asked for)."""
+    if lr == cfg.train.lr:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.train.lr = lr
+    return out
 
 
 # operational keys: they may change between an interrupted run and its resumption

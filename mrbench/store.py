@@ -73,9 +73,25 @@ class RunStore:
     def is_done(self) -> bool:
         return self.done_path.exists()
 
+    @property
+    def diverged_path(self) -> Path:
+        return self.path / "DIVERGED"
+
+    @property
+    def retries_path(self) -> Path:
+        return self.path / "retries.json"
+
+    def is_diverged(self) -> bool:
+        return self.diverged_path.exists()
+
+    def mark_diverged(self) -> None:
+        atomic.write_text(self.diverged_path, _now() + "\n")
+
     def status(self) -> str:
         if self.is_done():
             return "done"
+        if self.is_diverged():
+            return "diverged"
         if self.checkpoint_path("last").exists():
             return "incomplete"
         return "new" if not self.exists() else "started"
@@ -139,6 +155,8 @@ class RunStore:
 
     def clear_done(self) -> None:
         self.done_path.unlink(missing_ok=True)
+        self.diverged_path.unlink(missing_ok=True)
+        self.retries_path.unlink(missing_ok=True)
 
     # checkpoints
     def save_checkpoint(self, name: str, state: dict) -> None:

@@ -210,7 +210,7 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = (), seed
 class Outcome:
     cell: Cell
     run_dir: Path
-    status: str  # done | failed | skipped
+    status: str  # done | failed | diverged | skipped
     seconds: float = 0.0
     message: str = ""
     resumed: bool = False
@@ -262,6 +262,8 @@ def _run_cell(exp: Experiment, cell: Cell, threads: int, env: dict) -> Outcome:
     seconds = time.perf_counter() - t0
     if proc.returncode == 0 and store.is_done():
         return Outcome(cell, cfg.run_dir, "done", seconds, resumed=resumed)
+    if store.is_diverged():  # stored as diverged (exit 3): a result, not a failure of the sweep
+        return Outcome(cell, cfg.run_dir, "diverged", seconds, _failure_message(log), resumed)
     return Outcome(cell, cfg.run_dir, "failed", seconds, f"exit {proc.returncode}: {_failure_message(log)} (log: {log})", resumed)
 
 
@@ -280,7 +282,7 @@ def run_sweep(
     outcomes: list[Outcome] = []
     todo = []
     for cell, cfg in exp.configs.items():
-        if RunStore(cfg.run_dir).is_done():
+        if RunStore(cfg.run_dir).is_done() or RunStore(cfg.run_dir).is_diverged():
             outcomes.append(Outcome(cell, cfg.run_dir, "skipped", message="DONE"))
         else:
             todo.append(cell)

@@ -129,6 +129,17 @@ def load_runs(paths: Iterable[str | os.PathLike], *, finished_only: bool = True)
     return runs
 
 
+def diverged_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:
+    """The runs below ``paths`` stored as *diverged*: reports name them, never average them."""
+    out = []
+    for d in find_run_dirs(paths):
+        store = RunStore(d)
+        if store.is_diverged():
+            out.append(Run(path=d, config=_read_json(d / "config.json") or {}, metrics=_read_json(d / "metrics.json"),
+                           store=store))
+    return out
+
+
 # ---------------------------------------------------------------------- flat records
 
 

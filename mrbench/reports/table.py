@@ -53,6 +53,7 @@ class Tables:
     runs: int = 0
     note: str = ""
     adaptation: pd.DataFrame | None = None  # results.adaptation_gains: does adaptation help, per method
+    diverged: set = field(default_factory=set)  # (label, scarcity) with a diverged run
 
 
 CHOSEN = -1  # the steps value of an unseen column read at each run's chosen step count
@@ -70,8 +71,10 @@ def build_tables(
     reference_required: bool = False,
     metrics: Sequence[str] = ("psnr", "ssim"),
     steps: int | None = None,
+    diverged: Sequence[R.Run] = (),
 ) -> Tables:
-    """Aggregate ``runs`` into one :class:`Table` per metric."""
+    """Aggregate ``runs`` into one :class:`Table` per metric; ``diverged`` runs are named in
+    the legend and their cells say *diverged* — never averaged in."""
     if not runs:
         raise MrbenchError("no finished runs (directories with DONE and metrics.json) to tabulate")
     for m in metrics:
@@ -113,7 +116,11 @@ def build_tables(
         .sort_values(["seen", "context", "scarcity"], ascending=[False, True, True])
     )
     columns = [tuple(r) for r in cols.itertuples(index=False)]
-    out = Tables(reference=ref, runs=len(runs), note=note, adaptation=R.adaptation_gains(runs))
+    if diverged:
+        names = ", ".join(sorted(r.name for r in diverged))
+        note = "; ".join(filter(None, [note, f"diverged (stored as such, not averaged in): {names}"]))
+    out = Tables(reference=ref, runs=len(runs), note=note, adaptation=R.adaptation_gains(runs),
+                 diverged={(r.label, r.scarcity) for r in diverged})
     for m in metrics:
         cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
         cells.columns = ["label", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std"]
@@ -193,7 +200,10 @@ def to_markdown(tables: Tables) -> str:
             for col in t.columns:
                 c = _cell(t, label, col)
                 if c is None:
-                    row.append("–")
+                    row.append("diverged" if (label, col[2]) in tables.diverged else "–")
+                    continue
+                if (label, col[2]) in tables.diverged:
+                    row.append(_value(t, c) + " (some seeds diverged)")
                     continue
                 v = _value(t, c) + ("\\*" if c["significant"] else "") + (" †" if _unconverged(c) else "")
                 row.append(f"**{v}**" if c["best"] else v)

@@ -1,0 +1,99 @@
+"""Faults a long sweep meets (issue 21), each with a clear outcome: divergence first —
+a non-finite or exploding loss stops the run, which is stored as *diverged* (exit 3),
+named by ls, tables and sweeps, and never averaged into a result."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from mrbench.cli import main
+from mrbench.config import load_config
+from mrbench.engine import check_divergence
+from mrbench.reports import results as R
+from mrbench.reports.table import build_tables, render
+from mrbench.runner import execute
+from mrbench.store import RunStore
+
+from conftest import tiny_run_settings, write_tiny_root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults") / "d"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"))
+    return root
+
+
+def _sets(items):
+    return sum((["--set", s] for s in items), [])
+
+
+def test_divergence_rules():
+    assert check_divergence(float("nan"), 1.0, [], 100) == "non-finite loss nan"
+    assert "non-finite gradient" in check_divergence(0.1, math.inf, [0.1], 100)
+    assert "running median" in check_divergence(50.0, 1.0, [0.1, 0.2, 0.3], 100)
+    assert check_divergence(0.5, 1.0, [0.1, 0.2, 0.3], 100) is None  # a noisy step is not divergence
+    assert check_divergence(50.0, 1.0, [0.1], 0) is None  # the factor rule off
+
+
+def test_a_diverging_run_is_stored_as_diverged_with_exit_3_and_never_averaged(data_root, tmp_path):
+    r = CliRunner()
+    base = tiny_run_settings(data_root, tmp_path, "train.budget=16")
+    assert r.invoke(main, ["run", "joint", "--quiet", *_sets(base)]).exit_code == 0
+    bad = base + ["train.lr=1000", "train.grad_clip=0", "train.seed=1"]
+    res = r.invoke(main, ["run", "joint", "--quiet", *_sets(bad)])
+    assert res.exit_code == 3 and "training diverged" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    run_dir = tmp_path / "default" / "joint-varnet-s0-seed1"
+    store = RunStore(run_dir)
+    assert store.status() == "diverged" and not store.is_done()
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["status"] == "diverged" and m["diverged"]["slices"] > 0 and m["contexts"] == {}
+    ls = r.invoke(main, ["ls", str(tmp_path)])
+    assert any("joint-varnet-s0-seed1" in line and "diverged" in line for line in ls.output.splitlines())
+    again = r.invoke(main, ["run", "joint", "--quiet", "--resume", *_sets(bad)])
+    assert again.exit_code == 3  # resuming a diverged run says so; --overwrite redoes it
+    runs = R.load_runs([tmp_path / "default"])
+    assert [run.name for run in runs] == ["joint-varnet-s0-seed0"]  # the diverged one is not averaged in
+    md = render(build_tables(runs, metrics=["psnr"], diverged=R.diverged_runs([tmp_path / "default"])), "md")
+    assert "diverged (stored as such, not averaged in): joint-varnet-s0-seed1" in md
+
+
+def test_retry_lower_lr_records_the_lr_it_ended_with(data_root, tmp_path, monkeypatch):
+    import mrbench.engine as engine
+
+    calls = {"n": 0}
+    real = engine.check_divergence
+
+    def first_step_diverges(loss, grad_norm, history, factor):
+        calls["n"] += 1
+        return "injected divergence" if calls["n"] == 1 else real(loss, grad_norm, history, factor)
+
+    monkeypatch.setattr(engine, "check_divergence", first_step_diverges)
+    cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.budget=16", "train.lr=2e-3",
+                                              "train.on_divergence=retry-lower-lr"), method="joint")
+    store = execute(cfg, quiet=True)
+    m = store.read_json("metrics.json")
+    assert store.is_done() and m["lr_final"] == pytest.approx(2e-4)
+    assert len(m["retries"]) == 1 and m["retries"][0]["reason"] == "injected divergence"
+    assert store.read_json("config.json")["train"]["lr"] == 2e-3  # the configuration asked for stays
+
+
+@pytest.mark.slow
+def test_a_sweep_goes_on_past_a_diverged_cell(data_root, tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text(textwrap.dedent("""
+        [run]
+        experiment = "exp"
+        [sweep]
+        methods = [{ method = "joint", name = "wild", set = ["train.lr=1000", "train.grad_clip=0"] }, "stl"]
+        """))
+    sets = _sets(tiny_run_settings(data_root, tmp_path / "runs", "train.budget=16"))
+    res = CliRunner().invoke(main, ["sweep", str(exp), "--quiet", *sets])
+    assert res.exit_code == 0, res.output
+    assert "1 done, 0 failed, 1 diverged" in res.output
