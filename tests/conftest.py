@@ -75,6 +75,11 @@ def tiny_run_settings(data_root, out, *extra):
     ]
 
 
+def set_args(items) -> list[str]:
+    """``--set`` items as CLI arguments."""
+    return sum((["--set", s] for s in items), [])
+
+
 def masked_kspace_batch(b: int, coils: int = 1, size: int = 16, seed: int = 0):
     """(masked k-space, mask, low-frequency lines) of random k-space under a 2× + centre mask:
     the backbone inputs the model tests push through tiny networks."""
@@ -93,6 +98,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def three_contrast_root(tmp_path_factory):
+    """AXT1, AXT2 and AXFLAIR tiny volumes, shared (read-only) by the CLI-level tests."""
+    root = tmp_path_factory.mktemp("three") / "d"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"))
+    return root
 
 
 @pytest.fixture

@@ -19,18 +19,12 @@ from mrbench.reports.table import build_tables, render
 from mrbench.runner import execute
 from mrbench.store import RunStore
 
-from conftest import tiny_run_settings, write_tiny_root
+from conftest import set_args, tiny_run_settings
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults") / "d"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"))
-    return root
-
-
-def _sets(items):
-    return sum((["--set", s] for s in items), [])
+def data_root(three_contrast_root):
+    return three_contrast_root
 
 
 def test_divergence_rules():
@@ -44,9 +38,9 @@ def test_divergence_rules():
 def test_a_diverging_run_is_stored_as_diverged_with_exit_3_and_never_averaged(data_root, tmp_path):
     r = CliRunner()
     base = tiny_run_settings(data_root, tmp_path, "train.budget=16")
-    assert r.invoke(main, ["run", "joint", "--quiet", *_sets(base)]).exit_code == 0
+    assert r.invoke(main, ["run", "joint", "--quiet", *set_args(base)]).exit_code == 0
     bad = base + ["train.lr=1000", "train.grad_clip=0", "train.seed=1"]
-    res = r.invoke(main, ["run", "joint", "--quiet", *_sets(bad)])
+    res = r.invoke(main, ["run", "joint", "--quiet", *set_args(bad)])
     assert res.exit_code == 3 and "training diverged" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
     run_dir = tmp_path / "default" / "joint-varnet-s0-seed1"
@@ -56,7 +50,7 @@ def test_a_diverging_run_is_stored_as_diverged_with_exit_3_and_never_averaged(da
     assert m["status"] == "diverged" and m["diverged"]["slices"] > 0 and m["contexts"] == {}
     ls = r.invoke(main, ["ls", str(tmp_path)])
     assert any("joint-varnet-s0-seed1" in line and "diverged" in line for line in ls.output.splitlines())
-    again = r.invoke(main, ["run", "joint", "--quiet", "--resume", *_sets(bad)])
+    again = r.invoke(main, ["run", "joint", "--quiet", "--resume", *set_args(bad)])
     assert again.exit_code == 3  # resuming a diverged run says so; --overwrite redoes it
     runs = R.load_runs([tmp_path / "default"])
     assert [run.name for run in runs] == ["joint-varnet-s0-seed0"]  # the diverged one is not averaged in
@@ -93,7 +87,7 @@ def test_a_sweep_goes_on_past_a_diverged_cell(data_root, tmp_path):
         [sweep]
         methods = [{ method = "joint", name = "wild", set = ["train.lr=1000", "train.grad_clip=0"] }, "stl"]
         """))
-    sets = _sets(tiny_run_settings(data_root, tmp_path / "runs", "train.budget=16"))
+    sets = set_args(tiny_run_settings(data_root, tmp_path / "runs", "train.budget=16"))
     res = CliRunner().invoke(main, ["sweep", str(exp), "--quiet", *sets])
     assert res.exit_code == 0, res.output
     assert "1 done, 0 failed, 1 diverged" in res.output

@@ -16,18 +16,12 @@ from mrbench.config import load_config
 from mrbench.errors import MrbenchError
 from mrbench.store import RunStore
 
-from conftest import tiny_run_settings, write_tiny_root
+from conftest import set_args, tiny_run_settings
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("newuser") / "d"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"))
-    return root
-
-
-def _sets(items):
-    return sum((["--set", s] for s in items), [])
+def data_root(three_contrast_root):
+    return three_contrast_root
 
 
 def test_scarce_follows_tasks_and_the_builtin_data_has_an_unseen_context():
@@ -52,7 +46,7 @@ def test_set_accepts_toml_and_bracketed_bare_words():
 def test_deliberate_stop_exits_0_and_its_hint_continues_the_same_run(data_root, tmp_path):
     r = CliRunner()
     sets = tiny_run_settings(data_root, tmp_path, "train.stop_after=16")
-    res = r.invoke(main, ["run", "joint", "--quiet", "--seed", "3", *_sets(sets)])
+    res = r.invoke(main, ["run", "joint", "--quiet", "--seed", "3", *set_args(sets)])
     assert res.exit_code == 0, res.output
     hint = res.output.strip().splitlines()[-1]
     assert "stopped after 16 slices" in hint and "continue with: mrbench run joint" in hint
@@ -68,14 +62,14 @@ def test_deliberate_stop_exits_0_and_its_hint_continues_the_same_run(data_root, 
 def test_resume_of_another_finished_run_is_refused(data_root, tmp_path):
     r = CliRunner()
     base = tiny_run_settings(data_root, tmp_path, "train.budget=16")
-    assert r.invoke(main, ["run", "stl", "--quiet", *_sets(base)]).exit_code == 0
-    res = r.invoke(main, ["run", "stl", "--quiet", "--resume", *_sets(base + ["train.lr=1e-4"])])
+    assert r.invoke(main, ["run", "stl", "--quiet", *set_args(base)]).exit_code == 0
+    res = r.invoke(main, ["run", "stl", "--quiet", "--resume", *set_args(base + ["train.lr=1e-4"])])
     assert res.exit_code == 2 and "another configuration" in res.output
 
 
 def test_ls_on_a_truncated_metrics_file_is_clean(data_root, tmp_path):
     r = CliRunner()
-    assert r.invoke(main, ["run", "stl", "--quiet", *_sets(tiny_run_settings(data_root, tmp_path, "train.budget=16"))]).exit_code == 0
+    assert r.invoke(main, ["run", "stl", "--quiet", *set_args(tiny_run_settings(data_root, tmp_path, "train.budget=16"))]).exit_code == 0
     metrics = tmp_path / "default" / "stl-varnet-s0-seed0" / "metrics.json"
     metrics.write_text(metrics.read_text()[:40])
     res = r.invoke(main, ["ls", str(tmp_path)])
@@ -90,7 +84,7 @@ def test_data_info_applies_the_checks_run_applies(data_root, tmp_path):
     r = CliRunner()
     res = r.invoke(main, ["data", "info", str(flat)])
     assert res.exit_code == 2 and "would refuse" in res.output and "no train, val, test split" in res.output
-    res = r.invoke(main, ["run", "stl", "--quiet", *_sets(tiny_run_settings(flat, tmp_path))])
+    res = r.invoke(main, ["run", "stl", "--quiet", *set_args(tiny_run_settings(flat, tmp_path))])
     assert res.exit_code == 2 and "no train, val, test split" in res.output
     ok = r.invoke(main, ["data", "info", str(data_root)])
     assert ok.exit_code == 0 and "usable by mrbench run" in ok.output
@@ -99,12 +93,12 @@ def test_data_info_applies_the_checks_run_applies(data_root, tmp_path):
 def test_adapt_steps_print_in_numeric_order_and_a_note_without_unseen(data_root, tmp_path):
     r = CliRunner()
     sets = tiny_run_settings(data_root, tmp_path, "train.budget=16", "eval.adapt_steps=[0,2,10]")
-    res = r.invoke(main, ["run", "joint", "--quiet", *_sets(sets)])
+    res = r.invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
     assert res.exit_code == 0, res.output
     steps = [int(line.split("unseen, ")[1].split()[0]) for line in res.output.splitlines() if "unseen, " in line]
     assert steps == [0, 2, 10]
     no_unseen = tiny_run_settings(data_root, tmp_path / "b", "train.budget=16", "data.unseen=[]")
-    assert r.invoke(main, ["run", "joint", "--quiet", *_sets(no_unseen)]).exit_code == 0
+    assert r.invoke(main, ["run", "joint", "--quiet", *set_args(no_unseen)]).exit_code == 0
     res = r.invoke(main, ["evaluate", str(tmp_path / "b" / "default" / "joint-varnet-s0-seed0"), "--adapt-steps", "0,5"])
     assert res.exit_code == 0 and "no unseen contexts configured" in res.output
 
@@ -127,8 +121,8 @@ def test_bad_checkpoint_message_is_whole_has_a_way_on_and_no_warning(tmp_path):
 def test_bad_data_key_reports_the_real_error_before_exists(data_root, tmp_path):
     r = CliRunner()
     sets = tiny_run_settings(data_root, tmp_path, "train.budget=16")
-    assert r.invoke(main, ["run", "stl", "--quiet", *_sets(sets)]).exit_code == 0
-    res = r.invoke(main, ["run", "stl", "--quiet", *_sets(sets + ["data.split_seed=0", "data.unseen=[{contrast=\"AXPD\"}]"])])
+    assert r.invoke(main, ["run", "stl", "--quiet", *set_args(sets)]).exit_code == 0
+    res = r.invoke(main, ["run", "stl", "--quiet", *set_args(sets + ["data.split_seed=0", "data.unseen=[{contrast=\"AXPD\"}]"])])
     assert res.exit_code == 2 and "'AXPD' is not in" in res.output and "exists" not in res.output
 
 
