@@ -10,9 +10,12 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import StorageError, first_line
 
 
 @contextlib.contextmanager
@@ -30,9 +33,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, _default_mode())  # mkstemp makes 0600; written files get the usual umask mode
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise StorageError(storage_message(path, exc)) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def storage_message(path: Path, exc: BaseException) -> str:
+    """``cannot write PATH: REASON (N MiB free on its file system); ...`` — one line."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free on its file system"
+    except OSError:
+        free = "free space unknown"
+    reason = getattr(exc, "strerror", None) or first_line(exc)
+    return f"cannot write {path}: {reason} ({free}); the previous file is intact — free space and rerun with --resume"
 
 
 @functools.lru_cache(maxsize=1)

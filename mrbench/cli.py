@@ -18,6 +18,10 @@ from .errors import MrbenchError, RunDiverged, RunStopped
 class _UserError(click.ClickException):
     exit_code = 2
 
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
 
 class _Group(click.Group):
     """A click group that turns MrbenchError into a one-line error with exit code 2."""
@@ -25,8 +29,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except MrbenchError as exc:
-            raise _UserError(str(exc)) from None
+        except MrbenchError as exc:  # 2: bad input; 4: a write failed (StorageError)
+            raise _UserError(str(exc), getattr(exc, "exit_code", 2)) from None
 
 
 @click.group(cls=_Group)

@@ -11,6 +11,14 @@ class MrbenchError(Exception):
     """Bad input: the message names the file or option and what is wrong."""
 
 
+class StorageError(MrbenchError):
+    """A write failed (disk full, quota, read-only file system): one line naming the path, the
+    operation and the free space; exit code 4. The file it was writing is untouched (atomic
+    writes), so a run stays resumable from its last good checkpoint once there is room."""
+
+    exit_code = 4
+
+
 def first_line(exc: BaseException, limit: int = 240) -> str:
     """The first line of an exception's message for a one-line error, shortened at a word
     boundary with an ellipsis (never cut mid-word); the exception's type if it has none."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,18 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
     if overwrite and store.exists():
         store.clear_done()
     retries = store.read_json("retries.json") if resume and store.retries_path.exists() else []
+    fresh = not store.path.exists()
+    try:
+        return _train_and_store(cfg, store, data, resume_state, retries, quiet)
+    except MrbenchError:
+        # a start that failed before any checkpoint leaves nothing half-made behind
+        if fresh and not store.checkpoint_path("last").exists() and not store.is_diverged():
+            shutil.rmtree(store.path, ignore_errors=True)
+        raise
+
+
+def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_state, retries: list, quiet: bool) -> RunStore:
+    """Train (resuming from ``resume_state``), evaluate and write the run directory."""
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     device = select_device(cfg.train.device)
     started = now()

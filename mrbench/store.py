@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from . import atomic
-from .errors import MrbenchError, first_line
+from .errors import MrbenchError, StorageError, first_line
 
 
 class RunStore:
@@ -160,10 +161,32 @@ class RunStore:
 
     # checkpoints
     def save_checkpoint(self, name: str, state: dict) -> None:
-        with atomic.atomic_path(self.checkpoint_path(name)) as tmp:
-            torch.save(state, tmp)
+        """Atomically; the replaced ``last.pt`` is kept as ``last.prev.pt``, the fallback when a
+        later ``last.pt`` turns out corrupt. torch.save's own write errors (a full disk shows as
+        "basic_ios::clear: iostream error") become a one-line :class:`StorageError`."""
+        path = self.checkpoint_path(name)
+        with atomic.atomic_path(path) as tmp:
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as exc:
+                raise StorageError(atomic.storage_message(path, exc)) from None
+            if name == "last" and path.exists():
+                os.replace(path, self.checkpoint_path("last.prev"))
 
     def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
+        """The checkpoint; a corrupt ``last.pt`` falls back to ``last.prev.pt`` (one warning line
+        on stderr), anything else corrupt is a one-line error naming the file and the way on."""
+        try:
+            return self._load(name, map_location)
+        except MrbenchError as exc:
+            prev = self.checkpoint_path("last.prev")
+            if name != "last" or not prev.exists():
+                raise
+            state = self._load("last.prev", map_location)
+            sys.stderr.write(f"warning: {first_line(exc)}; resuming from the previous checkpoint {prev}\n")
+            return state
+
+    def _load(self, name: str, map_location) -> dict:
         p = self.checkpoint_path(name)
         if not p.exists():
             raise MrbenchError(f"{p} does not exist")

@@ -91,3 +91,69 @@ def test_a_sweep_goes_on_past_a_diverged_cell(data_root, tmp_path):
     res = CliRunner().invoke(main, ["sweep", str(exp), "--quiet", *sets])
     assert res.exit_code == 0, res.output
     assert "1 done, 0 failed, 1 diverged" in res.output
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(data_root, tmp_path, capsys):
+    """Issue 21: the previous good checkpoint is kept; a truncated last.pt resumes from it
+    with one warning line, to the metrics of an uninterrupted run."""
+    from mrbench.errors import RunStopped
+
+    full = execute(load_config(None, tiny_run_settings(data_root, tmp_path / "a", "train.val_every=8"), method="joint"), quiet=True)
+    cfg = load_config(None, tiny_run_settings(data_root, tmp_path / "b", "train.val_every=8", "train.stop_after=24"), method="joint")
+    with pytest.raises(RunStopped):
+        execute(cfg, quiet=True)
+    store = RunStore(cfg.run_dir)
+    last, prev = store.checkpoint_path("last"), store.checkpoint_path("last.prev")
+    assert prev.exists()
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    cfg.train.stop_after = 0
+    execute(cfg, resume=True, quiet=True)
+    err = capsys.readouterr().err
+    assert "warning:" in err and "previous checkpoint" in err and len([l for l in err.splitlines() if "warning" in l]) == 1
+    assert store.read_json("metrics.json")["contexts"] == full.read_json("metrics.json")["contexts"]
+
+
+def test_disk_full_while_checkpointing_is_one_line_exit_4_and_resumable(data_root, tmp_path, monkeypatch):
+    """Issue 21: torch.save's raw 'iostream error' on a full disk becomes one line naming the
+    file and the free space (exit 4); the last good checkpoint is intact and resumes."""
+    import torch
+
+    import mrbench.store as store_mod
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def full_disk_on_third(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 6208 vs 6094: basic_ios::clear: iostream error")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(store_mod.torch, "save", full_disk_on_third)
+    sets = tiny_run_settings(data_root, tmp_path, "train.val_every=8")
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
+    assert res.exit_code == 4, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "cannot write" in line and "MiB free" in line and "--resume" in line
+    run_dir = tmp_path / "default" / "joint-varnet-s0-seed0"
+    assert not list(run_dir.rglob(".*.tmp"))  # no partial file
+    monkeypatch.setattr(store_mod.torch, "save", real_save)
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", "--resume", *set_args(sets)])
+    assert res.exit_code == 0 and RunStore(run_dir).is_done()
+
+
+def test_bad_input_found_late_leaves_no_half_made_run_directory(data_root, tmp_path, monkeypatch):
+    """Issue 21: an error after the run directory was started but before any checkpoint
+    removes what the run made, so the next run on repaired data starts clean."""
+    import mrbench.runner as runner
+    from mrbench.errors import MrbenchError
+
+    def nan_found(*a, **k):
+        raise MrbenchError("train/tiny_AXT1_000.h5: kspace holds NaN")
+
+    monkeypatch.setattr(runner.Trainer, "fit", nan_found)
+    cfg = load_config(None, tiny_run_settings(data_root, tmp_path), method="joint")
+    with pytest.raises(MrbenchError, match="NaN"):
+        execute(cfg, quiet=True)
+    assert not cfg.run_dir.exists()
+    monkeypatch.undo()
+    assert execute(cfg, quiet=True).is_done()  # the repaired start needs no --overwrite

@@ -133,11 +133,13 @@ def test_cli_run_evaluate_ls_and_errors(data_root, tmp_path):
     # existing run without --resume/--overwrite
     res = r.invoke(main, args)
     assert res.exit_code == 2 and "--resume" in res.output
-    # corrupt checkpoint on --resume
+    # corrupt checkpoints on --resume: last.pt and the previous one it falls back to
     (run_dir / "DONE").unlink()
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    (run_dir / "checkpoints" / "last.prev.pt").write_bytes(b"not one either")
     res = r.invoke(main, args + ["--resume"])
     assert res.exit_code == 2 and "corrupt" in res.output and len(res.output.strip().splitlines()) == 1
+    assert "--overwrite" in res.output
 
 
 @pytest.mark.parametrize(
