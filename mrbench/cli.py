@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import MrbenchError, RunDiverged, RunStopped
+from .errors import MrbenchError, RunDiverged, RunInterrupted, RunStopped
 
 
 class _UserError(click.ClickException):
@@ -173,6 +173,9 @@ def run_cmd(method, config_file, overrides, scarcity, seed, threads, device, res
     except RunDiverged as div:
         click.echo(f"Diverged: {div}", err=True)
         raise click.exceptions.Exit(RunDiverged.exit_code) from None
+    except RunInterrupted as sig:
+        click.echo(f"Interrupted: {sig}; continue with: {_resume_command(method, config_file, extra, scarcity, quiet)}", err=True)
+        raise click.exceptions.Exit(sig.exit_code) from None
     except RunStopped as stop:
         again = _resume_command(method, config_file, extra, scarcity, quiet)
         click.echo(f"{stop}; continue with: {again}")

@@ -37,6 +37,14 @@ class Preempted(Exception):
     """Raised when ``train.stop_after`` is reached (a simulated pre-emption); resume continues."""
 
 
+class Interrupted(Exception):
+    """SIGTERM / SIGINT arrived: the engine checkpointed at the step boundary and stopped."""
+
+    def __init__(self, signum: int, slices: int):
+        super().__init__(signum, slices)
+        self.signum, self.slices = signum, slices
+
+
 class Diverged(Exception):
     """Training diverged: a non-finite loss or gradient norm, or (``train.divergence_factor``
     > 0) a loss that many times its running median. Carries where and why."""
@@ -129,6 +137,7 @@ class Trainer:
         self.progress = progress or (lambda n, info: None)
         self.total_used = 0  # slices over all phases
         self.history: list[dict] = []
+        self.stop_signal: int | None = None  # set by a signal handler: checkpoint and stop at the next step
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume_state: dict | None = None) -> None:
@@ -180,6 +189,9 @@ class Trainer:
             self.method.models[m].train()
         recent: list[float] = []  # finite losses of the last 50 steps (divergence_factor)
         while used < phase.budget:
+            if self.stop_signal is not None:  # SIGTERM/SIGINT: a checkpoint at this step boundary, then stop
+                self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sampler)
+                raise Interrupted(self.stop_signal, self.total_used)
             opt.zero_grad(set_to_none=True)
             if phase.custom_step is not None:
                 result = phase.custom_step(self._batch_source(sampler, opt.param_groups[0]["lr"]))

@@ -43,6 +43,19 @@ class RunDiverged(Exception):
         self.run_dir = run_dir
 
 
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary after writing a checkpoint; the
+    run resumes exactly with ``--resume`` (Slurm's requeue, Ctrl-C). Exit code 128 + signal
+    (143 for SIGTERM, 130 for SIGINT), as a shell reports a process killed by it."""
+
+    def __init__(self, signum: int, slices: int, run_dir):
+        import signal as _signal
+
+        name = _signal.Signals(signum).name
+        super().__init__(f"{name} after {slices} slices: checkpointed at the step boundary in {run_dir}")
+        self.exit_code = 128 + signum
+
+
 class RunStopped(Exception):
     """A deliberate stop (``train.stop_after``): not an error; the run resumes from its last
     checkpoint. The CLI prints how to continue and exits 0."""

@@ -8,9 +8,12 @@ backbones from :data:`mrbench.models.BACKBONES`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
+import signal
+import threading
 import sys
 import time
 from pathlib import Path
@@ -20,8 +23,8 @@ import torch
 from .config import Config, config_from_dict
 from .data.assemble import ExperimentData, assemble
 from .data.dataset import SliceDataset, VolumeStore
-from .engine import Diverged, Preempted, Trainer
-from .errors import MrbenchError, RunDiverged, RunStopped
+from .engine import Diverged, Interrupted, Preempted, Trainer
+from .errors import MrbenchError, RunDiverged, RunInterrupted, RunStopped
 from .evaluation.adaptation import adapted_volumes, select_adaptation, support_batch
 from .evaluation.evaluate import predict_volumes, score_volumes
 from .methods import METHODS, Method
@@ -114,7 +117,8 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
         try:
             trainer = Trainer(method, train, val, run_cfg, store, device, writer, update)
             if method.learned:
-                trainer.fit(resume_state)
+                with _stop_on_signals(trainer):
+                    trainer.fit(resume_state)
             train_seconds = time.perf_counter() - t0
             previews: list[dict] = []
             metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
@@ -122,6 +126,9 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
         except Preempted as stop:
             writer.close()
             raise RunStopped(stop.args[0], store.path) from None
+        except Interrupted as sig:
+            writer.close()
+            raise RunInterrupted(sig.signum, sig.slices, store.path) from None
         except Diverged as div:
             retries.append(div.info)
             if cfg.train.on_divergence == "retry-lower-lr" and len(retries) <= MAX_RETRIES:
@@ -156,6 +163,30 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
     writer.close()
     store.mark_done()
     return store
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer):
+    """While training: SIGTERM and SIGINT ask the trainer to checkpoint at the next step
+    boundary and stop (a second signal kills as usual). Only the main thread can install
+    handlers; elsewhere (a library caller's worker thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        trainer.stop_signal = signum
+        for s, h in previous.items():  # a second signal acts at once
+            signal.signal(s, h)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        previous[s] = signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 #: train.on_divergence = "retry-lower-lr": restarts at lr/10, lr/100 before the run is stored as diverged

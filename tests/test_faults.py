@@ -157,3 +157,35 @@ def test_bad_input_found_late_leaves_no_half_made_run_directory(data_root, tmp_p
     assert not cfg.run_dir.exists()
     monkeypatch.undo()
     assert execute(cfg, quiet=True).is_done()  # the repaired start needs no --overwrite
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_exits_143_and_resumes_exactly(data_root, tmp_path, monkeypatch):
+    """Issue 21: SIGTERM (Slurm pre-emption) mid-interval checkpoints at the next step and
+    exits 143 with the resume command; the resumed run ends with the uninterrupted metrics."""
+    import os
+    import signal
+
+    import mrbench.engine as engine
+
+    before = signal.getsignal(signal.SIGTERM)
+    sets = tiny_run_settings(data_root, tmp_path / "b", "train.val_every=16")
+    full = execute(load_config(None, tiny_run_settings(data_root, tmp_path / "a", "train.val_every=16"), method="joint"), quiet=True)
+    real_log, calls = engine.Trainer._log_step, {"n": 0}
+
+    def term_on_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_log(self, *a, **k)
+
+    monkeypatch.setattr(engine.Trainer, "_log_step", term_on_third)
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
+    assert res.exit_code == 143, res.output
+    assert "SIGTERM after 12 slices" in res.output and "--resume" in res.output and "Traceback" not in res.output
+    run_dir = tmp_path / "b" / "default" / "joint-varnet-s0-seed0"
+    assert RunStore(run_dir).load_checkpoint("last")["used"] == 12  # not the last periodic checkpoint (0)
+    monkeypatch.setattr(engine.Trainer, "_log_step", real_log)
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", "--resume", *set_args(sets)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run_dir / "metrics.json").read_text())["contexts"] == full.read_json("metrics.json")["contexts"]
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is only there while training
