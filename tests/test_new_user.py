@@ -16,7 +16,7 @@ from mrbench.config import load_config
 from mrbench.errors import MrbenchError
 from mrbench.store import RunStore
 
-from conftest import set_args, tiny_run_settings
+from conftest import set_args, tiny_run_settings, write_tiny_root
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,21 @@ def test_sweep_entry_error_names_the_entry(tmp_path):
 
     with pytest.raises(MrbenchError, match=r"sweep.methods\[0\] \(mtl-bad\)"):
         load_experiment(exp)
+
+
+def test_mixed_sizes_are_refused_cleanly_by_data_info_and_run(tmp_path):
+    """Issue 14 (interim): a 64×64 / 72×72 mix crashed training with a raw torch.stack
+    traceback after the run directory existed, while data info passed it. Both now say so,
+    in one line, before anything is written."""
+    root = tmp_path / "mixed"
+    write_tiny_root(root, size=32)
+    write_tiny_root(root / "extra", size=40, seed=1)
+    for split in ("train", "val", "test"):
+        for f in (root / "extra" / split).glob("*.h5"):
+            f.rename(root / split / f.name.replace("tiny_", "big_"))
+    r = CliRunner()
+    res = r.invoke(main, ["data", "info", str(root)])
+    assert res.exit_code == 2 and "2 sizes" in res.output
+    res = r.invoke(main, ["run", "stl", "--quiet", *set_args(tiny_run_settings(root, tmp_path / "runs"))])
+    assert res.exit_code == 2 and "sizes" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import MrbenchError
 from .contexts import Context, context_grid
 from .dataset import TaskData
-from .index import VolumeIndex, scan
+from .index import MIXED_SIZES, VolumeIndex, scan, shape_kinds
 from .scarcity import scarcity_subset, slice_list, slice_list_hash
 
 
@@ -96,6 +96,11 @@ def assemble(data_cfg, scarcity: int, support: int = 2, unit: str = "volumes") -
         pool = index.select("train", ctx.contrast)
         unseen_support.append(TaskData(ctx.name, ctx, tuple(pool)))
         support_slices[ctx.name] = choose_support(pool, support, data_cfg.split_seed, ctx.name, unit)
+    used = [v for group in (train, val, test, unseen_test, unseen_support) for t in group for v in t.volumes]
+    kinds = shape_kinds(used)
+    if len(kinds) > 1:  # batches stack slices of several volumes and tasks: one size per experiment
+        listing = "; ".join(f"{k}: {n} volumes" for k, n in sorted(kinds.items()))
+        raise MrbenchError(f"{data_cfg.root}: the selected volumes have {len(kinds)} sizes ({listing}); {MIXED_SIZES}")
     return ExperimentData(index, train, val, test, unseen_test, unseen_support, support_slices, scarce, seen_support)
 
 

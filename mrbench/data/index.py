@@ -63,6 +63,9 @@ class VolumeIndex:
             absent = [s for s in SPLITS if c not in self.contrasts(s)]
             if absent:
                 problems.append(f"{self.root}: contrast {c} has no volume in {', '.join(absent)} (it cannot be a task)")
+        sizes = shape_kinds([v for vols in self.volumes.values() for v in vols])
+        if len(sizes) > 1:
+            problems.append(f"{self.root}: volumes of {len(sizes)} sizes ({', '.join(sorted(sizes))}); {MIXED_SIZES}")
         return problems
 
     def require_splits(self) -> None:
@@ -96,6 +99,20 @@ class VolumeIndex:
                     }
                 )
         return rows
+
+
+#: why mixed sizes are refused (until batches are grouped by shape: the scale issue)
+MIXED_SIZES = "mrbench run trains and evaluates one k-space/target size per experiment; select or resample volumes of one size"
+
+
+def shape_kinds(volumes) -> dict[str, int]:
+    """``"HxW k-space → hxw target (C coils)"`` → number of volumes of that kind."""
+    out: dict[str, int] = {}
+    for v in volumes:
+        t = f"{v.target_shape[0]}x{v.target_shape[1]}" if v.target_shape else "no target"
+        key = f"{v.kspace_shape[0]}x{v.kspace_shape[1]} k-space → {t}, {v.num_coils} coil(s)"
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def _fmt_set(items) -> str:
