@@ -411,7 +411,12 @@ def adaptation_gains(runs: Sequence[Run], metric: str = "psnr") -> pd.DataFrame:
     verdicts' 95 % hierarchical interval — ``helps`` / ``hurts`` when it excludes 0, else
     ``within noise`` — and the rule × steps each seed chose on seen validation.
 
-    Columns: label, context, scarcity, choices, gain, lo, hi, seeds, volumes, verdict."""
+    ``gain_max`` (with ``lo_max``, ``hi_max``) is the same difference at the largest step
+    count evaluated: what more adaptation would have done on the test set — a diagnostic
+    that was not used for choosing.
+
+    Columns: label, context, scarcity, choices, gain, lo, hi, seeds, volumes, verdict,
+    max_steps, gain_max, lo_max, hi_max."""
     df = records(runs)
     unseen = df[~df["seen"] & df["chosen_steps"].notna()]
     chosen_by = {}
@@ -432,10 +437,16 @@ def adaptation_gains(runs: Sequence[Run], metric: str = "psnr") -> pd.DataFrame:
             continue
         lo, hi = hierarchical_bootstrap(d)
         verdict = "helps" if sign * lo > 0 and sign * hi > 0 else "hurts" if sign * lo < 0 and sign * hi < 0 else "within noise"
+        k = int(g["steps"].max())
+        last = _seed_volume_matrix(g[g["steps"] == k], metric)
+        dm = (last.loc[seeds, vols] - zero.loc[seeds, vols]).to_numpy()
+        lo_m, hi_m = hierarchical_bootstrap(dm)
         rows.append({"label": label, "context": context, "scarcity": int(level),
                      "choices": ", ".join(sorted(chosen_by[(label, level)])), "gain": float(d.mean()),
-                     "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "verdict": verdict})
-    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "choices", "gain", "lo", "hi", "seeds", "volumes", "verdict"])
+                     "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "verdict": verdict,
+                     "max_steps": k, "gain_max": float(dm.mean()), "lo_max": lo_m, "hi_max": hi_m})
+    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "choices", "gain", "lo", "hi", "seeds", "volumes",
+                                       "verdict", "max_steps", "gain_max", "lo_max", "hi_max"])
 
 
 #: a cell is *not converged* when doubling the budget moved its mean PSNR by more than this
