@@ -189,3 +189,38 @@ def test_sigterm_checkpoints_at_the_step_boundary_exits_143_and_resumes_exactly(
     assert res.exit_code == 0, res.output
     assert json.loads((run_dir / "metrics.json").read_text())["contexts"] == full.read_json("metrics.json")["contexts"]
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is only there while training
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_killed_run_process_resumes_to_the_uninterrupted_metrics(sig, data_root, tmp_path):
+    """Issue 21: a real `mrbench run` process killed once its first checkpoint exists —
+    SIGTERM (Slurm) exits 143 after a step-boundary checkpoint, kill -9 leaves the periodic
+    one — then `--resume` ends with the metrics of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = tiny_run_settings(data_root, tmp_path / "k", "train.budget=96", "train.val_every=8")
+    ref = execute(load_config(None, tiny_run_settings(data_root, tmp_path / "r", "train.budget=96", "train.val_every=8"),
+                              method="joint"), quiet=True)
+    cmd = [sys.executable, "-m", "mrbench", "run", "joint", "--quiet", *set_args(sets)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "k" / "default" / "joint-varnet-s0-seed0" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, getattr(signal, sig))
+    out, _ = proc.communicate(timeout=120)
+    assert not (last.parent.parent / "DONE").exists()  # killed mid-run (evaluation alone outlasts the poll)
+    if sig == "SIGTERM" and proc.returncode != -15:  # -15: it arrived during evaluation, outside training
+        assert proc.returncode == 143 and "SIGTERM" in out and "--resume" in out, out
+    else:
+        assert proc.returncode == -9
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    store = RunStore(tmp_path / "k" / "default" / "joint-varnet-s0-seed0")
+    assert store.read_json("metrics.json")["contexts"] == ref.read_json("metrics.json")["contexts"]
