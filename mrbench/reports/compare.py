@@ -15,8 +15,10 @@ Panels, top to bottom:
 4. reconstruction viewer: target, zero-filled, each method and |error| maps;
 5. cost per method: wall seconds and parameters.
 
-Unseen contexts are compared at the largest adaptation step count they were
-evaluated with; seen contexts are never adapted (steps = 0).
+Unseen contexts are compared at each run's adaptation step count chosen on seen
+validation (as ``mrbench table`` does; runs without a choice at the largest step count
+evaluated); seen contexts are never adapted (steps = 0). The steps panel shows every
+step count.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class ReportData:
 
     runs: list[Run]
     summary: pd.DataFrame  # results.summarise(records(runs)): one row per label × context × level × steps
-    final: pd.DataFrame  # the summary rows at each context's largest step count
+    final: pd.DataFrame  # the compared rows: seen contexts, unseen ones at each run's chosen step count (steps = -1)
     costs: pd.DataFrame
     labels: list[str]  # zero-filled first, then the method registry's order
     methods: dict[str, str]  # label → method
@@ -92,6 +94,7 @@ class ReportData:
         return self.seen + self.unseen
 
     def final_steps(self, context: str) -> int:
+        """The step count an unseen context is compared at (-1: each run's chosen one)."""
         return int(self.final.loc[self.final["context"] == context, "steps"].iloc[0])
 
 
@@ -121,7 +124,7 @@ def prepare(
     summary = summary.astype({"seen": bool})
     seen = set(summary.loc[summary["seen"], "context"])
     contexts = _in_run_order(runs)  # summarise sorts contexts by name; keep the config's task order
-    final = summary[summary["steps"] == summary.groupby("context")["steps"].transform("max")]
+    final = _compared(results.records(runs))
     legends = labels + (_baseline_legends(baselines) if baselines is not None else [])
     return ReportData(
         runs=list(runs),
@@ -138,6 +141,17 @@ def prepare(
         colours=_colours(legends),
         baselines=baselines,
     )
+
+
+def _compared(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary the curves and the heat map compare: seen contexts, and unseen ones at each
+    run's chosen step count (steps = -1), or at the largest step count for runs without one."""
+    chosen = ~df["seen"] & df["chosen_steps"].notna()
+    keep = df["seen"] | (chosen & (df["steps"] == df["chosen_steps"])) | (
+        ~df["seen"] & ~chosen & (df["steps"] == df.groupby("context")["steps"].transform("max")))
+    df = df[keep].copy()
+    df.loc[chosen[keep], "steps"] = -1
+    return results.summarise(df).astype({"seen": bool}).reset_index(drop=True)
 
 
 def _in_run_order(runs: Sequence[Run]) -> list[str]:
@@ -264,8 +278,8 @@ def scarcity_panel(data: ReportData) -> LayoutDOM:
     """How each method degrades as the scarce contrast loses training data, per context."""
     blocks = [_heading(
         "Metric vs scarcity level per context",
-        "One line per label: mean ± std over test volumes (and seeds). Unseen contexts after their "
-        "largest adaptation step count. Click a legend entry to hide its line."
+        "One line per label: mean ± std over test volumes (and seeds). Unseen contexts after each run's "
+        "adaptation step count chosen on seen validation. Click a legend entry to hide its line."
         + (" Dashed lines: baselines." if data.baselines is not None else ""),
     )]
     for metric in _curve_metrics(data.metric):
@@ -282,7 +296,7 @@ def _curve_metrics(metric: str) -> list[str]:
 def _scarcity_figure(data: ReportData, context: str, metric: str) -> figure:
     cells = data.final[data.final["context"] == context]
     steps = data.final_steps(context)
-    kind = "seen" if context in data.seen else f"unseen, {steps} steps"
+    kind = "seen" if context in data.seen else ("unseen, chosen steps" if steps < 0 else f"unseen, {steps} steps")
     fig = figure(name=f"scarcity:{metric}:{context}", title=f"{context} ({kind})", width=430, height=300,
                  tools=_CURVE_TOOLS, x_axis_label="scarcity level", y_axis_label=_UNITS[metric])
     fig.xaxis.ticker = sorted(int(v) for v in cells["scarcity"].unique())
@@ -334,6 +348,7 @@ def _series_source(cells: pd.DataFrame, metric: str, x) -> ColumnDataSource:
         "context": cells["context"].astype(str).to_list(),
         "level": cells["scarcity"].astype(int).to_list(),
         "steps": cells["steps"].astype(int).to_list(),
+        "steps_shown": ["chosen" if int(k) < 0 else str(int(k)) for k in cells["steps"]],
         "train_slices": cells["train_slices"].astype(int).to_list() if "train_slices" in cells else [0] * len(cells),
         "n": cells["n"].astype(int).to_list() if "n" in cells else [0] * len(cells),
         "runs": cells["runs"].astype(str).to_list(),
@@ -353,7 +368,7 @@ def _finish(fig: figure, markers: list, metric: str) -> None:
         ("method", "@label"),
         ("context", "@context"),
         ("level", "s@level"),
-        ("steps", "@steps"),
+        ("steps", "@steps_shown"),
         ("training slices", "@train_slices"),
         (metric, f"@mean{{{_hover_format(metric)}}} ± @std{{{_hover_format(metric)}}}"),
         ("n", "@n"),
@@ -399,7 +414,7 @@ def heatmap_panel(data: ReportData) -> LayoutDOM:
         text = [_fmt(v, m, sign="+") for v in cells["value"]]
         title = f"gain in {unit} over {data.reference}"
         note = (f"Cell = a label's mean {unit} minus the reference <b>{html.escape(data.reference)}</b>'s, "
-                f"same context and scarcity level; unseen contexts after their largest adaptation step count. "
+                f"same context and scarcity level; unseen contexts after each run's chosen adaptation step count. "
                 f"Blue = better than the reference, red = worse (colour scale centred on 0).")
     else:
         palette = Viridis256 if better_high else tuple(reversed(Viridis256))  # bright = better
@@ -415,6 +430,7 @@ def heatmap_panel(data: ReportData) -> LayoutDOM:
         "kind": [kind[c] for c in cells["context"]],
         "level": cells["scarcity"].astype(int).to_list(),
         "steps": cells["steps"].astype(int).to_list(),
+        "steps_shown": ["chosen" if int(k) < 0 else str(int(k)) for k in cells["steps"]],
         "mean": cells["mean"].to_numpy(),
         "reference": cells["reference"].to_numpy(),
         "value": cells["value"].to_numpy(),
@@ -433,7 +449,7 @@ def heatmap_panel(data: ReportData) -> LayoutDOM:
         ("method", "@label"),
         ("context", "@context (@kind)"),
         ("level", "s@level"),
-        ("steps", "@steps"),
+        ("steps", "@steps_shown"),
         (m, f"@mean{{{_hover_format(m)}}}"),
         ("reference", f"@reference{{{_hover_format(m)}}}"),
         ("cell", f"@value{{{_hover_format(m)}}}"),
