@@ -48,6 +48,19 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _whole_numbers(option: str, value: str | None) -> list[int] | None:
+    """A comma-separated list of whole numbers ≥ 0 (None stays None); else a one-line error."""
+    if value is None:
+        return None
+    try:
+        numbers = [int(s) for s in _csv(value)]
+    except ValueError:
+        raise MrbenchError(f"{option}: expected comma-separated whole numbers, got {value!r}") from None
+    if any(n < 0 for n in numbers):
+        raise MrbenchError(f"{option}: must be ≥ 0, got {value!r}")
+    return numbers
+
+
 def _parse_contrast_arg(text: str):
     """``AXT1`` or ``NAME:kind:tr=..:te=..[:ti=..][:flip=..]`` (a new contrast)."""
     parts = text.split(":")
@@ -227,14 +240,7 @@ def evaluate_cmd(run_dir, contexts, adapt_steps):
 
     if not Path(run_dir).is_dir():
         raise MrbenchError(f"run directory {run_dir} does not exist")
-    steps = None
-    if adapt_steps is not None:
-        try:
-            steps = [int(s) for s in _csv(adapt_steps)]
-        except ValueError:
-            raise MrbenchError(f"--adapt-steps: expected comma-separated whole numbers, got {adapt_steps!r}") from None
-        if any(s < 0 for s in steps):
-            raise MrbenchError(f"--adapt-steps: must be ≥ 0, got {adapt_steps!r}")
+    steps = _whole_numbers("--adapt-steps", adapt_steps)
     metrics = evaluate_run_dir(run_dir, contexts, steps)
     _print_metrics(metrics, run_dir)
     if steps is not None and not any(not c["seen"] for c in metrics["contexts"].values()):
@@ -416,13 +422,8 @@ def demo_cmd(jobs, out, data_root, overrides, seeds, quiet):
     if jobs < 0:
         raise MrbenchError(f"--jobs must be ≥ 0, got {jobs}")
     report = (lambda line: None) if quiet else _echo_err
-    seed_list = None
-    if seeds is not None:
-        try:
-            seed_list = [int(s) for s in _csv(seeds)]
-        except ValueError:
-            raise MrbenchError(f"--seeds: expected comma-separated whole numbers, got {seeds!r}") from None
-    outcome = run_demo(out=out, data_root=data_root, jobs=jobs, overrides=overrides, report=report, seeds=seed_list)
+    outcome = run_demo(out=out, data_root=data_root, jobs=jobs, overrides=overrides, report=report,
+                       seeds=_whole_numbers("--seeds", seeds))
     click.echo(outcome.table_md, nl=False)
     _print_sweep_summary(outcome.experiment, outcome.sweep)
     click.echo(f"report: {outcome.report}\ntables: {', '.join(str(p) for p in outcome.table_files)}")

@@ -19,9 +19,10 @@ interrupted and resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import json
+from collections import deque
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class Diverged(Exception):
         self.info = {"reason": reason, "phase": phase, "slices": slices, "loss": loss, "lr": lr}
 
 
-def check_divergence(loss: float, grad_norm: float, history: list[float], factor: float) -> str | None:
+def check_divergence(loss: float, grad_norm: float, history: Sequence[float], factor: float) -> str | None:
     """Why this step counts as diverged, or None. ``history``: recent finite losses."""
     if not math.isfinite(loss):
         return f"non-finite loss {loss}"
@@ -187,7 +188,7 @@ class Trainer:
             phase.on_start()
         for m in phase.modules:
             self.method.models[m].train()
-        recent: list[float] = []  # finite losses of the last 50 steps (divergence_factor)
+        recent: deque[float] = deque(maxlen=50)  # finite losses of the last 50 steps (divergence_factor)
         while used < phase.budget:
             if self.stop_signal is not None:  # SIGTERM/SIGINT: a checkpoint at this step boundary, then stop
                 self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sampler)
@@ -203,7 +204,7 @@ class Trainer:
             why = check_divergence(result.loss, grad_norm, recent, cfg.divergence_factor)
             if why is not None:
                 raise Diverged(why, phase.name, self.total_used, result.loss, opt.param_groups[0]["lr"])
-            recent = (recent + [result.loss])[-50:]
+            recent.append(result.loss)
             opt.step()
             used += result.slices
             self._set_lr(opt, phase, used)

@@ -151,3 +151,12 @@ def test_mixed_sizes_are_refused_cleanly_by_data_info_and_run(tmp_path):
     res = r.invoke(main, ["run", "stl", "--quiet", *set_args(tiny_run_settings(root, tmp_path / "runs"))])
     assert res.exit_code == 2 and "sizes" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_one_line_errors_are_cut_at_a_word_boundary():
+    from mrbench.errors import first_line
+
+    long = RuntimeError("first line " + "word " * 100 + "\nsecond line")
+    line = first_line(long, limit=60)
+    assert line.endswith(" …") and len(line) <= 62 and line[:-2].split()[-1] == "word"
+    assert first_line(RuntimeError("short\nmore")) == "short" and first_line(KeyError()) == "KeyError"

@@ -66,9 +66,6 @@ class MAML(Method):
         self.adapt_names = adapt_names(self.models["net"], cfg.meta.adapt)  # MrbenchError if empty
         make_inner_rates(self, self.adapt_names)
 
-    def inner_rates(self):
-        return inner_rates(self)
-
     def phases(self) -> list[Phase]:
         return episode_phase(self)
 
@@ -83,7 +80,7 @@ class MAML(Method):
         buffers = dict(net.named_buffers())
 
         def query_loss(support, query):
-            fast = inner_loop(net, params, buffers, support, m.inner_steps, self.inner_rates(), m.order, self.adapt_names)
+            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.adapt_names)
             return reconstruction_loss(net, {**fast, **buffers}, query)
 
         return episode_step(self, source, query_loss)
@@ -102,5 +99,5 @@ class MAML(Method):
         if rule != "inner":
             raise ValueError(f"maml has no adaptation rule {rule!r}")
         net = self.models["net"]
-        for k, tensors in inner_path(net, self.adapt_names, support, step_counts, self.inner_rates()):
+        for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self)):
             yield k, (lambda batch, t=tensors: functional_reconstruct(net, t, batch))

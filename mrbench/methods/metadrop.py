@@ -126,7 +126,6 @@ class AdamInnerStep:
     clipped to ``clip`` (0 = off) like the engine's."""
 
     def __init__(self, params: list, lr: float, clip: float = 0.0):
-        self.params = params
         self.opt = torch.optim.Adam(params, lr=lr)
         self.clip = clip
 

@@ -94,7 +94,7 @@ class ReportData:
         return self.seen + self.unseen
 
     def final_steps(self, context: str) -> int:
-        """The step count an unseen context is compared at (-1: each run's chosen one)."""
+        """The step count an unseen context is compared at (``results.CHOSEN``: each run's own)."""
         return int(self.final.loc[self.final["context"] == context, "steps"].iloc[0])
 
 
@@ -124,7 +124,8 @@ def prepare(
     summary = summary.astype({"seen": bool})
     seen = set(summary.loc[summary["seen"], "context"])
     contexts = _in_run_order(runs)  # summarise sorts contexts by name; keep the config's task order
-    final = _compared(results.records(runs))
+    # the curves and the heat map compare what the tables do (results.at_compared_steps)
+    final = results.summarise(results.at_compared_steps(results.records(runs))).astype({"seen": bool})
     legends = labels + (_baseline_legends(baselines) if baselines is not None else [])
     return ReportData(
         runs=list(runs),
@@ -143,15 +144,9 @@ def prepare(
     )
 
 
-def _compared(df: pd.DataFrame) -> pd.DataFrame:
-    """The summary the curves and the heat map compare: seen contexts, and unseen ones at each
-    run's chosen step count (steps = -1), or at the largest step count for runs without one."""
-    chosen = ~df["seen"] & df["chosen_steps"].notna()
-    keep = df["seen"] | (chosen & (df["steps"] == df["chosen_steps"])) | (
-        ~df["seen"] & ~chosen & (df["steps"] == df.groupby("context")["steps"].transform("max")))
-    df = df[keep].copy()
-    df.loc[chosen[keep], "steps"] = -1
-    return results.summarise(df).astype({"seen": bool}).reset_index(drop=True)
+def _steps_shown(steps: pd.Series) -> list[str]:
+    """Hover text of a step count: ``chosen`` for :data:`results.CHOSEN`."""
+    return ["chosen" if int(k) == results.CHOSEN else str(int(k)) for k in steps]
 
 
 def _in_run_order(runs: Sequence[Run]) -> list[str]:
@@ -296,7 +291,7 @@ def _curve_metrics(metric: str) -> list[str]:
 def _scarcity_figure(data: ReportData, context: str, metric: str) -> figure:
     cells = data.final[data.final["context"] == context]
     steps = data.final_steps(context)
-    kind = "seen" if context in data.seen else ("unseen, chosen steps" if steps < 0 else f"unseen, {steps} steps")
+    kind = "seen" if context in data.seen else ("unseen, chosen steps" if steps == results.CHOSEN else f"unseen, {steps} steps")
     fig = figure(name=f"scarcity:{metric}:{context}", title=f"{context} ({kind})", width=430, height=300,
                  tools=_CURVE_TOOLS, x_axis_label="scarcity level", y_axis_label=_UNITS[metric])
     fig.xaxis.ticker = sorted(int(v) for v in cells["scarcity"].unique())
@@ -348,7 +343,7 @@ def _series_source(cells: pd.DataFrame, metric: str, x) -> ColumnDataSource:
         "context": cells["context"].astype(str).to_list(),
         "level": cells["scarcity"].astype(int).to_list(),
         "steps": cells["steps"].astype(int).to_list(),
-        "steps_shown": ["chosen" if int(k) < 0 else str(int(k)) for k in cells["steps"]],
+        "steps_shown": _steps_shown(cells["steps"]),
         "train_slices": cells["train_slices"].astype(int).to_list() if "train_slices" in cells else [0] * len(cells),
         "n": cells["n"].astype(int).to_list() if "n" in cells else [0] * len(cells),
         "runs": cells["runs"].astype(str).to_list(),
@@ -430,7 +425,7 @@ def heatmap_panel(data: ReportData) -> LayoutDOM:
         "kind": [kind[c] for c in cells["context"]],
         "level": cells["scarcity"].astype(int).to_list(),
         "steps": cells["steps"].astype(int).to_list(),
-        "steps_shown": ["chosen" if int(k) < 0 else str(int(k)) for k in cells["steps"]],
+        "steps_shown": _steps_shown(cells["steps"]),
         "mean": cells["mean"].to_numpy(),
         "reference": cells["reference"].to_numpy(),
         "value": cells["value"].to_numpy(),

@@ -131,13 +131,7 @@ def load_runs(paths: Iterable[str | os.PathLike], *, finished_only: bool = True)
 
 def diverged_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:
     """The runs below ``paths`` stored as *diverged*: reports name them, never average them."""
-    out = []
-    for d in find_run_dirs(paths):
-        store = RunStore(d)
-        if store.is_diverged():
-            out.append(Run(path=d, config=_read_json(d / "config.json") or {}, metrics=_read_json(d / "metrics.json"),
-                           store=store))
-    return out
+    return [run for run in load_runs(paths, finished_only=False) if run.store.is_diverged()]
 
 
 # ---------------------------------------------------------------------- flat records
@@ -366,50 +360,62 @@ def hierarchical_bootstrap(matrix: np.ndarray, n_resamples: int = 2000, seed: in
     return float(lo), float(hi)
 
 
+def paired_difference(x: pd.DataFrame, y: pd.DataFrame) -> dict | None:
+    """``x − y`` for two seeds × volumes matrices of one metric, paired by seed (by the seed
+    means per volume when no seed is shared) and by volume: the mean, its 95 % hierarchical
+    bootstrap interval (:func:`hierarchical_bootstrap`) and how many seeds and volumes stand
+    behind it; None when no volume is shared."""
+    seeds = x.index.intersection(y.index)
+    if len(seeds) == 0:
+        x, y = x.mean().to_frame().T, y.mean().to_frame().T
+        x.index = y.index = seeds = pd.Index([0])
+    vols = x.columns.intersection(y.columns)
+    d = (x.loc[seeds, vols] - y.loc[seeds, vols]).to_numpy()
+    if d.size == 0:
+        return None
+    lo, hi = hierarchical_bootstrap(d)
+    return {"delta": float(d.mean()), "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols)}
+
+
+def interval_verdict(lo: float, hi: float, metric: str, words=("better", "worse", "tie")) -> str:
+    """``better`` / ``worse`` when the interval excludes 0 in the metric's good / bad
+    direction, else ``tie`` — a difference within the seed and volume noise."""
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    if sign * lo > 0 and sign * hi > 0:
+        return words[0]
+    if sign * lo < 0 and sign * hi < 0:
+        return words[1]
+    return words[2]
+
+
 def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     """Every label against ``reference`` per (context, scarcity, steps): the paired difference
-    of ``metric`` (label − reference) averaged over seeds × volumes, its 95 % hierarchical
-    bootstrap interval (:func:`hierarchical_bootstrap`; runs paired by seed, volumes by
-    name), and the verdict — ``better`` / ``worse`` when the interval excludes 0 in the
-    metric's good / bad direction, else ``tie`` (within noise). A difference smaller than
+    of ``metric`` (label − reference) averaged over seeds × volumes, its 95 % interval and the
+    verdict (:func:`paired_difference`, :func:`interval_verdict`). A difference smaller than
     the seed-to-seed and volume-to-volume spread is a tie, however the means order.
 
     Columns: label, context, scarcity, steps, delta, lo, hi, seeds, volumes, verdict."""
     rows = []
     cells = df.groupby(["label", "context", "scarcity", "steps"], sort=True)
     ref_cells = {k[1:]: g for k, g in cells if k[0] == reference}
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
     for (label, context, scarcity, steps), g in cells:
         ref = ref_cells.get((context, scarcity, steps))
         if label == reference or ref is None:
             continue
-        x, y = _seed_volume_matrix(g, metric), _seed_volume_matrix(ref, metric)
-        seeds = x.index.intersection(y.index)
-        if len(seeds) == 0:  # no common seed: pair the seed means by volume
-            x, y, seeds = x.mean().to_frame().T, y.mean().to_frame().T, pd.Index([0])
-            x.index = y.index = seeds
-        vols = x.columns.intersection(y.columns)
-        d = (x.loc[seeds, vols] - y.loc[seeds, vols]).to_numpy()
-        if d.size == 0:
+        diff = paired_difference(_seed_volume_matrix(g, metric), _seed_volume_matrix(ref, metric))
+        if diff is None:
             continue
-        lo, hi = hierarchical_bootstrap(d)
-        delta = float(d.mean())
-        if sign * lo > 0 and sign * hi > 0:
-            verdict = "better"
-        elif sign * lo < 0 and sign * hi < 0:
-            verdict = "worse"
-        else:
-            verdict = "tie"
-        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "delta": delta,
-                     "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "verdict": verdict})
+        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, **diff,
+                     "verdict": interval_verdict(diff["lo"], diff["hi"], metric)})
     return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "delta", "lo", "hi", "seeds", "volumes", "verdict"])
 
 
-def adaptation_gains(runs: Sequence[Run], metric: str = "psnr") -> pd.DataFrame:
+def adaptation_gains(runs: Sequence[Run], metric: str = "psnr", df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Whether test-time adaptation helps, per (label, unseen context, level): ``metric``
     after each run's chosen step count minus at 0 steps, paired by seed and volume, with the
-    verdicts' 95 % hierarchical interval — ``helps`` / ``hurts`` when it excludes 0, else
-    ``within noise`` — and the rule × steps each seed chose on seen validation.
+    verdicts' 95 % interval — ``helps`` / ``hurts`` when it excludes 0, else ``within
+    noise`` — and the rule × steps each seed chose on seen validation. ``df``: the runs'
+    :func:`records`, when the caller has them already.
 
     ``gain_max`` (with ``lo_max``, ``hi_max``) is the same difference at the largest step
     count evaluated: what more adaptation would have done on the test set — a diagnostic
@@ -417,7 +423,7 @@ def adaptation_gains(runs: Sequence[Run], metric: str = "psnr") -> pd.DataFrame:
 
     Columns: label, context, scarcity, choices, gain, lo, hi, seeds, volumes, verdict,
     max_steps, gain_max, lo_max, hi_max."""
-    df = records(runs)
+    df = records(runs) if df is None else df
     unseen = df[~df["seen"] & df["chosen_steps"].notna()]
     chosen_by = {}
     for run in runs:
@@ -425,28 +431,38 @@ def adaptation_gains(runs: Sequence[Run], metric: str = "psnr") -> pd.DataFrame:
         if c.get("rule") not in (None, "none"):
             chosen_by.setdefault((run.label, run.scarcity), set()).add(f"{c['rule']}×{c['steps']}")
     rows = []
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
     for (label, context, level), g in unseen.groupby(["label", "context", "scarcity"]):
         if (label, level) not in chosen_by:
             continue  # nothing adapts (zero-filled)
         zero = _seed_volume_matrix(g[g["steps"] == 0], metric)
-        at = _seed_volume_matrix(g[g["steps"] == g["chosen_steps"]], metric)
-        seeds, vols = zero.index.intersection(at.index), zero.columns.intersection(at.columns)
-        d = (at.loc[seeds, vols] - zero.loc[seeds, vols]).to_numpy()
-        if d.size == 0:
-            continue
-        lo, hi = hierarchical_bootstrap(d)
-        verdict = "helps" if sign * lo > 0 and sign * hi > 0 else "hurts" if sign * lo < 0 and sign * hi < 0 else "within noise"
+        gain = paired_difference(_seed_volume_matrix(g[g["steps"] == g["chosen_steps"]], metric), zero)
         k = int(g["steps"].max())
-        last = _seed_volume_matrix(g[g["steps"] == k], metric)
-        dm = (last.loc[seeds, vols] - zero.loc[seeds, vols]).to_numpy()
-        lo_m, hi_m = hierarchical_bootstrap(dm)
+        most = paired_difference(_seed_volume_matrix(g[g["steps"] == k], metric), zero)
+        if gain is None or most is None:
+            continue
         rows.append({"label": label, "context": context, "scarcity": int(level),
-                     "choices": ", ".join(sorted(chosen_by[(label, level)])), "gain": float(d.mean()),
-                     "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "verdict": verdict,
-                     "max_steps": k, "gain_max": float(dm.mean()), "lo_max": lo_m, "hi_max": hi_m})
+                     "choices": ", ".join(sorted(chosen_by[(label, level)])), "gain": gain["delta"],
+                     "lo": gain["lo"], "hi": gain["hi"], "seeds": gain["seeds"], "volumes": gain["volumes"],
+                     "verdict": interval_verdict(gain["lo"], gain["hi"], metric, ("helps", "hurts", "within noise")),
+                     "max_steps": k, "gain_max": most["delta"], "lo_max": most["lo"], "hi_max": most["hi"]})
     return pd.DataFrame(rows, columns=["label", "context", "scarcity", "choices", "gain", "lo", "hi", "seeds", "volumes",
                                        "verdict", "max_steps", "gain_max", "lo_max", "hi_max"])
+
+
+def at_compared_steps(df: pd.DataFrame) -> pd.DataFrame:
+    """The records a table or report compares: seen contexts, and unseen ones at each run's
+    adaptation step count chosen on seen validation (their ``steps`` set to :data:`CHOSEN`),
+    or — runs without a choice — at the context's largest step count."""
+    chosen = ~df["seen"] & df["chosen_steps"].notna()
+    most = df["steps"] == df.groupby("context")["steps"].transform("max")
+    keep = df["seen"] | (chosen & (df["steps"] == df["chosen_steps"])) | (~df["seen"] & ~chosen & most)
+    out = df[keep].copy()
+    out.loc[chosen[keep], "steps"] = CHOSEN
+    return out
+
+
+#: the ``steps`` of an unseen cell read at each run's chosen step count
+CHOSEN = -1
 
 
 #: a cell is *not converged* when doubling the budget moved its mean PSNR by more than this

@@ -56,11 +56,8 @@ class Tables:
     diverged: set = field(default_factory=set)  # (label, scarcity) with a diverged run
 
 
-CHOSEN = -1  # the steps value of an unseen column read at each run's chosen step count
-
-
 def _column_title(context: str, seen: bool, scarcity: int, steps: int) -> str:
-    tag = f"s{scarcity}" if seen else f"s{scarcity}, unseen, " + ("chosen steps" if steps == CHOSEN else f"{steps} steps")
+    tag = f"s{scarcity}" if seen else f"s{scarcity}, unseen, " + ("chosen steps" if steps == R.CHOSEN else f"{steps} steps")
     return f"{context} ({tag})"
 
 
@@ -90,21 +87,16 @@ def build_tables(
         if reference_required:
             raise MrbenchError(f"--reference {reference!r}: no such method among {', '.join(sorted(set(df['label'])))}")
         note = f"no {reference!r} runs: no significance tests or win rates"
-    # unseen contexts: keep one adaptation step count per context — by default each run's own
-    # choice (made on seen validation), shown as one "chosen steps" column; else the largest
-    if steps is None and df.loc[~df["seen"], "chosen_steps"].notna().any():
-        keep = df["seen"] | (df["steps"] == df["chosen_steps"])
-        df = df[keep].copy()
-        df.loc[~df["seen"], "steps"] = CHOSEN
-        keep = df["seen"] | ~df["seen"]
-    elif steps is None:
-        keep = df["seen"] | (df["steps"] == df.groupby("context")["steps"].transform("max"))
+    all_records = df
+    # unseen contexts: by default each run at its step count chosen on seen validation (one
+    # "chosen steps" column; runs without a choice at the largest), or all at --steps
+    if steps is None:
+        df = R.at_compared_steps(df)
     else:
         available = sorted(set(df.loc[~df["seen"], "steps"]))
         if not df["seen"].all() and steps not in available:
             raise MrbenchError(f"--steps {steps}: the unseen contexts were evaluated after {available} steps")
-        keep = df["seen"] | (df["steps"] == steps)
-    df = df[keep]
+        df = df[df["seen"] | (df["steps"] == steps)]
     conv = R.convergence(df)  # budget ladders: read each label at its largest budget, marked if unconverged
     if df["budget"].nunique() > 1:
         df = df[df["budget"] == df.groupby("label")["budget"].transform("max")]
@@ -119,7 +111,7 @@ def build_tables(
     if diverged:
         names = ", ".join(sorted(r.name for r in diverged))
         note = "; ".join(filter(None, [note, f"diverged (stored as such, not averaged in): {names}"]))
-    out = Tables(reference=ref, runs=len(runs), note=note, adaptation=R.adaptation_gains(runs),
+    out = Tables(reference=ref, runs=len(runs), note=note, adaptation=R.adaptation_gains(runs, df=all_records),
                  diverged={(r.label, r.scarcity) for r in diverged})
     for m in metrics:
         cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
