@@ -160,6 +160,7 @@ def data_info(directory, no_check):
 @main.command("run")
 @click.argument("method")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML experiment/run file.")
+@click.option("--profile", help="Merge the config file's [profile.NAME] over it (e.g. cpu).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.budget=500.")
 @click.option("--scarcity", type=int, help="Scarcity level N of the data.scarce tasks.")
 @click.option("--seed", type=int, help="Run seed (train.seed).")
@@ -168,7 +169,7 @@ def data_info(directory, no_check):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from checkpoints/last.pt.")
 @click.option("--overwrite", is_flag=True, help="Redo an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(method, config_file, overrides, scarcity, seed, threads, device, resume, overwrite, quiet):
+def run_cmd(method, config_file, profile, overrides, scarcity, seed, threads, device, resume, overwrite, quiet):
     """Train METHOD, evaluate it and store the run (runs/<experiment>/<run>/)."""
     from .config import load_config
     from .runner import execute
@@ -180,23 +181,23 @@ def run_cmd(method, config_file, overrides, scarcity, seed, threads, device, res
         extra.append(f"train.threads={threads}")
     if device is not None:
         extra.append(f"train.device={device}")
-    cfg = load_config(config_file, extra, method=method, scarcity=scarcity)
+    cfg = load_config(config_file, extra, profile, method=method, scarcity=scarcity)
     try:
         store = execute(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
     except RunDiverged as div:
         click.echo(f"Diverged: {div}", err=True)
         raise click.exceptions.Exit(RunDiverged.exit_code) from None
     except RunInterrupted as sig:
-        click.echo(f"Interrupted: {sig}; continue with: {_resume_command(method, config_file, extra, scarcity, quiet)}", err=True)
+        click.echo(f"Interrupted: {sig}; continue with: {_resume_command(method, config_file, profile, extra, scarcity, quiet)}", err=True)
         raise click.exceptions.Exit(sig.exit_code) from None
     except RunStopped as stop:
-        again = _resume_command(method, config_file, extra, scarcity, quiet)
+        again = _resume_command(method, config_file, profile, extra, scarcity, quiet)
         click.echo(f"{stop}; continue with: {again}")
         return
     _print_metrics(store.read_json("metrics.json"), store.path)
 
 
-def _resume_command(method, config_file, overrides, scarcity, quiet) -> str:
+def _resume_command(method, config_file, profile, overrides, scarcity, quiet) -> str:
     """The ``mrbench run`` command that continues this run: the same method, file, ``--set``
     items and level, with ``--resume`` and without ``train.stop_after`` (which would stop it again)."""
     import shlex
@@ -204,6 +205,8 @@ def _resume_command(method, config_file, overrides, scarcity, quiet) -> str:
     cmd = ["mrbench", "run", method]
     if config_file:
         cmd += ["--config", str(config_file)]
+    if profile:
+        cmd += ["--profile", profile]
     for item in overrides:
         if not item.replace(" ", "").startswith("train.stop_after="):
             cmd += ["--set", item]
@@ -306,9 +309,10 @@ def _echo_err(line: str) -> None:
 @click.option("--threads", default=0, type=int, help="torch threads per run (default: cores / jobs).")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="local: subprocesses here; slurm: write (and submit, if sbatch exists) an array job.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run (e.g. a GPU profile).")
+@click.option("--profile", help="Merge the file's [profile.NAME] over it (e.g. cpu, gpu).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run.")
 @click.option("--quiet", is_flag=True, help="Only the summary.")
-def sweep_cmd(experiment_file, jobs, threads, executor, overrides, quiet):
+def sweep_cmd(experiment_file, jobs, threads, executor, profile, overrides, quiet):
     """Run the grid methods × scarcity levels × seeds of EXPERIMENT_FILE ([sweep] table).
 
     Runs with DONE are skipped and incomplete ones resumed, so re-running a sweep
@@ -319,7 +323,7 @@ def sweep_cmd(experiment_file, jobs, threads, executor, overrides, quiet):
         raise MrbenchError(f"--jobs must be ≥ 1, got {jobs}")
     if threads < 0:
         raise MrbenchError(f"--threads must be ≥ 0, got {threads}")
-    exp = load_experiment(experiment_file, overrides)
+    exp = load_experiment(experiment_file, overrides, profile=profile)
     if executor == "slurm":
         script, commands = write_slurm(exp, jobs, threads or max(1, cores() // jobs))
         submitted = submit_slurm(script)
@@ -413,8 +417,9 @@ def table_cmd(paths, fmt, reference, metrics, steps, out):
               help="Where the demo's synth-brain lives (synthesised if missing).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run (e.g. train.device=cuda).")
 @click.option("--seeds", default=None, help="Comma-separated seeds instead of the demo's 0,1,2 (e.g. 0 for a quick single-seed look).")
+@click.option("--profile", help="The demo file's [profile.NAME] (gpu: CUDA at a GPU budget).")
 @click.option("--quiet", is_flag=True)
-def demo_cmd(jobs, out, data_root, overrides, seeds, quiet):
+def demo_cmd(jobs, out, data_root, overrides, seeds, profile, quiet):
     """The main job: synthesise the built-in data, train every method at scarcity levels
     0–2, write <out>/demo/report.html and print the table."""
     from .demo import run_demo
@@ -423,7 +428,7 @@ def demo_cmd(jobs, out, data_root, overrides, seeds, quiet):
         raise MrbenchError(f"--jobs must be ≥ 0, got {jobs}")
     report = (lambda line: None) if quiet else _echo_err
     outcome = run_demo(out=out, data_root=data_root, jobs=jobs, overrides=overrides, report=report,
-                       seeds=_whole_numbers("--seeds", seeds))
+                       seeds=_whole_numbers("--seeds", seeds), profile=profile)
     click.echo(outcome.table_md, nl=False)
     _print_sweep_summary(outcome.experiment, outcome.sweep)
     click.echo(f"report: {outcome.report}\ntables: {', '.join(str(p) for p in outcome.table_files)}")

@@ -405,9 +405,35 @@ def read_toml(path: Path, what: str = "config file") -> dict:
         raise MrbenchError(f"{what} {path}: invalid TOML ({exc})") from None
 
 
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_experiment(path: Path, profile: str | None = None, what: str = "config file") -> dict:
+    """The file's values with ``[profile.<name>]`` merged over them (docs/design.md §9).
+
+    A profile is a partial copy of the file, e.g. ``[profile.cpu.train] budget = 1500`` or
+    ``[profile.cpu.sweep] seeds = [0, 1, 2]``: it sizes one experiment for a machine while
+    the claim's structure stays in one place. The ``profile`` tables themselves are dropped."""
+    values = read_toml(path, what)
+    profiles = values.pop("profile", {})
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise MrbenchError(f"{what} {path}: [profile.<name>] entries must be tables")
+    if profile is None:
+        return values
+    if profile not in profiles:
+        valid = ", ".join(sorted(profiles)) or "none defined"
+        raise MrbenchError(f"--profile {profile}: {path} has no [profile.{profile}] (valid: {valid})")
+    return _deep_merge(values, profiles[profile])
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: typing.Sequence[str] = (),
+    profile: str | None = None,
     **top: Any,
 ) -> Config:
     """Defaults ← TOML file ← ``--set`` overrides ← keyword arguments (method, scarcity, …).
@@ -417,9 +443,11 @@ def load_config(
     apply to keys left unset."""
     cfg = Config()
     cfg.explicit = explicit = set()
+    if path is None and profile is not None:
+        raise MrbenchError(f"--profile {profile}: needs --config FILE with a [profile.{profile}] table")
     if path is not None:
         p = Path(path)
-        values = read_toml(p)
+        values = read_experiment(p, profile)
         values.pop("sweep", None)  # the sweep grid is read by `mrbench sweep`
         try:
             _apply(cfg, values, "", explicit)

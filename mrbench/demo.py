@@ -56,6 +56,7 @@ def run_demo(
     overrides: Sequence[str] = (),
     report: Callable[[str], None] = lambda line: None,
     seeds: Sequence[int] | None = None,
+    profile: str | None = None,
 ) -> DemoOutcome:
     from .reports import results as R
     from .reports.compare import write_report
@@ -68,7 +69,8 @@ def run_demo(
         report(f"{data_root}: synthesising the built-in brain ({DEMO_SYNTH.subjects} subjects, "
                f"{DEMO_SYNTH.slices} slices of {DEMO_SYNTH.size}²)")
         synthesize(DEMO_SYNTH, data_root, overwrite=Path(data_root).exists())
-    exp = load_experiment(demo_experiment_file(), [f"data.root={data_root}", f"run.out={out}", *overrides], seeds=seeds)
+    exp = load_experiment(demo_experiment_file(), [f"data.root={data_root}", f"run.out={out}", *overrides], seeds=seeds,
+                          profile=profile)
     jobs = jobs or min(cores(), len(exp.configs))
     sweep = run_sweep(exp, jobs, threads=max(1, cores() // jobs), report=report)
     runs = R.load_runs([exp.directory])

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import atomic
-from .config import SAMPLING, Config, load_config, read_toml, sampling_suffix
+from .config import SAMPLING, Config, load_config, read_experiment, sampling_suffix
 from .methods import METHODS
 from .errors import MrbenchError
 from .store import RunStore
@@ -70,7 +70,8 @@ class Experiment:
     entries: list[Entry]
     scarcity: list[int]
     seeds: list[int]
-    overrides: tuple[str, ...] = ()  # sweep-wide --set items (e.g. a GPU profile)
+    overrides: tuple[str, ...] = ()  # sweep-wide --set items
+    profile: str | None = None  # the file's [profile.<name>] every cell runs with
     configs: dict[Cell, Config] = field(default_factory=dict)
 
     @property
@@ -88,6 +89,8 @@ class Experiment:
         cfg = self.configs[cell]
         sets = [*self.overrides, *cell.entry.overrides, *_axis_sets(cell), f"run.name={json.dumps(cfg.run_name)}"]
         cmd = [sys.executable, "-m", "mrbench", "run", cell.entry.method, "--config", str(self.path)]
+        if self.profile:
+            cmd += ["--profile", self.profile]
         for s in sets:
             cmd += ["--set", s]
         cmd += ["--scarcity", str(cell.scarcity), "--seed", str(cell.seed), "--resume", "--quiet"]
@@ -148,11 +151,16 @@ def _entries(value, key: str) -> list[Entry]:
     return out
 
 
-def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = (), seeds: Sequence[int] | None = None) -> Experiment:
-    """Read an experiment file, expand its grid and build (and check) every cell's config;
-    ``seeds`` replaces the file's ``[sweep] seeds``."""
+def load_experiment(
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    profile: str | None = None,
+) -> Experiment:
+    """Read an experiment file (with its ``[profile.<name>]`` merged in), expand its grid and
+    build (and check) every cell's config; ``seeds`` replaces the file's ``[sweep] seeds``."""
     p = Path(path)
-    values = read_toml(p, "experiment file")
+    values = read_experiment(p, profile, "experiment file")
     sweep = values.get("sweep", {})
     if not isinstance(sweep, dict):
         raise MrbenchError(f"{p}: [sweep] must be a table")
@@ -162,7 +170,7 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = (), seed
             f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} (valid: scarcity, seeds, methods, sampling, budgets)"
         )
     try:
-        base = load_config(p, overrides)  # file + sweep-wide overrides, checked once
+        base = load_config(p, overrides, profile)  # file + sweep-wide overrides, checked once
         scarcity = _int_list(sweep.get("scarcity", [base.scarcity]), "sweep.scarcity")
         seeds = _int_list(list(seeds) if seeds is not None else sweep.get("seeds", [base.train.seed]), "sweep.seeds")
         entries = _entries(sweep.get("methods", [base.method]), "sweep.methods")
@@ -173,7 +181,7 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = (), seed
     except MrbenchError as exc:
         msg = str(exc)
         raise MrbenchError(msg if msg.startswith(("config file", "--set")) else f"{p}: {msg}") from None
-    exp = Experiment(p, entries, scarcity, seeds, tuple(overrides))
+    exp = Experiment(p, entries, scarcity, seeds, tuple(overrides), profile)
     dirs: dict[Path, Cell] = {}
     cells = [(i, e, lv, sd, sm, b) for i, e in enumerate(entries) for sm in samplings for b in budgets
              for lv in scarcity for sd in seeds]
@@ -184,7 +192,7 @@ def load_experiment(path: str | os.PathLike, overrides: Sequence[str] = (), seed
         cell = Cell(entry, level, seed, sampling, budget if learned else 0)
         axis = _axis_sets(cell)
         try:
-            cfg = load_config(p, [*overrides, *entry.overrides, *axis], method=entry.method, scarcity=level,
+            cfg = load_config(p, [*overrides, *entry.overrides, *axis], profile, method=entry.method, scarcity=level,
                               train={"seed": seed})
         except MrbenchError as exc:
             raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None

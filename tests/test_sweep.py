@@ -190,3 +190,33 @@ def test_meta_learners_draw_tasks_by_the_shared_rule():
     weights = torch.tensor([80.0, 20.0])  # uniform-by-slice: in proportion to the tasks' slices
     draws = [sample_tasks(2, 1, g, weights)[0] for _ in range(4000)]
     assert abs(sum(draws) / len(draws) - 0.2) < 0.03
+
+
+def test_profile_merges_over_the_file_for_runs_and_sweeps(tmp_path, data_root):
+    """``--profile cpu`` merges ``[profile.cpu]`` over the file (sweep table included) and
+    every cell's command carries it; an unknown profile names the valid ones."""
+    f = write_experiment(tmp_path / "e.toml", GRID + """
+[train]
+budget = 900
+
+[profile.cpu.train]
+budget = 300
+
+[profile.cpu.run]
+experiment = "exp-cpu"
+
+[profile.cpu.sweep]
+seeds = [0, 1]
+""")
+    plain = load_experiment(f, [])
+    cpu = load_experiment(f, [], profile="cpu")
+    assert len(cpu.cells) == 2 * len(plain.cells) and {c.seed for c in cpu.cells} == {0, 1}
+    assert cpu.directory.name == "exp-cpu"
+    assert {cfg.train.budget for cfg in cpu.configs.values()} == {300}
+    cmd = cpu.command(cpu.cells[-1], threads=1)
+    assert cmd[cmd.index("--profile") + 1] == "cpu"
+    from mrbench.config import load_config
+    assert load_config(f, [], "cpu", method="stl").train.budget == 300
+    assert load_config(f, [], None, method="stl").train.budget == 900
+    r = CliRunner().invoke(main, ["run", "stl", "--config", f, "--profile", "gpu"])
+    assert r.exit_code == 2 and "--profile gpu" in r.output and "(valid: cpu)" in r.output
