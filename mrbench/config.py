@@ -148,6 +148,7 @@ class EvalConfig:
     support: int = 2  # support set per unseen context (and per seen one, for choosing the adaptation), the same for every method
     support_unit: str = "volumes"  # volumes (whole volumes: 2 × 24 slices of the built-in data) | slices
     adapt_lr: list[float] = field(default_factory=lambda: [1e-4, 1e-3])  # finetune rule's candidate lrs
+    adapt_batch: int = 0  # support slices per adaptation step (a fixed cyclic minibatch order), 0 = the whole set
     select: str = "seen-val"  # seen-val: rule, lr and steps chosen on seen contexts' validation data | fixed
     max_volumes: int = 0  # test volumes per context, 0 = all
 
@@ -158,6 +159,7 @@ class EvalConfig:
         _require(bool(self.adapt_lr) and all(lr > 0 for lr in self.adapt_lr), key("adapt_lr"), "must be one or more numbers > 0")
         _require(self.select in ("seen-val", "fixed"), key("select"), f"must be seen-val or fixed, got {self.select!r}")
         _require(self.max_volumes >= 0, key("max_volumes"), "must be ≥ 0")
+        _require(self.adapt_batch >= 0, key("adapt_batch"), "must be ≥ 0 (0 = the whole support set)")
         if 0 not in self.adapt_steps:
             self.adapt_steps = [0, *self.adapt_steps]
         self.adapt_steps = sorted(set(self.adapt_steps))

@@ -92,3 +92,64 @@ def test_meta_support_matches_the_test_time_support_set(data_root, tmp_path):
     from mrbench.methods.meta import meta_support
 
     assert meta_support(method) == 2 * 4  # 2 volumes × 4 slices, as the support sets above
+
+
+def _spy_batches(method, rule, support, ctx, lr=1e-3):
+    """The support-slice counts every adaptation step of ``rule`` pushed through the backbone."""
+    seen: list[int] = []
+    nets = list(method.models.values())
+    hooks = [n.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0])) for n in nets]
+    try:
+        for _ in method.adapt_path(ctx, support, [0, 3], lr, rule):
+            pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("method_name, rule", [("joint", "finetune"), ("maml", "inner")])
+def test_adapt_batch_steps_on_minibatches_covering_the_support_set(method_name, rule, data_root, tmp_path):
+    """``eval.adapt_batch = 3`` on an 8-slice support set: each step sees 3 slices, and the
+    fixed cyclic order visits every slice before repeating (speed, issue 15)."""
+    from mrbench.methods.base import support_minibatch
+
+    cfg = load_config(None, settings(data_root, tmp_path, "eval.support=2", "eval.adapt_batch=3"), method=method_name)
+    data = assemble(cfg.data, 0, cfg.eval.support, cfg.eval.support_unit)
+    method = build_method(cfg, data, torch.device("cpu"))
+    from mrbench.evaluation.adaptation import support_batch
+    from mrbench.data.dataset import SliceDataset
+
+    ctx = data.unseen_test[0].context
+    support = support_batch(SliceDataset(data.unseen_support, train=False, store=VolumeStore()), 0,
+                            data.support_slices[ctx.name], torch.device("cpu"))
+    assert support.kspace.shape[0] == 8
+    assert _spy_batches(method, rule, support, ctx) == [3, 3, 3]
+    firsts = [tuple(support_minibatch(support, 3, s).slice_idx.tolist()) for s in range(3)]
+    names = [support_minibatch(support, 3, s).fname for s in range(3)]
+    visited = {(f, i) for n, s in zip(names, firsts) for f, i in zip(n, s)}
+    assert len(visited) == 8  # 9 picks over 3 steps: all 8 slices, one repeated
+    whole = load_config(None, settings(data_root, tmp_path, "eval.support=2"), method=method_name)
+    assert _spy_batches(build_method(whole, data, torch.device("cpu")), rule, support, ctx) == [8, 8, 8]
+
+
+def test_mtl_adapts_an_unseen_context_through_the_nearest_seen_task(data_root, tmp_path):
+    """The unseen dataset's own task index means nothing to the multi-task network: fine-tuning
+    routes through nearest_task (before, unseen context i went through seen task i's blocks)."""
+    cfg = load_config(None, settings(data_root, tmp_path, "eval.support=1"), method="mtl")
+    data = assemble(cfg.data, 0, cfg.eval.support, cfg.eval.support_unit)
+    method = build_method(cfg, data, torch.device("cpu"))
+    ctx = data.unseen_test[0].context
+    routed: list[set] = []
+    net = method.models["mtl"]
+    forward = method.adapt_forward(ctx)
+    from mrbench.evaluation.adaptation import support_batch
+    from mrbench.data.dataset import SliceDataset
+
+    support = support_batch(SliceDataset(data.unseen_support, train=False, store=VolumeStore()), 0,
+                            data.support_slices[ctx.name], torch.device("cpu"))
+    support = support._replace(task=torch.full_like(support.task, 5))  # an index no seen task has
+    h = net.register_forward_pre_hook(lambda m, args: routed.append(set(args[3].tolist())))
+    forward(net, support)
+    h.remove()
+    assert routed == [{method.nearest_task(ctx)}]

@@ -165,7 +165,12 @@ class Method:
         if rule != "finetune":
             raise ValueError(f"{self.name} has no adaptation rule {rule!r} (it has {', '.join(self.adapt_rules())})")
         model = copy.deepcopy(self.models[self.model_key(self.nearest_task(ctx))])
-        yield from finetune_path(model, support, step_counts, lr, lambda m, b: reconstruct(m, b))
+        yield from finetune_path(model, support, step_counts, lr, self.adapt_forward(ctx), batch=self.cfg.eval.adapt_batch)
+
+    def adapt_forward(self, ctx: Context) -> Callable[[nn.Module, Sample], torch.Tensor]:
+        """How the fine-tuned copy reconstructs a batch of the context ``ctx`` (task-aware
+        backbones route it through the nearest seen task)."""
+        return lambda model, batch: reconstruct(model, batch)
 
     def adapt(self, ctx: Context, support: Sample, steps: int, lr: float, rule: str | None = None) -> Reconstructor:
         """The reconstructor after ``steps`` steps of ``rule`` (default: the method's first)."""
@@ -184,18 +189,34 @@ class Method:
         return sum(p.numel() for p in self.models.parameters())
 
 
+def support_minibatch(support: Sample, size: int, step: int) -> Sample:
+    """The support slices adaptation step ``step`` uses (``eval.adapt_batch``): the whole set
+    (``size`` 0 or ≥ the set), else the ``step``-th block of ``size`` slices of one fixed
+    shuffled cyclic order, so every slice is used equally often and every method, rule and
+    candidate sees the same minibatches at the same step."""
+    n = support.kspace.shape[0]
+    if size <= 0 or size >= n:
+        return support
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    idx = order[(torch.arange(size) + step * size) % n]
+    return Sample(*(x[idx.to(x.device)] if isinstance(x, torch.Tensor) else [x[i] for i in idx.tolist()] for x in support))
+
+
 def finetune_path(
-    model: nn.Module, support: Sample, step_counts: Sequence[int], lr: float, forward: Callable, params=None
+    model: nn.Module, support: Sample, step_counts: Sequence[int], lr: float, forward: Callable, params=None,
+    batch: int = 0,
 ) -> Iterator[tuple[int, Reconstructor]]:
     """Adam at ``lr`` on the mean L1 of ``forward(model, support)`` (over ``params``, default all
-    of ``model``'s), yielding ``(k, batch → forward(model, batch))`` after k steps for each k."""
+    of ``model``'s; ``batch`` slices per step, :func:`support_minibatch`), yielding
+    ``(k, batch → forward(model, batch))`` after k steps for each k."""
     opt = torch.optim.Adam(list(params if params is not None else model.parameters()), lr=lr) if max(step_counts) else None
     done = 0
     for k in sorted(set(step_counts)):
         model.train()
         while done < k:
             opt.zero_grad(set_to_none=True)
-            l1_per_sample(forward(model, support), support).mean().backward()
+            part = support_minibatch(support, batch, done)
+            l1_per_sample(forward(model, part), part).mean().backward()
             opt.step()
             done += 1
         model.eval()

@@ -204,9 +204,10 @@ class KMMAML(Method):
             for k in sorted(set(step_counts)):
                 yield k, (lambda batch: forward(net, batch))
         elif rule == "inner":
-            for k, tensors in inner_path(net, names, support, step_counts, inner_rates(self), loss=embedded_loss(z)):
+            for k, tensors in inner_path(net, names, support, step_counts, inner_rates(self), loss=embedded_loss(z),
+                                         batch=self.cfg.eval.adapt_batch):
                 yield k, (lambda batch, t=tensors: forward(net, batch, t))
         else:
             wanted = set(names)
             params = [p for n, p in net.named_parameters() if n in wanted]
-            yield from finetune_path(net, support, step_counts, lr, forward, params)
+            yield from finetune_path(net, support, step_counts, lr, forward, params, batch=self.cfg.eval.adapt_batch)

@@ -99,5 +99,6 @@ class MAML(Method):
         if rule != "inner":
             raise ValueError(f"maml has no adaptation rule {rule!r}")
         net = self.models["net"]
-        for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self)):
+        for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self),
+                                     batch=self.cfg.eval.adapt_batch):
             yield k, (lambda batch, t=tensors: functional_reconstruct(net, t, batch))

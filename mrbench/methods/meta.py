@@ -50,7 +50,7 @@ from torch.func import functional_call
 from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..fourier import center_crop
-from .base import Phase, StepResult, backbone_args, l1_per_sample
+from .base import Phase, StepResult, backbone_args, l1_per_sample, support_minibatch
 
 
 
@@ -205,18 +205,21 @@ def inner_loop(
 
 
 def inner_path(
-    model: nn.Module, names: Sequence[str], support, step_counts: Sequence[int], lr, loss: LossFn | None = None
+    model: nn.Module, names: Sequence[str], support, step_counts: Sequence[int], lr, loss: LossFn | None = None,
+    batch: int = 0,
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """The test-time inner-loop trajectory: ``(k, tensors)`` (parameters and buffers) after k
-    first-order SGD steps on ``support`` for each k in ``step_counts`` — one pass for all."""
+    first-order SGD steps on ``support`` (``batch`` slices per step, :func:`~mrbench.methods.
+    base.support_minibatch`) for each k in ``step_counts`` — one pass for all."""
     buffers = dict(model.named_buffers())
     wanted = set(names)
     fast = detached_params(model, names)
     done = 0
     for k in sorted(set(step_counts)):
-        if k > done and wanted:
-            fast = inner_loop(model, fast, buffers, support, k - done, lr, 1, names, loss)
+        while done < k and wanted:
+            fast = inner_loop(model, fast, buffers, support_minibatch(support, batch, done), 1, lr, 1, names, loss)
             fast = {n: t.detach().requires_grad_(n in wanted) for n, t in fast.items()}
+            done += 1
         done = k
         yield k, {**fast, **buffers}
 
