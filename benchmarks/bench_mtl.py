@@ -104,7 +104,7 @@ def main() -> None:
             out = m(batch["kspace"], batch["mask"], batch["nlf"], batch["task"])
         else:
             out = m(batch["kspace"], batch["mask"], batch["nlf"])
-        (out - batch["target"]).abs().mean().backward()
+        (out.abs() - batch["target"]).abs().mean().backward()
         opt.step()
         sync()
         return time.perf_counter() - t0

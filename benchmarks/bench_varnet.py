@@ -107,7 +107,7 @@ def make_step(which: str, model: torch.nn.Module, data: dict):
 
     if which == "mrbench":
         def forward():
-            return model(data["kspace"], data["mask"], data["nlf"])
+            return model(data["kspace"], data["mask"], data["nlf"]).abs()  # the backbone's image is complex
     else:
         def forward():
             return model(data["kspace_ri"], data["mask_fm"], data["acs"])

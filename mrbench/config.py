@@ -70,6 +70,13 @@ def sampling_suffix(sampling: str) -> str:
     return "" if sampling == SAMPLING[0] else f"-{sampling}"
 
 
+def training_suffix(cfg) -> str:
+    """The run-name parts of a learned run's non-default training loss and sampling rule
+    (``-ssdu``, ``-uniform``), so the loss and sampling axes get their own directories."""
+    loss = "" if cfg.train.loss == "sup" else f"-{cfg.train.loss}"
+    return loss + sampling_suffix(cfg.train.sampling)
+
+
 @dataclass
 class TrainConfig:
     budget: int = 2000  # slices through forward+backward, equal for every method
@@ -80,6 +87,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm, 0 = off
     val_every: int = 500  # slices between validations (and checkpoints)
     sampling: str = "stratified"  # stratified (tasks equally often, scarce up-sampled) | uniform (by slice); one rule for every method
+    loss: str = "sup"  # training loss (mrbench.losses: sup | mc | ssdu | ei | moi | mo-ei), also used by fine-tuning
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
@@ -94,6 +102,9 @@ class TrainConfig:
         _require(self.grad_clip >= 0, key("grad_clip"), "must be ≥ 0")
         _require(self.val_every > 0, key("val_every"), "must be > 0")
         _require(self.sampling in SAMPLING, key("sampling"), f"must be {' or '.join(SAMPLING)}, got {self.sampling!r}")
+        from .losses import LOSSES
+
+        _require(self.loss in LOSSES, key("loss"), f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
         _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")
         _require(self.stop_after >= 0, key("stop_after"), "must be ≥ 0")
@@ -138,6 +149,10 @@ class ModelConfig:
         for name in kw:
             if getattr(self, name, 0):
                 kw[name] = getattr(self, name)
+        options = getattr(cls, "options", {}).get("model", ())
+        for part in options if isinstance(options, tuple) else (options,):
+            for f in dataclasses.fields(part):  # the backbone's own [model] keys (e.g. modl's iterations)
+                kw[f.name] = getattr(self, f.name)
         accepted = inspect.signature(cls).parameters
         return {k: v for k, v in kw.items() if k in accepted}
 
@@ -239,7 +254,7 @@ class _ConfigBase:
         from .methods import METHODS
 
         cls = METHODS[self.method]
-        variant = cls.run_variant(self) + (sampling_suffix(self.train.sampling) if cls.learned else "")
+        variant = cls.run_variant(self) + (training_suffix(self) if cls.learned else "")
         return self.run.name or f"{self.method}-{variant}-s{self.scarcity}-seed{self.train.seed}"
 
     @property
@@ -279,12 +294,13 @@ def assemble_config() -> type:
     A plug-in (method, backbone, weighting) declares ``options = {"section": Dataclass}``
     (or a tuple of dataclasses, e.g. the shared meta-learning keys plus its own) next to
     its code; adding one with options is its own file and one registry line."""
+    from .losses import LOSSES
     from .methods import METHODS
     from .methods.weighting import WEIGHTINGS
     from .models import BACKBONES
 
     parts: dict[str, list[type]] = {k: [v] for k, v in CORE_SECTIONS.items()}
-    for registry in (BACKBONES, METHODS, WEIGHTINGS):
+    for registry in (BACKBONES, METHODS, WEIGHTINGS, LOSSES):
         for plugin in registry.values():
             for section, options in getattr(plugin, "options", {}).items():
                 for part in options if isinstance(options, tuple) else (options,):

@@ -21,12 +21,10 @@ from __future__ import annotations
 import json
 from collections import deque
 import math
-import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from .data.dataset import Sample, SliceDataset
 from .evaluation.evaluate import predict_volumes, score_volumes, to_device

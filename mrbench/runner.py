@@ -65,10 +65,26 @@ def _progress_bar(total: int, quiet: bool):
     return bar, update
 
 
+def check_loss_fits_data(cfg: Config, data) -> None:
+    """The self-supervised losses recompute measurements with A = M F, which needs single-coil
+    data (no coil sensitivities are known); refuse multi-coil data before anything is written."""
+    from .losses import LOSSES
+
+    if LOSSES[cfg.train.loss].supervised:
+        return
+    multi = [v for group in (data.train, data.val) for t in group for v in t.volumes if v.num_coils > 1]
+    if multi:
+        raise MrbenchError(
+            f"train.loss = {cfg.train.loss!r}: the self-supervised losses need single-coil data, but "
+            f"{multi[0].path} has {multi[0].num_coils} coils (use train.loss = \"sup\")"
+        )
+
+
 def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore:
     """Train, evaluate and store one run; return its store."""
     store = RunStore(cfg.run_dir)
     data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)  # bad data is reported before run-dir state
+    check_loss_fits_data(cfg, data)
     if store.exists() and not (resume or overwrite):
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
     resume_state = None

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import atomic
-from .config import SAMPLING, Config, load_config, read_experiment, sampling_suffix
+from .config import SAMPLING, Config, load_config, read_experiment, training_suffix
 from .methods import METHODS
 from .errors import MrbenchError
 from .store import RunStore
@@ -197,7 +197,7 @@ def load_experiment(
         except MrbenchError as exc:
             raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None
         if entry.name or cell.budget:
-            stem = entry.name + (sampling_suffix(cfg.train.sampling) if learned else "") \
+            stem = entry.name + (training_suffix(cfg) if learned else "") \
                 if entry.name else RUN_SUFFIX.sub("", cfg.run_name)
             cfg.run.name = f"{stem}{f'-b{cell.budget}' if cell.budget else ''}-s{level}-seed{seed}"
         if cfg.run_dir in dirs:

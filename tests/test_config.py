@@ -43,7 +43,7 @@ def test_toml_then_set_overrides(tmp_path):
         (["data.scarce=AXPD"], "data.scarce: 'AXPD' is not one of data.tasks"),
         (["data.acceleration=1"], "data.acceleration: must be > 1"),
         (["data.center_fraction=1.5"], "data.center_fraction: must be in (0, 1)"),
-        (["model.backbone=resnet"], "unknown backbone 'resnet'; valid: km-unet, mtl-varnet, unet, varnet"),
+        (["model.backbone=resnet"], "unknown backbone 'resnet'; valid: km-unet, modl, mtl-varnet, rim, unet, varnet"),
         (["train.sampling=random"], "train.sampling"),
         (["budget"], "expected key=value"),
     ],

@@ -20,7 +20,10 @@ def test_demo_experiment_file_is_packaged_and_complete():
     exp = load_experiment(demo.demo_experiment_file())
     methods = {c.entry.method for c in exp.cells}
     assert methods == {"zero-filled", "stl", "joint", "transfer", "mtl", "maml", "metadrop", "kmmaml"}
-    assert exp.scarcity == [0, 1, 2] and exp.seeds == [0, 1, 2] and len(exp.cells) == 90
+    assert exp.scarcity == [0, 1, 2] and exp.seeds == [0, 1, 2] and len(exp.cells) == 108
+    # MoDL rows, supervised and self-supervised (equivariant imaging)
+    ei = [cfg for cfg in exp.configs.values() if cfg.train.loss == "ei"]
+    assert ei and all(cfg.model.backbone == "modl" and cfg.run_name.startswith("stl-modl-ei-") for cfg in ei)
     # KM-MAML has its own backbone in the grid: joint and maml on the same base U-Net as km-unet's
     by_name = {cfg.run_name: cfg for cfg in exp.configs.values()}
     assert demo.DEMO_SYNTH.splits().count("test") >= 12  # ≥ 12 test volumes per contrast

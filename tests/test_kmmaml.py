@@ -13,6 +13,7 @@ from mrbench.data.synth.subject import simulate_subject
 from mrbench.errors import MrbenchError, RunStopped
 from mrbench.methods import METHODS
 from mrbench.methods.kmmaml import KMMAML, embedded_loss, group_names, kmunet_kwargs
+from mrbench.losses import LOSSES
 from mrbench.methods.meta import inner_loop
 from mrbench.models import BACKBONES, build_backbone
 from mrbench.models.km_unet import KMUNet, kernel_modulation, modulated_conv, modulated_convs
@@ -20,6 +21,8 @@ from mrbench.models.unet import UNetRecon
 from mrbench.runner import execute
 
 from conftest import masked_kspace_batch, write_tiny_root
+
+SUP = LOSSES["sup"](None)  # the supervised L1, as a method builds it
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,7 +185,7 @@ def test_inner_loop_moves_only_the_hypernetworks():
     before = {n: p.detach().clone() for n, p in params.items()}
     z = net.context_embedding(k)
     hyper = group_names(net, ("hyper",))
-    fast = inner_loop(net, params, {}, batch, 2, 0.5, 1, hyper, loss=embedded_loss(z))
+    fast = inner_loop(net, params, {}, batch, 2, 0.5, 1, hyper, loss=embedded_loss(z, SUP))
     for n, p in net.named_parameters():
         assert torch.equal(p, before[n])  # the module's own parameters are never overwritten
         if n in hyper:
@@ -191,8 +194,8 @@ def test_inner_loop_moves_only_the_hypernetworks():
             assert fast[n] is p  # base and encoder pass through unchanged
     assert any(not torch.equal(fast[n], before[n]) for n in hyper)
     # second order: the query loss reaches the encoder through the inner steps as well
-    fast2 = inner_loop(net, params, {}, batch, 1, 0.5, 2, hyper, loss=embedded_loss(z))
-    embedded_loss(z)(net, fast2, batch).backward()
+    fast2 = inner_loop(net, params, {}, batch, 1, 0.5, 2, hyper, loss=embedded_loss(z, SUP))
+    embedded_loss(z, SUP)(net, fast2, batch).backward()
     assert all(p.grad is not None for p in net.encoder.parameters())
 
 

@@ -82,9 +82,12 @@ def test_shapes_and_dtypes(name, coils, hw):
     torch.manual_seed(0)
     model = build_backbone(name, **(TINY_VARNET if name == "varnet" else TINY_UNET))
     k, m, nlf, _ = make_batch(2, coils, *hw)
-    out = model(k, m, nlf)
+    raw = model(k, m, nlf)
+    assert raw.dtype == torch.complex64  # the coil-combined image; its magnitude is what is scored
+    if coils > 1 and name == "varnet":
+        assert torch.equal(raw.imag, torch.zeros_like(raw.imag))  # RSS with zero phase
+    out = raw.abs()
     assert out.shape == (2, *hw)
-    assert out.dtype == torch.float32
     assert torch.isfinite(out).all() and (out >= 0).all()
 
 
@@ -133,8 +136,8 @@ def test_unetrecon_zero_network_gives_zero_filled():
     k4, m4, n4, _ = make_batch(2, 4, 36, 44)
     model = UNetRecon(**TINY_UNET)
     model.net = Zero()
-    torch.testing.assert_close(model(k1, m1, n1), ifft2c(k1)[:, 0].abs())
-    torch.testing.assert_close(model(k4, m4, n4), rss(ifft2c(k4), dim=1))
+    torch.testing.assert_close(model(k1, m1, n1).abs(), ifft2c(k1)[:, 0].abs())
+    torch.testing.assert_close(model(k4, m4, n4).abs(), rss(ifft2c(k4), dim=1))
 
 
 # --------------------------------------------------------------------------- physics
@@ -165,7 +168,7 @@ def test_varnet_zero_regulariser_outputs_zero_filled(coils, hw, two_d):
             c.eta.fill_(1.0)
     k, m, nlf, _ = make_batch(2, coils, *hw, two_d=two_d)
     with torch.no_grad():
-        out = model(k, m, nlf)
+        out = model(k, m, nlf).abs()
     zero_filled = ifft2c(k)[:, 0].abs() if coils == 1 else rss(ifft2c(k), dim=1)
     torch.testing.assert_close(out, zero_filled, rtol=1e-5, atol=1e-5 * zero_filled.max().item())
 
@@ -177,7 +180,7 @@ def test_varnet_fully_sampled_matches_inverse_fft(coils):
     _, _, nlf, full = make_batch(2, coils, 36, 44)
     mask = torch.ones(2, 1, 36, 44)
     with torch.no_grad():
-        out = model(full, mask, nlf)
+        out = model(full, mask, nlf).abs()
     expected = rss(ifft2c(full), dim=1)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.max().item())
 
@@ -208,9 +211,9 @@ def test_fast_domains_match_centred_transforms(hw, two_d, coils):
     expected_kind = "columns" if not two_d else ("shifted" if hw[0] % 2 == 0 else "centred")
     assert choose_domain(m).kind == expected_kind
     with torch.no_grad():
-        fast = model(k, m, nlf)
+        fast = model(k, m, nlf).abs()
         model.fast_fourier = False
-        slow = model(k, m, nlf)
+        slow = model(k, m, nlf).abs()
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5 * slow.max().item())
 
 
@@ -283,8 +286,8 @@ def test_scale_equivariance(name, coils, scale):
     model = build_backbone(name, **(TINY_VARNET if name == "varnet" else TINY_UNET))
     k, m, nlf, _ = make_batch(2, coils, 36, 44)
     with torch.no_grad():
-        out = model(k, m, nlf)
-        scaled = model(k * scale, m, nlf)
+        out = model(k, m, nlf).abs()
+        scaled = model(k * scale, m, nlf).abs()
     torch.testing.assert_close(scaled / scale, out, rtol=1e-3, atol=1e-4 * out.max().item())
 
 
@@ -297,7 +300,7 @@ def test_gradients_reach_every_parameter(name):
     model = build_backbone(name, **(TINY_VARNET if name == "varnet" else TINY_UNET))
     k, m, nlf, full = make_batch(2, 4, 36, 44)
     target = rss(ifft2c(full), dim=1)
-    loss = torch.nn.functional.l1_loss(model(k, m, nlf), target)
+    loss = torch.nn.functional.l1_loss(model(k, m, nlf).abs(), target)
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
@@ -316,7 +319,7 @@ def test_gradients_finite_on_blank_input():
     torch.manual_seed(0)
     model = VarNet(**TINY_VARNET)
     k, m, nlf, _ = make_batch(1, 4, 36, 44)
-    out = model(torch.zeros_like(k), m, nlf)
+    out = model(torch.zeros_like(k), m, nlf).abs()
     assert torch.isfinite(out).all()
     out.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -393,7 +396,7 @@ def test_matches_fastmri_varnet_with_same_weights():
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     k, m, nlf, _ = make_batch(1, 4, 32, 32, acs=6)
     with torch.no_grad():
-        out = ours(k, m, nlf)
+        out = ours(k, m, nlf).abs()
         expected = ref(torch.view_as_real(k), m[:, :, :1, :, None].bool(), 6)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.max().item())
 
@@ -402,7 +405,7 @@ def test_matches_fastmri_varnet_with_same_weights():
 
 
 def test_registry_and_sizes():
-    assert set(BACKBONES) == {"unet", "varnet", "mtl-varnet", "km-unet"}
+    assert set(BACKBONES) == {"unet", "varnet", "mtl-varnet", "km-unet", "modl", "rim"}
     model = build_backbone("varnet", **SIZES["demo"])
     assert isinstance(model, VarNet) and len(model.cascades) == 4
     assert model.etas() == [1.0] * 4
@@ -438,7 +441,7 @@ def test_untrained_backbone_starts_near_zero_filled(name):
     k, m, nlf, _ = make_batch(2, 1, 32, 32)
     zero_filled = ifft2c(k)[:, 0].abs()
     with torch.no_grad():
-        out = model(k, m, nlf)
+        out = model(k, m, nlf).abs()
     rel = (out - zero_filled).norm() / zero_filled.norm()
     assert rel < 0.05
 
@@ -474,4 +477,4 @@ def test_unet_data_consistency_restores_measured_lines():
     net = UNetRecon(chans=4, pools=2)
     with torch.no_grad():
         net.net.unet.final.weight.zero_()  # zero correction: output is the zero-filled magnitude
-        torch.testing.assert_close(net(km, mask, torch.tensor([4, 4])), ifft2c(km).abs()[:, 0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(net(km, mask, torch.tensor([4, 4])).abs(), ifft2c(km).abs()[:, 0], rtol=1e-5, atol=1e-6)

@@ -87,7 +87,7 @@ def test_split_block_has_distinct_storage():
 def test_gradient_isolation(letter):
     m = model("I" + letter, tasks=3)
     k, mask, nlf = make_batch(3)
-    m(k, mask, nlf, torch.tensor([1, 1, 1])).sum().backward()
+    m(k, mask, nlf, torch.tensor([1, 1, 1])).abs().sum().backward()
 
     def nonzero(params):
         return [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params]
@@ -123,7 +123,7 @@ def test_untrained_network_is_zero_filled():
     m = model("IVYW")
     k, mask, nlf = make_batch(4)
     with torch.no_grad():
-        out = m(k, mask, nlf, torch.tensor([0, 1, 0, 1]))
+        out = m(k, mask, nlf, torch.tensor([0, 1, 0, 1])).abs()
     zf = ifft2c(k)[:, 0].abs()
     assert (out - zf).abs().max() < 0.05 * zf.abs().max()
 
@@ -149,7 +149,7 @@ def test_per_task_etas():
             idx = (task == t).nonzero().flatten()
             torch.testing.assert_close(out[idx], shared(k[idx], mask[idx], nlf[idx], task[idx]), rtol=1e-5, atol=1e-6)
     # η gets gradients per task
-    m(k, mask, nlf, torch.tensor([0, 0, 0, 0])).sum().backward()
+    m(k, mask, nlf, torch.tensor([0, 0, 0, 0])).abs().sum().backward()
     g = m.cascades[1].eta.grad  # (cascade 0 starts at k = k0: no data-consistency term yet)
     assert g[0] != 0 and g[1] == 0
 
@@ -397,7 +397,7 @@ def test_per_task_gradient_weightings_on_mtl_varnet(name):
     k, mask, nlf = make_batch(4)
     task = torch.tensor([0, 1, 0, 1])
     target = torch.rand(4, 16, 16)
-    per_sample = (m(k, mask, nlf, task) - target).abs().mean(dim=(-2, -1))
+    per_sample = (m(k, mask, nlf, task).abs() - target).abs().mean(dim=(-2, -1))
     counts = torch.bincount(task, minlength=2)
     losses = torch.zeros(2).index_add(0, task, per_sample) / counts
     w = make_weighting(name, 2)

@@ -35,15 +35,25 @@ def backbone_args(model: nn.Module, batch: Sample, task: torch.Tensor | None = N
     return args
 
 
-def reconstruct(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> torch.Tensor:
-    """Run a backbone on a batch and crop its (B, H, W) output to the targets.
+def image(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> torch.Tensor:
+    """A backbone's complex (B, H, W) full-size image of a batch.
 
     Task-aware backbones (``task_aware = True``, e.g. ``mtl-varnet``) also get the
     task index of every sample (``task``, default ``batch.task``) to route it
     through that task's parameters.
     """
-    out = model(*backbone_args(model, batch, task))
-    return center_crop(out, tuple(batch.target.shape[-2:]))
+    return model(*backbone_args(model, batch, task))
+
+
+def magnitude(out: torch.Tensor, batch: Sample) -> torch.Tensor:
+    """The one place a backbone's complex image becomes what is scored: its magnitude,
+    centre-cropped to the targets (fastMRI's convention)."""
+    return center_crop(out.abs(), tuple(batch.target.shape[-2:]))
+
+
+def reconstruct(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> torch.Tensor:
+    """The (B, h, w) magnitude reconstruction of a batch (:func:`image`, :func:`magnitude`)."""
+    return magnitude(image(model, batch, task), batch)
 
 
 def l1_per_sample(pred: torch.Tensor, batch: Sample) -> torch.Tensor:
@@ -106,16 +116,19 @@ class Method:
         self.scarce = list(scarce)
         self.make_backbone = make_backbone
         self.models = nn.ModuleDict()
+        from ..losses import build_loss
+
+        self.loss = build_loss(cfg)  # train.loss: every step and every fine-tuning step uses it
 
     # -- training
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
     def supervised_step(self, key: str) -> Callable[[Sample], StepResult]:
-        """The standard step: L1 of ``models[key]`` on a batch, per-task losses logged."""
+        """The standard step: the training loss of ``models[key]`` on a batch, per-task losses logged."""
 
         def step(batch: Sample) -> StepResult:
-            per_sample = l1_per_sample(reconstruct(self.models[key], batch), batch)
+            per_sample = self.loss(lambda b: image(self.models[key], b), batch)
             per_sample.mean().backward()
             return StepResult(float(per_sample.detach().mean()), len(per_sample), _per_task(per_sample, batch.task))
 
@@ -165,12 +178,13 @@ class Method:
         if rule != "finetune":
             raise ValueError(f"{self.name} has no adaptation rule {rule!r} (it has {', '.join(self.adapt_rules())})")
         model = copy.deepcopy(self.models[self.model_key(self.nearest_task(ctx))])
-        yield from finetune_path(model, support, step_counts, lr, self.adapt_forward(ctx), batch=self.cfg.eval.adapt_batch)
+        yield from finetune_path(model, support, step_counts, lr, self.adapt_forward(ctx), self.loss,
+                                 batch=self.cfg.eval.adapt_batch)
 
     def adapt_forward(self, ctx: Context) -> Callable[[nn.Module, Sample], torch.Tensor]:
-        """How the fine-tuned copy reconstructs a batch of the context ``ctx`` (task-aware
+        """The fine-tuned copy's complex image of a batch of the context ``ctx`` (task-aware
         backbones route it through the nearest seen task)."""
-        return lambda model, batch: reconstruct(model, batch)
+        return lambda model, batch: image(model, batch)
 
     def adapt(self, ctx: Context, support: Sample, steps: int, lr: float, rule: str | None = None) -> Reconstructor:
         """The reconstructor after ``steps`` steps of ``rule`` (default: the method's first)."""
@@ -203,12 +217,12 @@ def support_minibatch(support: Sample, size: int, step: int) -> Sample:
 
 
 def finetune_path(
-    model: nn.Module, support: Sample, step_counts: Sequence[int], lr: float, forward: Callable, params=None,
-    batch: int = 0,
+    model: nn.Module, support: Sample, step_counts: Sequence[int], lr: float, forward: Callable, loss: Callable,
+    params=None, batch: int = 0,
 ) -> Iterator[tuple[int, Reconstructor]]:
-    """Adam at ``lr`` on the mean L1 of ``forward(model, support)`` (over ``params``, default all
-    of ``model``'s; ``batch`` slices per step, :func:`support_minibatch`), yielding
-    ``(k, batch → forward(model, batch))`` after k steps for each k."""
+    """Adam at ``lr`` on the mean training ``loss`` of ``forward(model, ·)`` (the complex image)
+    on ``support`` (over ``params``, default all of ``model``'s; ``batch`` slices per step,
+    :func:`support_minibatch`), yielding ``(k, reconstructor)`` after k steps for each k."""
     opt = torch.optim.Adam(list(params if params is not None else model.parameters()), lr=lr) if max(step_counts) else None
     done = 0
     for k in sorted(set(step_counts)):
@@ -216,11 +230,11 @@ def finetune_path(
         while done < k:
             opt.zero_grad(set_to_none=True)
             part = support_minibatch(support, batch, done)
-            l1_per_sample(forward(model, part), part).mean().backward()
+            loss(lambda b: forward(model, b), part).mean().backward()
             opt.step()
             done += 1
         model.eval()
-        yield k, (lambda batch: forward(model, batch))
+        yield k, (lambda batch: magnitude(forward(model, batch), batch))
 
 
 def _per_task(per_sample: torch.Tensor, task: torch.Tensor) -> dict[int, float]:

@@ -74,8 +74,7 @@ from torch.func import functional_call
 
 from ..data.dataset import Sample
 from ..errors import MrbenchError
-from ..fourier import center_crop
-from .base import Method, Phase, StepResult, finetune_path, l1_per_sample
+from .base import Method, Phase, StepResult, finetune_path, magnitude
 from .meta import (
     MetaOptions,
     episode_phase,
@@ -121,19 +120,18 @@ def group_names(net: nn.Module, groups) -> list[str]:
     return [n for n, _ in net.named_parameters() if n.startswith(prefixes)]
 
 
-def embedded_reconstruct(net: nn.Module, tensors, batch: Sample, z: torch.Tensor) -> torch.Tensor:
-    """The km-unet's output with ``tensors`` in place of its own, embedding ``z``, cropped."""
-    out = functional_call(net, dict(tensors), (batch.kspace, batch.mask, batch.num_low_frequencies), {"embedding": z})
-    return center_crop(out, tuple(batch.target.shape[-2:]))
+def embedded_image(net: nn.Module, tensors, batch: Sample, z: torch.Tensor) -> torch.Tensor:
+    """The km-unet's complex image with ``tensors`` in place of its own, embedding ``z``."""
+    return functional_call(net, dict(tensors), (batch.kspace, batch.mask, batch.num_low_frequencies), {"embedding": z})
 
 
-def embedded_loss(z: torch.Tensor) -> Callable:
-    """The inner-loop loss (mean normalised L1) with the context embedding fixed to ``z``."""
+def embedded_loss(z: torch.Tensor, loss: Callable) -> Callable:
+    """The method's training loss as an inner/outer-loop loss, the context embedding fixed to ``z``."""
 
-    def loss(net, tensors, batch):
-        return l1_per_sample(embedded_reconstruct(net, tensors, batch, z), batch).mean()
+    def fn(net, tensors, batch):
+        return loss(lambda b: embedded_image(net, tensors, b, z), batch).mean()
 
-    return loss
+    return fn
 
 
 class KMMAML(Method):
@@ -165,8 +163,9 @@ class KMMAML(Method):
 
         def query_loss(support, query):
             z = net.context_embedding(support.kspace)
-            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.hyper_names, loss=embedded_loss(z))
-            return l1_per_sample(embedded_reconstruct(net, {**fast, **buffers}, query, z), query).mean()  # grads into θ, ω, encoder
+            loss = embedded_loss(z, self.loss)
+            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.hyper_names, loss=loss)
+            return loss(net, {**fast, **buffers}, query)  # grads into θ, ω, encoder
 
         return episode_step(self, source, query_loss, support_always=True)
 
@@ -196,18 +195,17 @@ class KMMAML(Method):
 
         def forward(model, batch, tensors=None):
             if tensors is not None:
-                return embedded_reconstruct(model, tensors, batch, z)
-            out = model(batch.kspace, batch.mask, batch.num_low_frequencies, embedding=z)
-            return center_crop(out, tuple(batch.target.shape[-2:]))
+                return embedded_image(model, tensors, batch, z)
+            return model(batch.kspace, batch.mask, batch.num_low_frequencies, embedding=z)
 
         if not names:  # on-the-fly
             for k in sorted(set(step_counts)):
-                yield k, (lambda batch: forward(net, batch))
+                yield k, (lambda batch: magnitude(forward(net, batch), batch))
         elif rule == "inner":
-            for k, tensors in inner_path(net, names, support, step_counts, inner_rates(self), loss=embedded_loss(z),
+            for k, tensors in inner_path(net, names, support, step_counts, inner_rates(self), loss=embedded_loss(z, self.loss),
                                          batch=self.cfg.eval.adapt_batch):
-                yield k, (lambda batch, t=tensors: forward(net, batch, t))
+                yield k, (lambda batch, t=tensors: magnitude(forward(net, batch, t), batch))
         else:
             wanted = set(names)
             params = [p for n, p in net.named_parameters() if n in wanted]
-            yield from finetune_path(net, support, step_counts, lr, forward, params, batch=self.cfg.eval.adapt_batch)
+            yield from finetune_path(net, support, step_counts, lr, forward, self.loss, params, batch=self.cfg.eval.adapt_batch)

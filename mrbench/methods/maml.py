@@ -52,7 +52,7 @@ from .meta import (
     inner_path,
     inner_rates,
     make_inner_rates,
-    reconstruction_loss,
+    functional_loss,
 )
 
 
@@ -80,8 +80,9 @@ class MAML(Method):
         buffers = dict(net.named_buffers())
 
         def query_loss(support, query):
-            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.adapt_names)
-            return reconstruction_loss(net, {**fast, **buffers}, query)
+            loss = functional_loss(self.loss)
+            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.adapt_names, loss)
+            return loss(net, {**fast, **buffers}, query)
 
         return episode_step(self, source, query_loss)
 
@@ -100,5 +101,5 @@ class MAML(Method):
             raise ValueError(f"maml has no adaptation rule {rule!r}")
         net = self.models["net"]
         for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self),
-                                     batch=self.cfg.eval.adapt_batch):
+                                     functional_loss(self.loss), batch=self.cfg.eval.adapt_batch):
             yield k, (lambda batch, t=tensors: functional_reconstruct(net, t, batch))

@@ -49,8 +49,7 @@ from torch.func import functional_call
 
 from ..data.dataset import Sample
 from ..errors import MrbenchError
-from ..fourier import center_crop
-from .base import Phase, StepResult, backbone_args, l1_per_sample, support_minibatch
+from .base import Phase, StepResult, backbone_args, l1_per_sample, magnitude, support_minibatch
 
 
 
@@ -142,11 +141,24 @@ def adapt_names(model: nn.Module, group: str) -> list[str]:
     return names
 
 
+def functional_image(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:
+    """The backbone's complex image with ``tensors`` (parameters and buffers) in place of its own."""
+    return functional_call(model, dict(tensors), backbone_args(model, batch))
+
+
 def functional_reconstruct(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:
-    """:func:`~mrbench.methods.base.reconstruct` with ``tensors`` (parameters and buffers) in
-    place of the module's own: the backbone's (B, H, W) output centre-cropped to the targets."""
-    out = functional_call(model, dict(tensors), backbone_args(model, batch))
-    return center_crop(out, tuple(batch.target.shape[-2:]))
+    """:func:`~mrbench.methods.base.reconstruct` with ``tensors`` in place of the module's own."""
+    return magnitude(functional_image(model, tensors, batch), batch)
+
+
+def functional_loss(loss: Callable) -> LossFn:
+    """A method's training loss (:mod:`mrbench.losses`) as an inner/outer-loop loss evaluated
+    at ``tensors``: ``(model, tensors, batch) -> scalar``."""
+
+    def fn(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:
+        return loss(lambda b: functional_image(model, tensors, b), batch).mean()
+
+    return fn
 
 
 def reconstruction_loss(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:

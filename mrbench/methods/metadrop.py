@@ -61,7 +61,7 @@ from torch import nn
 
 from ..data.contexts import Context
 from ..errors import MrbenchError
-from .base import Method, Phase, StepResult, l1_per_sample, reconstruct
+from .base import Method, Phase, StepResult, image
 from .meta import MetaOptions, episode_phase, meta_support, task_draw_weights
 
 RULES: dict[str, Callable[[Context, Context], bool]] = {
@@ -241,7 +241,7 @@ class MetaDrop(Method):
         batch_b = source(m.query, task=b)
 
         def loss(batch):
-            return lambda: l1_per_sample(reconstruct(net, batch), batch).mean()
+            return lambda: self.loss(lambda b: image(net, b), batch).mean()
 
         # notes/sgd: in place, .grad left None, the engine's step changes nothing; adam: the engine steps
         if m.outer == "notes":

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MrbenchError
-from .base import Method, Phase, Reconstructor, StepResult, _per_task, l1_per_sample, reconstruct
+from .base import Method, Phase, Reconstructor, StepResult, _per_task, image, reconstruct
 from ..models.mtl_varnet import MTLVarNet, default_blocks
 from .weighting import WEIGHTINGS, make_weighting
 
@@ -66,7 +66,8 @@ def mtl_backbone_kwargs(cfg) -> dict:
             "set model.cascades = 0 (or the same number)"
         )
     cascades = kw.pop("cascades")
-    return dict(blocks=blocks or default_blocks(cascades), share_etas=cfg.model.share_etas, **kw)
+    kw.update(blocks=blocks or default_blocks(cascades), share_etas=cfg.model.share_etas)
+    return kw
 
 
 class MTL(Method):
@@ -109,7 +110,7 @@ class MTL(Method):
 
     def task_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-sample L1 (B,), per-task mean L1 (T,), per-task sample counts (T,))."""
-        per_sample = l1_per_sample(reconstruct(self.models["mtl"], batch), batch)
+        per_sample = self.loss(lambda b: image(self.models["mtl"], b), batch)
         task = batch.task.to(per_sample.device).long()
         n = len(self.tasks)
         counts = torch.bincount(task, minlength=n)
@@ -144,7 +145,7 @@ class MTL(Method):
         """Fine-tuning on an unseen context routes every slice through the nearest seen task's
         blocks (its own task index means nothing to the network)."""
         t = self.nearest_task(ctx)
-        return lambda model, batch: reconstruct(model, batch, task=torch.full_like(batch.task, t))
+        return lambda model, batch: image(model, batch, task=torch.full_like(batch.task, t))
 
     def num_parameters(self) -> int:
         """The network's parameters (the weighting's few learned weights are not counted)."""

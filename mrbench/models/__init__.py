@@ -9,8 +9,12 @@ Every backbone has the same forward signature, so methods are backbone-agnostic:
 * ``mask``: float32 (B, 1, H, W), 1 where sampled (1-D column pattern
   repeated over rows, or a 2-D point pattern);
 * ``num_low_frequencies``: int64 (B,) fully sampled centre columns (ACS);
-* returns float32 (B, H, W): the magnitude image (RSS over coils for
-  multi-coil), full size — the caller centre-crops to the target.
+* returns complex64 (B, H, W): the coil-combined image, full size. Single-coil
+  it carries the phase, so the measurements can be recomputed from it
+  (:class:`~mrbench.physics.MRIOperator`, the self-supervised losses); multi-coil
+  backbones return the RSS magnitude with zero phase (fastMRI's multi-coil
+  targets are RSS). The magnitude is taken, and centre-cropped to the target,
+  in one place: :func:`mrbench.methods.base.magnitude`.
 
 Inputs may have any scale; backbones normalise internally per sample.
 """
@@ -26,13 +30,17 @@ from mrbench.models.unet import NormUNet, UNet, UNetRecon
 from mrbench.models.varnet import SensitivityModel, VarNet, VarNetCascade
 from mrbench.models.mtl_varnet import MTLVarNet  # noqa: E402
 from mrbench.models.km_unet import KMUNet  # noqa: E402
+from mrbench.models.modl import MoDL  # noqa: E402
+from mrbench.models.rim import RIM  # noqa: E402
 
 __all__ = [
     "BACKBONES",
     "SIZES",
     "build_backbone",
     "KMUNet",
+    "MoDL",
     "NormUNet",
+    "RIM",
     "SensitivityModel",
     "UNet",
     "UNetRecon",
@@ -45,6 +53,8 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "varnet": VarNet,
     "mtl-varnet": MTLVarNet,  # needs num_tasks (built by method mtl)
     "km-unet": KMUNet,  # KM-MAML's kernel-modulated U-Net; without an embedding it uses each sample's own
+    "modl": MoDL,  # Aggarwal et al. 2019: shared CNN denoiser + CG data consistency, model.iterations
+    "rim": RIM,  # Putzky & Welling 2017: recurrent inference machine, model.iterations time steps
 }
 
 #: VarNet sizes: ``demo`` runs on a laptop CPU; ``paper`` is fastMRI's E2E-VarNet.

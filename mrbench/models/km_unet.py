@@ -214,7 +214,7 @@ class KMUNet(nn.Module):
         followed by the ``unet`` backbone's single-coil data consistency."""
         x0 = _zero_filled(kspace) if x0 is None else x0
         it = iter(mods)
-        out = data_consistency(x0 + _norm_unet(self.base.net, x0, it), kspace, mask).abs()[:, 0]
+        out = data_consistency(x0 + _norm_unet(self.base.net, x0, it), kspace, mask)[:, 0]
         if next(it, None) is not None:
             raise ValueError("more modulations than modulated convolutions")
         return out

@@ -223,7 +223,13 @@ class UNetRecon(nn.Module):
             x0 = images
         else:
             x0 = rss(images, dim=1).unsqueeze(1).to(images.dtype)  # zero phase
-        return data_consistency(x0 + self.net(x0), kspace, mask).abs()[:, 0]
+        return data_consistency(x0 + self.net(x0), kspace, mask)[:, 0]
+
+
+def zero_phase(magnitude: torch.Tensor) -> torch.Tensor:
+    """A real (B, H, W) magnitude as a complex image with zero phase: a multi-coil backbone's
+    output without a coil combination that keeps phase (RSS, as fastMRI's multi-coil targets)."""
+    return torch.complex(magnitude, torch.zeros_like(magnitude))
 
 
 def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

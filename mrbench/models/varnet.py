@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from mrbench.fourier import alternating_sign, fft2c, ifft2c
-from mrbench.models.unet import NormUNet
+from mrbench.models.unet import NormUNet, zero_phase
 
 __all__ = ["Domain", "VarNet", "VarNetCascade", "SensitivityModel", "acs_band", "choose_domain"]
 
@@ -338,5 +338,5 @@ class VarNet(nn.Module):
             k = cascade(k, k0, m, sens, *route, domain=domain, sens_conj=sens_conj)
         images = domain.inverse(k)
         if images.shape[1] == 1:
-            return images[:, 0].abs()
-        return _rss(images)
+            return images[:, 0]
+        return zero_phase(_rss(images))

@@ -177,7 +177,7 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
 
 def row_settings(runs: Sequence[Run]) -> dict[str, str]:
     """What each table row (label) was trained with, so like is seen to be compared with like:
-    backbone, parameter count, task-sampling rule and the test-time adaptation chosen on
+    backbone, parameter count, task-sampling rule, training loss and the test-time adaptation chosen on
     seen validation (rule, lr, steps; ``–`` for zero-filled). Values that differ between a
     label's runs (levels, seeds) are joined with ``/``."""
     seen: dict[str, dict[str, list[str]]] = {}
@@ -190,6 +190,7 @@ def row_settings(runs: Sequence[Run]) -> dict[str, str]:
             "backbone": str(run.config.get("model", {}).get("backbone", "?")),
             "params": f"{params / 1e3:.0f}k" if params < 10**6 else f"{params / 1e6:.2f}M",
             "sampling": str(run.config.get("train", {}).get("sampling", "?")),
+            "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}",
         }
         choice = (run.metrics or {}).get("adaptation")
         if choice and choice.get("rule") not in (None, "none"):

@@ -1,0 +1,67 @@
+"""The interface every training loss implements (docs/design.md §11).
+
+A loss sees what a self-supervised method may see — the measured k-space, the mask and a way
+to run the network — and, only if it is the supervised one, the fully-sampled target::
+
+    loss(run, batch) -> (B,) per-sample losses
+
+``run(sample)`` is the network on a :class:`~mrbench.data.dataset.Sample` (possibly with
+other k-space and mask, e.g. an SSDU split or a transformed image's measurements) and returns
+its complex full-size (B, H, W) image. Per-sample values keep the multi-task weightings
+working (they average per task). Every value is divided by the sample's volume maximum, as
+the supervised L1 is, so losses are comparable across datasets.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+
+from ..data.dataset import Sample
+from ..physics import MRIOperator
+
+Run = Callable[[Sample], torch.Tensor]
+
+
+class Loss:
+    name: ClassVar[str] = "base"
+    options: ClassVar[dict[str, type]] = {}
+    supervised: ClassVar[bool] = False  # reads batch.target
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __call__(self, run: Run, batch: Sample) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def operator(batch: Sample, mask: torch.Tensor | None = None) -> MRIOperator:
+    """The single-coil forward operator A = M F of a batch (``mask`` replaces the batch's)."""
+    if batch.kspace.shape[1] != 1:
+        raise ValueError("self-supervised losses need single-coil data (A without coil sensitivities)")
+    return MRIOperator(batch.mask if mask is None else mask)
+
+
+def with_measurements(batch: Sample, kspace: torch.Tensor, mask: torch.Tensor) -> Sample:
+    """``batch`` with other measured k-space and mask (what the network is then run on)."""
+    return batch._replace(kspace=kspace.to(batch.kspace.dtype), mask=mask.to(batch.mask.dtype))
+
+
+def kspace_l1(residual: torch.Tensor, weight: torch.Tensor, batch: Sample) -> torch.Tensor:
+    """Per-sample mean |residual| over the k-space points where ``weight`` > 0 (weighted by it),
+    divided by the volume maximum: the k-space counterpart of the supervised L1."""
+    w = weight.expand_as(residual).to(residual.real.dtype)
+    num = (residual.abs() * w).flatten(1).sum(1)
+    den = (w > 0).flatten(1).sum(1).clamp_min(1)
+    return num / den / batch.max_value.to(num.dtype)
+
+
+def image_l1(a: torch.Tensor, b: torch.Tensor, batch: Sample) -> torch.Tensor:
+    """Per-sample mean |a − b| of two complex (B, H, W) images over the volume maximum."""
+    return (a - b).abs().flatten(1).mean(1) / batch.max_value.to(a.real.dtype)
+
+
+def measurement_consistency(x: torch.Tensor, batch: Sample) -> torch.Tensor:
+    """‖A x − y‖₁ per sample, on the measured points."""
+    return kspace_l1(operator(batch).A(x) - batch.kspace, batch.mask, batch)

@@ -1,0 +1,63 @@
+"""``ssdu``: self-supervision via data undersampling (Yaman et al. 2020; deepinv's
+SplittingLoss with ``eval_split_input=False``).
+
+The measured set Ω is split at random into Θ (what the network sees) and Λ = Ω ∖ Θ (what the
+loss checks)::
+
+    L = ‖ M_Λ (F f(y_Θ, Θ)) − y_Λ ‖₁   (mean over Λ, over the volume maximum)
+
+At inference the network sees all of Ω. Λ takes a fraction ``loss.split_ratio`` (default 0.4,
+Yaman et al.'s ρ) of the measured points outside the fully-sampled centre, which stays in Θ so
+the network always has the low frequencies; with a 1-D (column) mask whole columns are split,
+so Θ is a mask of the same kind. The draw uses torch's global generator, which checkpoints
+store, so a resumed run draws the same splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import MrbenchError
+from .base import Loss, kspace_l1, operator, with_measurements
+
+
+@dataclass
+class SplitOptions:
+    split_ratio: float = 0.4  # ssdu: fraction of the measured points (outside the ACS) held out for the loss
+
+    def check(self, key):
+        if not (0.0 < self.split_ratio < 1.0):
+            raise MrbenchError(f"{key('split_ratio')}: " + f"must be in (0, 1), got {self.split_ratio}")
+
+
+def acs_columns(mask: torch.Tensor, num_low_frequencies: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1, W) bool: the centred fully-sampled columns of each sample."""
+    b, w = mask.shape[0], mask.shape[-1]
+    cols = torch.arange(w, device=mask.device).view(1, w)
+    n = num_low_frequencies.view(b, 1).to(mask.device)
+    start = (w - n + 1) // 2
+    return ((cols >= start) & (cols < start + n)).view(b, 1, 1, w)
+
+
+def split_mask(mask: torch.Tensor, num_low_frequencies: torch.Tensor, ratio: float,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Θ, Λ): disjoint 0/1 masks with Θ + Λ = the measured mask, the ACS columns in Θ."""
+    measured = mask > 0
+    one_d = bool((mask == mask[..., :1, :]).all())  # constant along rows: a column mask
+    shape = (*mask.shape[:-2], 1, mask.shape[-1]) if one_d else mask.shape
+    draw = torch.rand(shape, generator=generator, device=mask.device) < ratio
+    held = draw.expand_as(mask) & measured & ~acs_columns(mask, num_low_frequencies).expand_as(mask)
+    lam = held.to(mask.dtype)
+    return mask * (1 - lam), lam
+
+
+class SSDU(Loss):
+    name = "ssdu"
+    options = {"loss": SplitOptions}
+
+    def __call__(self, run, batch):
+        theta, lam = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio)
+        x = run(with_measurements(batch, batch.kspace * theta, theta))
+        return kspace_l1(operator(batch).A(x) - batch.kspace, lam, batch)

@@ -1,0 +1,152 @@
+"""The loss axis (issue 13): each loss's defining property, not only that it runs — MC is zero
+on a consistent image; SSDU's splits are disjoint and cover the mask; EI/MOI vanish for an
+equivariant identity-like network and penalise one that is not; every loss trains a method
+end to end and shows in the run name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mrbench.config import load_config
+from mrbench.data.dataset import Sample
+from mrbench.errors import MrbenchError
+from mrbench.fourier import fft2c, ifft2c
+from mrbench.losses import LOSSES
+from mrbench.losses.ssdu import split_mask
+from mrbench.runner import execute
+
+from conftest import tiny_run_settings, write_tiny_root
+
+
+class Cfg:  # the keys the losses read
+    class loss:
+        split_ratio = 0.4
+        ei_weight = 1.0
+
+
+def sample(mask: torch.Tensor, seed: int = 0) -> tuple[Sample, torch.Tensor]:
+    """A single-coil batch measuring a random image x with ``mask``; returns (batch, x)."""
+    g = torch.Generator().manual_seed(seed)
+    b, _, h, w = mask.shape
+    x = torch.randn(b, h, w, generator=g, dtype=torch.complex64)
+    y = mask * fft2c(x.unsqueeze(1))
+    batch = Sample(y, mask, x.abs(), ifft2c(y)[:, 0].abs(), torch.zeros(b, dtype=torch.long), ["f"] * b,
+                   torch.arange(b), torch.ones(b), torch.full((b,), 4))
+    return batch, x
+
+
+def column_mask(b=3, h=16, w=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cols = (torch.rand(b, 1, 1, w, generator=g) < 0.4).float()
+    cols[..., w // 2 - 2 : w // 2 + 2] = 1  # 4 ACS columns
+    return cols.expand(b, 1, h, w).contiguous()
+
+
+def zero_filled(b: Sample) -> torch.Tensor:
+    """A^H y: consistent with the measurements, and equivariant when nothing is missing."""
+    return ifft2c(b.kspace)[:, 0]
+
+
+def test_mc_is_zero_on_a_consistent_image_and_positive_otherwise():
+    batch, x = sample(column_mask())
+    mc = LOSSES["mc"](Cfg)
+    assert torch.allclose(mc(zero_filled, batch), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(mc(lambda b: x, batch), torch.zeros(3), atol=1e-6)  # the truth too
+    assert (mc(lambda b: 1.1 * x, batch) > 1e-2).all()
+
+
+def test_ssdu_splits_are_disjoint_cover_the_mask_and_keep_the_centre():
+    mask = column_mask(b=4, seed=1)
+    torch.manual_seed(0)
+    theta, lam = split_mask(mask, torch.full((4,), 4), 0.4)
+    assert torch.equal(theta * lam, torch.zeros_like(mask))  # disjoint
+    assert torch.equal(theta + lam, mask)  # cover Ω exactly
+    assert lam.sum() > 0 and theta.sum() > 0
+    assert torch.equal(lam[..., 6:10], torch.zeros_like(lam[..., 6:10]))  # ACS stays in Θ
+    assert torch.equal(lam, lam[..., :1, :].expand_as(lam))  # column mask → column split
+    frac = float(lam.sum() / (mask.sum() - 4 * 16 * 4))
+    assert 0.15 < frac < 0.65  # about split_ratio of the non-ACS measured points
+    points = (torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    theta, lam = split_mask(points, torch.zeros(2, dtype=torch.long), 0.4)
+    assert torch.equal(theta + lam, points) and not torch.equal(lam, lam[..., :1, :].expand_as(lam))
+
+
+def test_ssdu_checks_the_held_out_points_with_the_network_on_the_rest():
+    batch, x = sample(column_mask())
+    torch.manual_seed(0)
+    seen = []
+    ssdu = LOSSES["ssdu"](Cfg)
+
+    def run(b):
+        seen.append(b.mask)
+        return x  # knows the image: held-out points match
+    assert torch.allclose(ssdu(run, batch), torch.zeros(3), atol=1e-6)
+    assert (seen[0] <= batch.mask).all() and seen[0].sum() < batch.mask.sum()
+    assert (ssdu(zero_filled, batch) > 1e-2).all()  # zero-filled from Θ misses Λ's lines
+
+
+@pytest.mark.parametrize("name", ["ei", "moi", "mo-ei"])
+def test_equivariance_losses_vanish_for_an_equivariant_identity_like_network(name):
+    """Fully sampled: A^H y is the identity on images, equivariant and consistent — loss 0."""
+    full = torch.ones(3, 1, 16, 16)
+    batch, x = sample(full)
+    torch.manual_seed(0)
+    assert torch.allclose(LOSSES[name](Cfg)(zero_filled, batch), torch.zeros(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ei", "mo-ei"])
+def test_equivariance_losses_penalise_a_network_that_ignores_its_input(name):
+    """A network returning the truth whatever it is given is consistent (MC = 0) but not
+    equivariant: f(A T x) = x ≠ T x."""
+    batch, x = sample(column_mask())
+    torch.manual_seed(3)
+    values = torch.stack([LOSSES[name](Cfg)(lambda b: x, batch) for _ in range(4)])
+    assert (values.max(dim=0).values > 1e-2).all()
+    assert torch.allclose(LOSSES["mc"](Cfg)(lambda b: x, batch), torch.zeros(3), atol=1e-6)
+
+
+def test_moi_measures_with_other_operators():
+    batch, x = sample(column_mask())
+    masks = []
+
+    def run(b):
+        masks.append(b.mask)
+        return zero_filled(b)
+    LOSSES["moi"](Cfg)(run, batch)
+    assert len(masks) == 2 and not torch.equal(masks[1], batch.mask)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("losses") / "d"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4)
+    return root
+
+
+@pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"sup"}))
+def test_every_loss_trains_a_method_and_is_in_the_run_name(loss, data_root, tmp_path):
+    cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.budget=16", f"train.loss={loss}",
+                                              "eval.adapt_steps=[0, 1]"), method="stl")
+    assert cfg.run_name == f"stl-varnet-{loss}-s0-seed0"
+    store = execute(cfg, quiet=True)
+    m = store.read_json("metrics.json")
+    assert all(c["steps"]["0"]["mean"]["psnr"] > 0 for c in m["contexts"].values())
+    assert store.read_json("config.json")["train"]["loss"] == loss
+
+
+def test_unknown_loss_lists_the_valid_ones():
+    with pytest.raises(MrbenchError, match="train.loss: unknown loss 'n2n'; valid losses: sup, mc, ssdu"):
+        load_config(None, ["train.loss=n2n"], method="stl")
+    with pytest.raises(MrbenchError, match="loss.split_ratio: must be in"):
+        load_config(None, ["train.loss=ssdu", "loss.split_ratio=1.5"], method="stl")
+
+
+def test_self_supervised_loss_on_multicoil_data_is_refused_before_the_run_exists(tmp_path):
+    root = tmp_path / "mc"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1},
+                    slices=2, coils=2)
+    cfg = load_config(None, tiny_run_settings(root, tmp_path / "runs", "train.loss=ei"), method="stl")
+    with pytest.raises(MrbenchError, match="train.loss = 'ei': the self-supervised losses need single-coil data"):
+        execute(cfg, quiet=True)
+    assert not cfg.run_dir.exists()
