@@ -150,3 +150,28 @@ def test_self_supervised_loss_on_multicoil_data_is_refused_before_the_run_exists
     with pytest.raises(MrbenchError, match="train.loss = 'ei': the self-supervised losses need single-coil data"):
         execute(cfg, quiet=True)
     assert not cfg.run_dir.exists()
+
+
+def test_noise2inverse_trains_like_ssdu_and_averages_splits_at_inference():
+    class N2I(Cfg):
+        class loss:
+            split_ratio = 0.4
+            eval_splits = 3
+    batch, x = sample(column_mask())
+    n2i, ssdu = LOSSES["noise2inverse"](N2I), LOSSES["ssdu"](N2I)
+    torch.manual_seed(0)
+    a = n2i(zero_filled, batch)
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, ssdu(zero_filled, batch))  # the same training loss
+    masks = []
+
+    def run(b):
+        masks.append(b.mask)
+        return zero_filled(b)
+    state = torch.get_rng_state()
+    out = n2i.infer(run, batch)
+    assert torch.equal(torch.get_rng_state(), state)  # inference leaves the training stream alone
+    assert len(masks) == 3 and all((m <= batch.mask).all() for m in masks) and not torch.equal(masks[0], masks[1])
+    torch.testing.assert_close(out, sum(ifft2c(batch.kspace * m)[:, 0] for m in masks) / 3)
+    torch.testing.assert_close(n2i.infer(zero_filled, batch), out)  # deterministic
+    assert torch.equal(LOSSES["ssdu"](N2I).infer(zero_filled, batch), zero_filled(batch))  # SSDU: all of Ω

@@ -8,13 +8,14 @@ from ..errors import MrbenchError
 from .base import Loss
 from .equivariant import EquivariantImaging, MultiOperator, MultiOperatorEquivariant
 from .mc import MeasurementConsistency
-from .ssdu import SSDU
+from .ssdu import SSDU, Noise2Inverse
 from .supervised import Supervised
 
 LOSSES: dict[str, type[Loss]] = {
     "sup": Supervised,
     "mc": MeasurementConsistency,
     "ssdu": SSDU,
+    "noise2inverse": Noise2Inverse,
     "ei": EquivariantImaging,
     "moi": MultiOperator,
     "mo-ei": MultiOperatorEquivariant,

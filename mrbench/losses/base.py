@@ -35,6 +35,17 @@ class Loss:
     def __call__(self, run: Run, batch: Sample) -> torch.Tensor:
         raise NotImplementedError
 
+    def infer(self, run: Run, batch: Sample) -> torch.Tensor:
+        """The complex image at inference: the network on all the measurements (a loss that
+        trains on parts of them may average over parts instead, e.g. Noise2Inverse)."""
+        return run(batch)
+
+    def reconstruct(self, run: Run, batch: Sample) -> torch.Tensor:
+        """What is scored: :meth:`infer`'s magnitude, centre-cropped to the targets."""
+        from ..methods.base import magnitude
+
+        return magnitude(self.infer(run, batch), batch)
+
 
 def operator(batch: Sample, mask: torch.Tensor | None = None) -> MRIOperator:
     """The single-coil forward operator A = M F of a batch (``mask`` replaces the batch's)."""

@@ -61,3 +61,32 @@ class SSDU(Loss):
         theta, lam = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio)
         x = run(with_measurements(batch, batch.kspace * theta, theta))
         return kspace_l1(operator(batch).A(x) - batch.kspace, lam, batch)
+
+
+@dataclass
+class Noise2InverseOptions:
+    eval_splits: int = 4  # noise2inverse: splits averaged at inference
+
+    def check(self, key):
+        if self.eval_splits < 1:
+            raise MrbenchError(f"{key('eval_splits')}: must be ≥ 1, got {self.eval_splits}")
+
+
+class Noise2Inverse(SSDU):
+    """``noise2inverse``: SSDU's training loss, and at inference the mean of the network over
+    ``loss.eval_splits`` random splits, each seeing only its Θ (Hendriksen et al. 2020 for CT;
+    deepinv's SplittingLoss with ``eval_split_input=True``). The inference splits come from a
+    generator of their own (seed 0), so evaluation is deterministic and leaves the training
+    random stream alone."""
+
+    name = "noise2inverse"
+    options = {"loss": (SplitOptions, Noise2InverseOptions)}
+
+    def infer(self, run, batch):
+        g = torch.Generator(device=batch.mask.device).manual_seed(0)
+        out = 0
+        n = self.cfg.loss.eval_splits
+        for _ in range(n):
+            theta, _ = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio, g)
+            out = out + run(with_measurements(batch, batch.kspace * theta, theta))
+        return out / n

@@ -144,7 +144,7 @@ class Method:
 
     def reconstructor(self, task: int) -> Reconstructor:
         model = self.models[self.model_key(task)]
-        return lambda batch: reconstruct(model, batch)
+        return lambda batch: self.loss.reconstruct(lambda b: image(model, b), batch)
 
     def nearest_task(self, ctx: Context) -> int:
         """The seen task a method with per-task models starts from on an unseen context:
@@ -234,7 +234,7 @@ def finetune_path(
             opt.step()
             done += 1
         model.eval()
-        yield k, (lambda batch: magnitude(forward(model, batch), batch))
+        yield k, (lambda batch: loss.reconstruct(lambda b: forward(model, b), batch))
 
 
 def _per_task(per_sample: torch.Tensor, task: torch.Tensor) -> dict[int, float]:

@@ -74,7 +74,7 @@ from torch.func import functional_call
 
 from ..data.dataset import Sample
 from ..errors import MrbenchError
-from .base import Method, Phase, StepResult, finetune_path, magnitude
+from .base import Method, Phase, StepResult, finetune_path
 from .meta import (
     MetaOptions,
     episode_phase,
@@ -200,11 +200,11 @@ class KMMAML(Method):
 
         if not names:  # on-the-fly
             for k in sorted(set(step_counts)):
-                yield k, (lambda batch: magnitude(forward(net, batch), batch))
+                yield k, (lambda batch: self.loss.reconstruct(lambda b: forward(net, b), batch))
         elif rule == "inner":
             for k, tensors in inner_path(net, names, support, step_counts, inner_rates(self), loss=embedded_loss(z, self.loss),
                                          batch=self.cfg.eval.adapt_batch):
-                yield k, (lambda batch, t=tensors: magnitude(forward(net, batch, t), batch))
+                yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: forward(net, b, t), batch))
         else:
             wanted = set(names)
             params = [p for n, p in net.named_parameters() if n in wanted]

@@ -47,7 +47,7 @@ from .meta import (
     episode_phase,
     episode_slices,
     episode_step,
-    functional_reconstruct,
+    functional_image,
     inner_loop,
     inner_path,
     inner_rates,
@@ -102,4 +102,4 @@ class MAML(Method):
         net = self.models["net"]
         for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self),
                                      functional_loss(self.loss), batch=self.cfg.eval.adapt_batch):
-            yield k, (lambda batch, t=tensors: functional_reconstruct(net, t, batch))
+            yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: functional_image(net, t, b), batch))

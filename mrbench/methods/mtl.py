@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MrbenchError
-from .base import Method, Phase, Reconstructor, StepResult, _per_task, image, reconstruct
+from .base import Method, Phase, Reconstructor, StepResult, _per_task, image
 from ..models.mtl_varnet import MTLVarNet, default_blocks
 from .weighting import WEIGHTINGS, make_weighting
 
@@ -139,7 +139,7 @@ class MTL(Method):
 
     def reconstructor(self, task: int) -> Reconstructor:
         model = self.models["mtl"]
-        return lambda batch: reconstruct(model, batch, task=torch.full_like(batch.task, task))
+        return lambda batch: self.loss.reconstruct(lambda b: image(model, b, task=torch.full_like(b.task, task)), batch)
 
     def adapt_forward(self, ctx):
         """Fine-tuning on an unseen context routes every slice through the nearest seen task's
