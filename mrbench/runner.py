@@ -233,6 +233,17 @@ def _writer(store: RunStore):
     return SummaryWriter(str(store.tb_dir))
 
 
+def _digests(data: ExperimentData, files: list[str]) -> dict[str, str]:
+    """Each file's digest, from the index cache while the file is unchanged (hashing every
+    file of a large dataset at every run start would dominate small runs)."""
+    cache = getattr(data.index, "cache", None)
+    if cache is None:
+        return {f: file_digest(Path(f)) for f in files}
+    out = {f: cache.digest(Path(f), file_digest) for f in files}
+    cache.save()
+    return out
+
+
 def _manifest(cfg: Config, data: ExperimentData, device: torch.device, started: str) -> dict:
     files = {}
     for group in (data.train, data.val, data.test, data.unseen_test, data.unseen_support):
@@ -246,7 +257,7 @@ def _manifest(cfg: Config, data: ExperimentData, device: torch.device, started: 
         "scarcity": cfg.scarcity,
         "seed": cfg.train.seed,
         "data_root": str(Path(cfg.data.root).resolve()),
-        "files": {f: file_digest(Path(f)) for f in sorted(files)},
+        "files": _digests(data, sorted(files)),
         "training_slices": data.slice_lists(),
         "support_slices": data.support_slices,
         "device": str(device),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import MrbenchError
 from .fastmri_format import VolumeMeta, check_values, read_meta
+from .index_cache import IndexCache, relative_names
 
 SPLITS = ("train", "val", "test")
 
@@ -25,6 +26,7 @@ SPLITS = ("train", "val", "test")
 class VolumeIndex:
     root: Path
     volumes: dict[str, list[VolumeMeta]] = field(default_factory=dict)  # split -> sorted
+    cache: IndexCache | None = field(default=None, repr=False, compare=False)
 
     @property
     def splits(self) -> list[str]:
@@ -124,11 +126,13 @@ def _h5_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
 
 
-def scan(root: str | os.PathLike, *, check: bool = False) -> VolumeIndex:
+def scan(root: str | os.PathLike, *, check: bool = False, cache: bool = True) -> VolumeIndex:
     """Index a data directory; ``check=True`` also scans every value for NaN/Inf.
 
     Every structural problem (not HDF5, truncated, no ``kspace``, wrong rank or
-    dtype, no ``acquisition``) raises :class:`MrbenchError` naming the file.
+    dtype, no ``acquisition``) raises :class:`MrbenchError` naming the file. Header fields
+    come from the on-disk cache (:mod:`~mrbench.data.index_cache`) for files unchanged since
+    it was written (``cache=False``: read every header).
     """
     root = Path(root)
     if not root.exists():
@@ -139,13 +143,19 @@ def scan(root: str | os.PathLike, *, check: bool = False) -> VolumeIndex:
     if not split_dirs:
         split_dirs = {root.name or "data": root}
     index = VolumeIndex(root=root)
+    store = IndexCache(root) if cache else None
+    seen: list[Path] = []
     for split, directory in split_dirs.items():
         files = _h5_files(directory)
+        seen += files
         if files:
-            index.volumes[split] = [read_meta(f) for f in files]
+            index.volumes[split] = [store.meta(f, read_meta) if store else read_meta(f) for f in files]
             if check:
                 for f in files:
                     check_values(f)
+    if store is not None:
+        store.save(keep=relative_names(root, seen))
+        index.cache = store
     if not index.volumes:
         where = ", ".join(str(d) for d in split_dirs.values())
         raise MrbenchError(f"no .h5 files in {where}")
