@@ -391,12 +391,27 @@ def compare_cmd(paths, out, baselines, reference, metric, title):
 @click.option("--metrics", default="psnr,ssim", show_default=True, help="Comma-separated: psnr, ssim, nmse.")
 @click.option("--steps", type=int, default=None, help="Adaptation steps shown for unseen contexts (default: the largest).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
-def table_cmd(paths, fmt, reference, metrics, steps, out):
+@click.option("--claims", "claims_file", type=click.Path(dir_okay=False),
+              help="Instead: the claims ledger of this experiment file's [[claims]] (held / did not hold / within noise).")
+def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file):
     """Paper-style table of the finished runs in PATHS (experiment or run directories)."""
     from . import atomic
     from .reports import results as R
     from .reports.table import build_tables, render
 
+    if claims_file:
+        from .reports import claims as C
+
+        claims = C.read_claims(claims_file)  # a bad claims file is reported before the runs are read
+        runs = R.load_runs(paths)
+        table = C.ledger(claims, runs, R.diverged_runs(paths), C.experiment_names(runs))
+        text = C.to_markdown(table) if fmt == "md" else table.to_csv(index=False)
+        if out:
+            atomic.write_text(out, text)
+            click.echo(f"wrote {out}")
+        else:
+            click.echo(text, nl=False)
+        return
     runs = R.load_runs(paths)
     tables = build_tables(
         runs, reference=reference or "joint", reference_required=reference is not None,

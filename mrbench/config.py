@@ -467,6 +467,7 @@ def load_config(
         p = Path(path)
         values = read_experiment(p, profile)
         values.pop("sweep", None)  # the sweep grid is read by `mrbench sweep`
+        values.pop("claims", None)  # the paper claims, by `mrbench table --claims`
         try:
             _apply(cfg, values, "", explicit)
         except MrbenchError as exc:

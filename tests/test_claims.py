@@ -1,0 +1,95 @@
+"""The claims ledger (issue 19): each expectation's verdict from per-volume metrics with
+known differences — a clear gain is *held*, a difference inside the noise is *within noise*,
+a shortfall *did not hold* — and diverged runs are counted, never averaged in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mrbench.cli import main
+from mrbench.errors import MrbenchError
+from mrbench.reports import claims as C
+from mrbench.reports.results import Run
+
+CONTEXTS = {"A/equispaced/4x": (True, False), "B/equispaced/4x": (True, True), "C/random/6x": (False, False)}
+
+
+def fake_run(label: str, seed: int, offset: float, noise: float = 0.0, gain: float = 0.0) -> Run:
+    """A finished run whose PSNR on 8 volumes is 30 + offset (+ noise), with unseen contexts
+    at 0 and 5 adaptation steps (5 chosen; + gain)."""
+    rng = np.random.default_rng(seed * 100 + hash(label) % 97)
+    contexts = {}
+    for name, (seen, scarce) in CONTEXTS.items():
+        steps = {"0": {}} if seen else {"0": {}, "5": {}}
+        for k in steps:
+            vols = {}
+            for v in range(8):
+                psnr = 30 + offset + v * 0.1 + noise * rng.standard_normal() + (gain if k == "5" else 0)
+                vols[f"vol{v}.h5"] = {"psnr": psnr, "ssim": 0.8 + psnr / 1000, "nmse": 0.01}
+            steps[k] = {"volumes": vols}
+        contexts[name] = {"seen": seen, "scarce": scarce, "steps": steps, "context": {"contrast": name[0]},
+                          **({} if seen else {"chosen_steps": 5})}
+    metrics = {"contexts": contexts, "adaptation": {"rule": "finetune", "lr": 1e-3, "steps": 5}}
+    config = {"method": label.split("-")[0], "scarcity": 0, "train": {"seed": seed}, "run": {"experiment": "exp"}}
+    return Run(Path(f"{label}-s0-seed{seed}"), config, metrics, done=True)
+
+
+def runs(**labels):
+    return [fake_run(label, s, *args) for label, args in labels.items() for s in range(3)]
+
+
+def claim(**kw):
+    base = dict(paper="P", claim="c", method="new", reference="ref")
+    return C.Claim(**{**base, **kw})
+
+
+def verdict(c, rs, diverged=()):
+    return C.ledger([c], rs, list(diverged), "exp").iloc[0]
+
+
+def test_compare_verdicts_follow_the_intervals():
+    clear = runs(new=(1.0,), ref=(0.0,))
+    assert verdict(claim(), clear)["verdict"] == "held"
+    assert verdict(claim(expect="not worse"), clear)["verdict"] == "held"
+    behind = runs(new=(-1.0,), ref=(0.0,))
+    assert verdict(claim(), behind)["verdict"] == "did not hold"
+    assert verdict(claim(expect="within", margin=2.0), behind)["verdict"] == "held"
+    assert verdict(claim(expect="within", margin=0.5), behind)["verdict"] == "did not hold"
+    noisy = runs(new=(0.05, 1.0), ref=(0.0, 1.0))
+    row = verdict(claim(), noisy)
+    assert row["verdict"] == "within noise" and "tied in" in row["measured"]
+    assert verdict(claim(expect="tie"), noisy)["verdict"] == "held"
+    assert verdict(claim(contexts="unseen", win_rate=0.5), clear)["measured"].endswith("of 1 cells")
+
+
+def test_adaptation_claims_read_the_gain_at_the_chosen_steps():
+    assert verdict(claim(kind="adaptation", gain=0.5), runs(new=(0.0, 0.0, 0.6)))["verdict"] == "held"
+    assert verdict(claim(kind="adaptation", gain=0.5), runs(new=(0.0, 0.0, 0.01)))["verdict"] == "did not hold"
+
+
+def test_missing_and_diverged_runs_are_reported_not_averaged():
+    rs = runs(new=(1.0,))
+    row = verdict(claim(), rs, diverged=[fake_run("ref", 0, 0.0)])
+    assert row["verdict"] == "not measured" and "ref" in row["measured"] and row["diverged"] == 1
+
+
+def test_claims_file_errors_and_the_command(tmp_path):
+    bad = tmp_path / "e.toml"
+    bad.write_text('[[claims]]\npaper = "P"\nclaim = "c"\nmethod = "m"\nexpect = "better"\n')
+    with pytest.raises(MrbenchError, match="needs reference"):
+        C.read_claims(bad)
+    bad.write_text('[[claims]]\npaper = "P"\nclaim = "c"\nmethod = "m"\nreference = "r"\nwhen = 1\n')
+    with pytest.raises(MrbenchError, match="unknown key"):
+        C.read_claims(bad)
+    r = CliRunner().invoke(main, ["table", str(tmp_path), "--claims", str(tmp_path / "none.toml")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "deepinv_ssl.toml", "kmmaml2023.toml"])
+def test_every_experiment_file_states_well_formed_claims(name):
+    root = Path(__file__).resolve().parents[1] / "evaluate"
+    assert C.read_claims(root / name)
