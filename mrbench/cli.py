@@ -194,6 +194,9 @@ def run_cmd(method, config_file, profile, overrides, scarcity, seed, threads, de
         again = _resume_command(method, config_file, profile, extra, scarcity, quiet)
         click.echo(f"{stop}; continue with: {again}")
         return
+    if getattr(store, "already_done", False):
+        click.echo(f"{store.path}: already done, nothing to run")
+        return
     _print_metrics(store.read_json("metrics.json"), store.path)
 
 
@@ -311,8 +314,14 @@ def _echo_err(line: str) -> None:
               help="local: subprocesses here; slurm: write (and submit, if sbatch exists) an array job.")
 @click.option("--profile", help="Merge the file's [profile.NAME] over it (e.g. cpu, gpu).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run.")
+@click.option("--partition", default="", help="slurm: #SBATCH --partition.")
+@click.option("--time", "time_limit", default="", help="slurm: #SBATCH --time per run (e.g. 04:00:00).")
+@click.option("--mem", default="", help="slurm: #SBATCH --mem per run (e.g. 16G).")
+@click.option("--gpus-per-run", default=0, type=int, help="slurm: --gres=gpu:N and train.device=cuda.")
+@click.option("--check", is_flag=True, help="Run nothing: check the finished runs' training slice lists (e.g. after a Slurm array).")
 @click.option("--quiet", is_flag=True, help="Only the summary.")
-def sweep_cmd(experiment_file, jobs, threads, executor, profile, overrides, quiet):
+def sweep_cmd(experiment_file, jobs, threads, executor, profile, overrides, partition, time_limit, mem, gpus_per_run,
+              check, quiet):
     """Run the grid methods × scarcity levels × seeds of EXPERIMENT_FILE ([sweep] table).
 
     Runs with DONE are skipped and incomplete ones resumed, so re-running a sweep
@@ -324,8 +333,27 @@ def sweep_cmd(experiment_file, jobs, threads, executor, profile, overrides, quie
     if threads < 0:
         raise MrbenchError(f"--threads must be ≥ 0, got {threads}")
     exp = load_experiment(experiment_file, overrides, profile=profile)
+    if check:
+        from .store import RunStore
+        from .sweep import check_slice_lists, slice_summary
+
+        problems = check_slice_lists(exp)
+        done = sum(RunStore(cfg.run_dir).is_done() for cfg in exp.configs.values())
+        click.echo(f"{exp.directory}: {done} of {len(exp.configs)} runs done")
+        for line in problems:
+            click.echo(f"  slice lists differ: {line}")
+        if not problems:
+            click.echo(f"  {slice_summary(exp)}")
+        if problems:
+            raise click.exceptions.Exit(1)
+        return
+    if gpus_per_run < 0:
+        raise MrbenchError(f"--gpus-per-run must be ≥ 0, got {gpus_per_run}")
     if executor == "slurm":
-        script, commands = write_slurm(exp, jobs, threads or max(1, cores() // jobs))
+        from .sweep import SlurmOptions
+
+        opts = SlurmOptions(partition, time_limit, mem, gpus_per_run)
+        script, commands = write_slurm(exp, jobs, threads or max(1, cores() // jobs), opts)
         submitted = submit_slurm(script)
         click.echo(f"wrote {script} and {commands}; " + (submitted or f"sbatch not found: submit with `sbatch {script}`"))
         return

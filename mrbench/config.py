@@ -87,6 +87,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm, 0 = off
     val_every: int = 500  # slices between validations (and checkpoints)
     sampling: str = "stratified"  # stratified (tasks equally often, scarce up-sampled) | uniform (by slice); one rule for every method
+    precision: str = "fp32"  # fp32 | bf16 (CUDA only: autocast of the training step)
     loss: str = "sup"  # training loss (mrbench.losses: sup | mc | ssdu | ei | moi | mo-ei), also used by fine-tuning
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
@@ -102,6 +103,7 @@ class TrainConfig:
         _require(self.grad_clip >= 0, key("grad_clip"), "must be ≥ 0")
         _require(self.val_every > 0, key("val_every"), "must be > 0")
         _require(self.sampling in SAMPLING, key("sampling"), f"must be {' or '.join(SAMPLING)}, got {self.sampling!r}")
+        _require(self.precision in ("fp32", "bf16"), key("precision"), f"must be fp32 or bf16, got {self.precision!r}")
         from .losses import LOSSES
 
         _require(self.loss in LOSSES, key("loss"), f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")

@@ -18,6 +18,7 @@ interrupted and resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
 import math
@@ -192,11 +193,12 @@ class Trainer:
                 self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sampler)
                 raise Interrupted(self.stop_signal, self.total_used)
             opt.zero_grad(set_to_none=True)
-            if phase.custom_step is not None:
-                result = phase.custom_step(self._batch_source(sampler, opt.param_groups[0]["lr"]))
-            else:
-                n = min(cfg.batch, phase.budget - used)
-                result = phase.step(self._batch(sampler.next(n)))
+            with self._precision():
+                if phase.custom_step is not None:
+                    result = phase.custom_step(self._batch_source(sampler, opt.param_groups[0]["lr"]))
+                else:
+                    n = min(cfg.batch, phase.budget - used)
+                    result = phase.step(self._batch(sampler.next(n)))
             # max_norm = inf measures the norm without clipping (1× scale)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
             why = check_divergence(result.loss, grad_norm, recent, cfg.divergence_factor)
@@ -229,6 +231,14 @@ class Trainer:
             self.method.models[m].eval()
         # the next phase starts from here; a crash between phases resumes at its start
         self._checkpoint(p_idx + 1, 0, 0, 0, -math.inf, None, None, None)
+
+    def _precision(self):
+        """``train.precision = "bf16"``: the training step under CUDA autocast (convolutions in
+        bfloat16; FFTs and the complex algebra stay in complex64, which autocast leaves alone);
+        refused on CPU before the run starts (:func:`mrbench.runner.select_device`)."""
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _batch(self, indices: list[int]) -> Sample:
         samples = [self.train.sample(i) for i in indices]

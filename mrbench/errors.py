@@ -19,6 +19,14 @@ class StorageError(MrbenchError):
     exit_code = 4
 
 
+class RunLocked(MrbenchError):
+    """Another process is training this run directory (it holds the run's lock): this one
+    skips it, exit code 5. The lock is an OS file lock, released when its holder exits or
+    crashes, so a stale lock never blocks a resume."""
+
+    exit_code = 5
+
+
 def first_line(exc: BaseException, limit: int = 240) -> str:
     """The first line of an exception's message for a one-line error, shortened at a word
     boundary with an ellipsis (never cut mid-word); the exception's type if it has none."""

@@ -29,14 +29,16 @@ from .evaluation.adaptation import adapted_volumes, select_adaptation, support_b
 from .evaluation.evaluate import predict_volumes, score_volumes
 from .methods import METHODS, Method
 from .models import build_backbone
-from .store import RunStore, environment, file_digest, now
+from .store import RunStore, environment, file_digest, now, run_lock
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, precision: str = "fp32") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise MrbenchError("train.device = cuda but no CUDA device is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "bf16" and name != "cuda":
+        raise MrbenchError("train.precision = bf16 needs a CUDA device (train.device = cuda); CPU runs train in fp32")
     return torch.device(name)
 
 
@@ -81,10 +83,16 @@ def check_loss_fits_data(cfg: Config, data) -> None:
 
 
 def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore:
-    """Train, evaluate and store one run; return its store."""
-    store = RunStore(cfg.run_dir)
+    """Train, evaluate and store one run (under its lock, :func:`run_lock`); return its store."""
     data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)  # bad data is reported before run-dir state
     check_loss_fits_data(cfg, data)
+    select_device(cfg.train.device, cfg.train.precision)  # an impossible device or precision, before anything is written
+    with run_lock(cfg.run_dir):
+        return _execute(cfg, data, resume, overwrite, quiet)
+
+
+def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, quiet: bool) -> RunStore:
+    store = RunStore(cfg.run_dir)
     if store.exists() and not (resume or overwrite):
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
     resume_state = None
@@ -95,6 +103,7 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
                 "(or --overwrite to redo it)"
             )
         if store.is_done():
+            store.already_done = True  # finished earlier (e.g. by another sweep): nothing run now
             return store
         if store.is_diverged():
             raise RunDiverged(store.read_json("metrics.json").get("diverged", {}), store.path)
@@ -116,7 +125,7 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
 def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_state, retries: list, quiet: bool) -> RunStore:
     """Train (resuming from ``resume_state``), evaluate and write the run directory."""
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    device = select_device(cfg.train.device)
+    device = select_device(cfg.train.device, cfg.train.precision)
     started = now()
     t0 = time.perf_counter()
     store.write_json("config.json", cfg.to_dict())

@@ -18,6 +18,7 @@ tensors and plain containers (RNG states of numpy are stored as JSON text).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from . import atomic
-from .errors import MrbenchError, StorageError, first_line
+from .errors import MrbenchError, RunLocked, StorageError, first_line
 
 
 class RunStore:
@@ -262,3 +263,43 @@ def environment() -> dict:
 
 
 now = _now
+
+
+#: set by a sweep to the run directory whose lock it holds for the child it starts
+LOCK_HELD_ENV = "MRBENCH_RUN_LOCK_HELD"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``<experiment>/.<run>.lock`` (``flock``, non-blocking) while a process trains the
+    run: a second process — another sweep on the same experiment, a re-submitted Slurm task —
+    gets :class:`RunLocked` instead of training the same cell twice in one directory. The OS
+    releases the lock when the holder exits or crashes. A sweep takes the lock itself before it
+    starts the cell's process (so a cell another sweep is training is skipped without
+    touching its log) and tells the child through :data:`LOCK_HELD_ENV`."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    run_dir = Path(run_dir)
+    if os.environ.get(LOCK_HELD_ENV) == str(run_dir):  # a sweep holds it for this child process
+        yield
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise RunLocked(f"{run_dir} is being trained by another process (pid {holder}); skipped") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -42,8 +42,8 @@ from typing import Callable, Sequence
 from . import atomic
 from .config import SAMPLING, Config, load_config, read_experiment, training_suffix
 from .methods import METHODS
-from .errors import MrbenchError
-from .store import RunStore
+from .errors import MrbenchError, RunLocked
+from .store import LOCK_HELD_ENV, RunStore, run_lock
 
 
 @dataclass(frozen=True)
@@ -256,8 +256,21 @@ def _failure_message(log: Path) -> str:
 
 
 def _run_cell(exp: Experiment, cell: Cell, threads: int, env: dict) -> Outcome:
+    """Run one cell in its own process under the run's lock, taken here before the log is
+    opened: a cell another sweep (or Slurm task) is training is skipped untouched."""
+    cfg = exp.configs[cell]
+    try:
+        with run_lock(cfg.run_dir):
+            return _run_locked_cell(exp, cell, threads, {**env, LOCK_HELD_ENV: str(cfg.run_dir)})
+    except RunLocked:
+        return Outcome(cell, cfg.run_dir, "skipped", message="being trained by another process")
+
+
+def _run_locked_cell(exp: Experiment, cell: Cell, threads: int, env: dict) -> Outcome:
     cfg = exp.configs[cell]
     store = RunStore(cfg.run_dir)
+    if store.is_done() or store.is_diverged():  # finished by another sweep since this one listed its cells
+        return Outcome(cell, cfg.run_dir, "skipped", message="DONE")
     resumed = store.checkpoint_path("last").exists()
     log = exp.directory / "logs" / f"{cfg.run_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -353,26 +366,55 @@ def slice_summary(exp: Experiment) -> str:
 # ---------------------------------------------------------------------- slurm
 
 
-def write_slurm(exp: Experiment, jobs: int, threads: int) -> tuple[Path, Path]:
+@dataclass
+class SlurmOptions:
+    """What the generated array job asks the scheduler for (``mrbench sweep --executor slurm``)."""
+
+    partition: str = ""
+    time: str = ""  # e.g. 04:00:00
+    mem: str = ""  # e.g. 16G
+    gpus_per_run: int = 0  # > 0: --gres=gpu:N and train.device=cuda
+
+
+def write_slurm(exp: Experiment, jobs: int, threads: int, opts: SlurmOptions = SlurmOptions()) -> tuple[Path, Path]:
     """An sbatch array script with one ``mrbench run`` per not-yet-done cell.
 
-    ``jobs`` caps how many array tasks run at once; each asks for ``threads`` CPUs.
-    Re-submitting after a crash is safe: every command resumes or skips its run."""
+    ``jobs`` caps how many array tasks run at once; each asks for ``threads`` CPUs and uses the
+    allocation's own count (``SLURM_CPUS_PER_TASK``) as its torch threads. Paths are quoted
+    (a space in a path is safe). Pre-emption: ``--requeue`` and SIGTERM two minutes before the
+    end; the batch shell ``exec``s the run, so the signal reaches it, it checkpoints at the next
+    step boundary and exits 143, and the requeued task resumes (every command has
+    ``--resume``). Re-submitting while tasks run is safe too: each run is locked while trained."""
     todo = [c for c, cfg in exp.configs.items() if not RunStore(cfg.run_dir).is_done()]
     out = exp.directory / "slurm"
     commands = out / "commands.txt"
     script = out / "sweep.sbatch"
-    atomic.write_text(commands, "".join(shlex.join(exp.command(c, threads)) + "\n" for c in todo))
-    atomic.write_text(
-        script,
-        "#!/bin/bash\n"
-        f"#SBATCH --job-name=mrbench-{exp.directory.name}\n"
-        f"#SBATCH --array=0-{max(len(todo) - 1, 0)}%{jobs}\n"
-        f"#SBATCH --cpus-per-task={threads}\n"
-        f"#SBATCH --output={out.resolve()}/%a.log\n"
-        f"cd {shlex.quote(str(Path.cwd()))}\n"
-        f'eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(commands.resolve()))})"\n',
-    )
+    extra = ["--set", "train.device=cuda"] if opts.gpus_per_run > 0 else []
+    lines = []
+    for c in todo:
+        cmd = exp.command(c, threads=0) + extra
+        lines.append(shlex.join(cmd) + f' --threads "${{SLURM_CPUS_PER_TASK:-{threads}}}"\n')
+    atomic.write_text(commands, "".join(lines))
+    header = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=mrbench-{exp.directory.name}",
+        f"#SBATCH --array=0-{max(len(todo) - 1, 0)}%{jobs}",
+        f"#SBATCH --cpus-per-task={threads}",
+        f'#SBATCH --output="{out.resolve()}/%a.log"',
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:TERM@120",
+    ]
+    header += [f"#SBATCH --partition={opts.partition}"] if opts.partition else []
+    header += [f"#SBATCH --time={opts.time}"] if opts.time else []
+    header += [f"#SBATCH --mem={opts.mem}"] if opts.mem else []
+    header += [f"#SBATCH --gres=gpu:{opts.gpus_per_run}"] if opts.gpus_per_run > 0 else []
+    body = [
+        f"cd {shlex.quote(str(Path.cwd()))}",
+        f'line="$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(commands.resolve()))})"',
+        'eval "exec $line"',
+        "",
+    ]
+    atomic.write_text(script, "\n".join(header + body))
     return script, commands
 
 

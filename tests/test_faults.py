@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -93,9 +94,10 @@ def test_a_sweep_goes_on_past_a_diverged_cell(data_root, tmp_path):
     assert "1 done, 0 failed, 1 diverged" in res.output
 
 
-def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(data_root, tmp_path, capsys):
-    """Issue 21: the previous good checkpoint is kept; a truncated last.pt resumes from it
-    with one warning line, to the metrics of an uninterrupted run."""
+@pytest.mark.parametrize("damage", ["truncated", "garbled"])
+def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(damage, data_root, tmp_path, capsys):
+    """Issue 21: the previous good checkpoint is kept; a truncated or garbled last.pt resumes
+    from it with one warning line, to the metrics of an uninterrupted run."""
     from mrbench.errors import RunStopped
 
     full = execute(load_config(None, tiny_run_settings(data_root, tmp_path / "a", "train.val_every=8"), method="joint"), quiet=True)
@@ -105,7 +107,8 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(data_root, tmp
     store = RunStore(cfg.run_dir)
     last, prev = store.checkpoint_path("last"), store.checkpoint_path("last.prev")
     assert prev.exists()
-    last.write_bytes(last.read_bytes()[:100])  # truncated
+    data = last.read_bytes()
+    last.write_bytes(data[:100] if damage == "truncated" else bytes(b ^ 0x5A for b in data))
     cfg.train.stop_after = 0
     execute(cfg, resume=True, quiet=True)
     err = capsys.readouterr().err
@@ -139,6 +142,64 @@ def test_disk_full_while_checkpointing_is_one_line_exit_4_and_resumable(data_roo
     monkeypatch.setattr(store_mod.torch, "save", real_save)
     res = CliRunner().invoke(main, ["run", "joint", "--quiet", "--resume", *set_args(sets)])
     assert res.exit_code == 0 and RunStore(run_dir).is_done()
+
+
+@pytest.mark.parametrize("site", ["config.json", "manifest.json", "best.pt", "last.pt", "metrics.json", "previews.npz", "DONE"])
+def test_disk_full_at_every_write_site_is_one_line_exit_4_and_a_resume_finishes(site, data_root, tmp_path, monkeypatch):
+    """Issue 21, the fault-injection suite: ENOSPC at each file a run writes (every write goes
+    through mrbench.atomic: a temporary file renamed into place) — one line naming the file and
+    the free space, exit 4, no partial file left, and ``--resume`` afterwards finishes the run."""
+    import errno
+    import os
+
+    import mrbench.atomic as atomic_mod
+
+    real_replace, hits = os.replace, []
+
+    def full_disk(src, dst, *a, **k):
+        if Path(dst).name == site and not hits:
+            hits.append(dst)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(atomic_mod.os, "replace", full_disk)
+    sets = tiny_run_settings(data_root, tmp_path, "train.val_every=8")
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
+    assert hits and res.exit_code == 4, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and f"cannot write " in line and site in line and "No space left" in line
+    run_dir = tmp_path / "default" / "joint-varnet-s0-seed0"
+    assert not list(tmp_path.rglob(".*.tmp"))  # no partial file anywhere
+    monkeypatch.setattr(atomic_mod.os, "replace", real_replace)
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", "--resume", *set_args(sets)])
+    assert res.exit_code == 0, res.output
+    assert RunStore(run_dir).is_done() and "psnr" in json.dumps(RunStore(run_dir).read_json("metrics.json"))
+
+
+@pytest.mark.slow
+def test_disk_full_on_a_real_small_tmpfs(data_root, tmp_path):
+    """The fault as a user meets it: run.out on a 3 MB tmpfs. Needs mount rights (root in a
+    container with CAP_SYS_ADMIN); skipped where the tmpfs cannot be mounted."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        sets = tiny_run_settings(data_root, mnt, "train.val_every=8", "model.chans=32")
+        res = subprocess.run([sys.executable, "-m", "mrbench", "run", "joint", "--quiet", *set_args(sets)],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        assert res.returncode == 4, res.stderr
+        err = res.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and "MiB free" in err
+        assert not list(mnt.rglob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_bad_input_found_late_leaves_no_half_made_run_directory(data_root, tmp_path, monkeypatch):
@@ -224,3 +285,65 @@ def test_a_killed_run_process_resumes_to_the_uninterrupted_metrics(sig, data_roo
     assert res.returncode == 0, res.stdout + res.stderr
     store = RunStore(tmp_path / "k" / "default" / "joint-varnet-s0-seed0")
     assert store.read_json("metrics.json")["contexts"] == ref.read_json("metrics.json")["contexts"]
+
+
+def test_a_run_being_trained_elsewhere_is_skipped_with_exit_5(data_root, tmp_path):
+    """Issue 14, locks: while one process holds a run's lock, another process gets one line and
+    exit 5 and touches nothing; a sweep counts the cell as skipped. The lock is the OS's, so it
+    dies with its holder."""
+    import fcntl
+
+    sets = tiny_run_settings(data_root, tmp_path, "train.budget=8")
+    run_dir = tmp_path / "default" / "joint-varnet-s0-seed0"
+    run_dir.parent.mkdir(parents=True)
+    with open(run_dir.parent / ".joint-varnet-s0-seed0.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
+        assert res.exit_code == 5 and "being trained by another process (pid 4242)" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and not run_dir.exists()
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])  # released: it runs
+    assert res.exit_code == 0 and RunStore(run_dir).is_done()
+
+
+@pytest.mark.slow
+def test_two_concurrent_sweeps_train_every_cell_exactly_once(data_root, tmp_path):
+    """Two `mrbench sweep` processes on one experiment at once: every cell is trained by one of
+    them (its log says so once), the other skips it; both end with every cell DONE."""
+    import subprocess
+    import sys
+
+    exp = tmp_path / "e.toml"
+    exp.write_text(textwrap.dedent("""
+        [run]
+        experiment = "twice"
+        [sweep]
+        seeds = [0, 1, 2]
+        methods = ["joint"]
+    """))
+    sets = tiny_run_settings(data_root, tmp_path / "runs", "train.budget=48")
+    cmd = [sys.executable, "-m", "mrbench", "sweep", str(exp), "--jobs", "1", "--threads", "1", "--quiet", *set_args(sets)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    done = sum(int(o.split(" done,")[0].rsplit(" ", 1)[-1]) for o in outs)
+    assert done == 3, outs  # each cell trained once, by one of the two sweeps
+    for seed in range(3):
+        assert RunStore(tmp_path / "runs" / "twice" / f"joint-varnet-s0-seed{seed}").is_done()
+
+
+def test_bf16_is_refused_on_cpu_before_anything_is_written(data_root, tmp_path):
+    """Issue 14: mixed precision is a GPU feature; on CPU one line, exit 2, no run directory."""
+    sets = tiny_run_settings(data_root, tmp_path, "train.precision=bf16", "train.device=cpu")
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
+    assert res.exit_code == 2 and "train.precision = bf16 needs a CUDA device" in res.output
+    assert not (tmp_path / "default").exists() or not any((tmp_path / "default").iterdir())
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_bf16_trains_on_a_gpu(data_root, tmp_path):
+    cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.precision=bf16", "train.device=cuda"), method="joint")
+    store = execute(cfg, quiet=True)
+    assert store.is_done() and all(math.isfinite(c["steps"]["0"]["mean"]["psnr"])
+                                   for c in store.read_json("metrics.json")["contexts"].values())

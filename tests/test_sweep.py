@@ -148,12 +148,45 @@ def test_slurm_script_lists_the_remaining_runs(tmp_path, data_root):
     exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"))
     script, commands = write_slurm(exp, jobs=2, threads=3)
     lines = commands.read_text().splitlines()
-    assert len(lines) == 4 and all(" run " in line and "--threads 3" in line for line in lines)
+    assert len(lines) == 4 and all(" run " in line and line.endswith('--threads "${SLURM_CPUS_PER_TASK:-3}"') for line in lines)
     text = script.read_text()
     assert "#SBATCH --array=0-3%2" in text and "#SBATCH --cpus-per-task=3" in text
-    res = CliRunner().invoke(main, ["sweep", f, "--executor", "slurm",
+    assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:TERM@120" in text and 'eval "exec $line"' in text
+    assert "--partition" not in text and "--gres" not in text
+    res = CliRunner().invoke(main, ["sweep", f, "--executor", "slurm", "--partition", "gpu", "--time", "04:00:00",
+                                    "--mem", "16G", "--gpus-per-run", "1",
                                     *sum((["--set", s] for s in tiny_run_settings(data_root, tmp_path / "runs")), [])])
     assert res.exit_code == 0 and "sweep.sbatch" in res.output
+    text = script.read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=04:00:00", "#SBATCH --mem=16G", "#SBATCH --gres=gpu:1"):
+        assert line in text
+    assert all("train.device=cuda" in line for line in commands.read_text().splitlines())
+
+
+def test_slurm_commands_survive_a_space_in_the_path_and_read_the_allocation(tmp_path, data_root):
+    """The array script's command lines, as bash runs them: quoted paths (a space is safe) and
+    the allocation's CPU count as torch threads."""
+    import shlex
+    import subprocess
+
+    spaced = tmp_path / "my runs"
+    f = write_experiment(tmp_path / "e.toml", GRID)
+    exp = load_experiment(f, tiny_run_settings(data_root, spaced))
+    script, commands = write_slurm(exp, jobs=1, threads=2)
+    assert f'--output="{spaced.resolve()}/default/slurm/%a.log"' in script.read_text() or "my runs" in script.read_text()
+    line = commands.read_text().splitlines()[0]
+    echoed = subprocess.run(["bash", "-c", f"SLURM_CPUS_PER_TASK=7; set -- {line}; printf '%s\\n' \"$@\""],
+                            capture_output=True, text=True).stdout.splitlines()
+    assert echoed[echoed.index("--threads") + 1] == "7"
+    out_arg = next(a for a in echoed if a.startswith("run.out="))
+    assert out_arg == f"run.out={spaced}"
+
+
+def test_sweep_check_reports_the_slice_lists_without_running(tmp_path, data_root):
+    f = write_experiment(tmp_path / "e.toml", GRID)
+    sets = sum((["--set", s] for s in tiny_run_settings(data_root, tmp_path / "runs")), [])
+    res = CliRunner().invoke(main, ["sweep", f, "--check", *sets])
+    assert res.exit_code == 0 and "0 of 4 runs done" in res.output
 
 
 def test_task_sampling_is_a_sweep_axis_shown_in_run_names(tmp_path, data_root):
