@@ -202,6 +202,28 @@ def test_disk_full_on_a_real_small_tmpfs(data_root, tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def test_nan_in_a_training_file_is_one_line_exit_2_and_no_run_directory(tmp_path):
+    """Issue 21, a real bad file: NaN in one training volume's k-space is found when the
+    volume is read — one line naming the file, exit 2, no traceback, nothing left behind."""
+    import h5py
+
+    from conftest import write_tiny_root
+
+    root = tmp_path / "d"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=2)
+    victim = sorted((root / "train").glob("*AXT1*.h5"))[0]
+    with h5py.File(victim, "r+") as f:
+        k = f["kspace"][()]
+        k[1, 3, 3] = complex(float("nan"), 0.0)
+        f["kspace"][...] = k
+    sets = tiny_run_settings(root, tmp_path / "runs", "train.budget=16")
+    res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and victim.name in res.output and "NaN" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "runs" / "default" / "joint-varnet-s0-seed0").exists()
+
+
 def test_bad_input_found_late_leaves_no_half_made_run_directory(data_root, tmp_path, monkeypatch):
     """Issue 21: an error after the run directory was started but before any checkpoint
     removes what the run made, so the next run on repaired data starts clean."""
