@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench claims clean
+.PHONY: demo test test-fast bench claims gpu clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ claims: $(STAMP)
 	     if [ -d $$d ]; then echo "## $$f ($$d)"; echo; $(BIN)/mrbench table $$d --claims $$f; echo; fi; done; } > baselines/claims.md.tmp
 	mv baselines/claims.md.tmp baselines/claims.md
 	@echo "wrote baselines/claims.md"
+
+# One prepared GPU check for a short lease (<= 8 min): GPU tests, VarNet at fastMRI size vs
+# fastmri.models.VarNet (fp32, bf16), one GPU-profile cell per paper experiment -> baselines/gpu/.
+# Without CUDA: one line, exit 0.
+gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -102,6 +102,9 @@ def build(which: str, size: str, device: str) -> torch.nn.Module:
     return model.to(device)
 
 
+PRECISION = {"value": "fp32"}  # --precision: bf16 = CUDA autocast of forward and loss
+
+
 def make_step(which: str, model: torch.nn.Module, data: dict):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -112,9 +115,13 @@ def make_step(which: str, model: torch.nn.Module, data: dict):
         def forward():
             return model(data["kspace_ri"], data["mask_fm"], data["acs"])
 
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if PRECISION["value"] == "bf16"
+                else torch.autocast(device_type="cpu", enabled=False))
+
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.l1_loss(forward(), data["target"])
+        with autocast:
+            loss = torch.nn.functional.l1_loss(forward().float(), data["target"])
         loss.backward()
         opt.step()
         return loss.item()
@@ -215,11 +222,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: CUDA autocast (GPU only)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory probes")
     ap.add_argument("--memory-probe", choices=["mrbench", "fastmri"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"error": "--device cuda but CUDA is not available"}))
         return 2
+    if args.precision == "bf16" and args.device != "cuda":
+        print(json.dumps({"error": "--precision bf16 needs --device cuda"}))
+        return 2
+    PRECISION["value"] = args.precision
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
@@ -230,6 +243,7 @@ def main() -> int:
         "benchmark": "varnet_train_step",
         "device": args.device,
         "size": args.size,
+        "precision": args.precision,
         "config": SIZES[args.size],
         "input": {"batch": args.batch, "coils": args.coils, "height": args.height, "width": args.width},
         "torch": torch.__version__,
@@ -259,15 +273,16 @@ def main() -> int:
 
     # peak memory: a fresh process per model, so neither sees the other's allocations
     peaks: dict = {}
-    for w in ("mrbench", "fastmri"):
+    for w in (() if args.no_memory else ("mrbench", "fastmri")):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", w] + [
             f"--{k}={getattr(args, k)}" for k in ("device", "size", "batch", "coils", "height", "width", "threads")
         ]
         out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         peaks[w] = round(out["peak_mib"], 1)
         how = out.get("how", "torch.cuda.max_memory_allocated")
-    peaks["method"] = f"growth over 3 training steps from a fresh model ({how}), one process per model"
-    result["multicoil_peak_memory_mib"] = peaks
+    if peaks:
+        peaks["method"] = f"growth over 3 training steps from a fresh model ({how}), one process per model"
+        result["multicoil_peak_memory_mib"] = peaks
     if hasattr(os, "getloadavg"):
         result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 

@@ -363,6 +363,7 @@ def test_bf16_is_refused_on_cpu_before_anything_is_written(data_root, tmp_path):
     assert not (tmp_path / "default").exists() or not any((tmp_path / "default").iterdir())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_bf16_trains_on_a_gpu(data_root, tmp_path):
     cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.precision=bf16", "train.device=cuda"), method="joint")

@@ -160,3 +160,19 @@ def test_one_line_errors_are_cut_at_a_word_boundary():
     line = first_line(long, limit=60)
     assert line.endswith(" …") and len(line) <= 62 and line[:-2].split()[-1] == "word"
     assert first_line(RuntimeError("short\nmore")) == "short" and first_line(KeyError()) == "KeyError"
+
+
+def test_make_gpu_without_cuda_says_so_in_one_line_and_exits_0():
+    """Issue 19: the GPU check's CPU-only path (this machine has no CUDA; where it has, the
+    check is the real one and is not run by the tests)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the real check")
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "make gpu: no CUDA device on this machine; nothing run"
+    assert res.stderr == ""
