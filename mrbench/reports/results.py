@@ -341,23 +341,28 @@ def _seed_volume_matrix(g: pd.DataFrame, metric: str) -> pd.DataFrame:
     return g.pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean")
 
 
-def hierarchical_bootstrap(matrix: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean of a seeds × volumes matrix, resampling seeds and
-    volumes independently with replacement (the same volumes for every seed: a volume's
-    difficulty is shared by all seeds, so the pairing by volume is kept). With one seed it
-    is the bootstrap over volumes alone — the interval then leaves out seed-to-seed noise."""
+def bootstrap_means(matrix: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Means of a seeds × volumes matrix under ``n_resamples`` resamplings of seeds and volumes,
+    independently with replacement (the same volumes for every seed: a volume's difficulty is
+    shared by all seeds, so the pairing by volume is kept)."""
     m = np.asarray(matrix, dtype=np.float64)
-    if m.size == 0:
-        return float("nan"), float("nan")
     if m.size == 1 or np.ptp(m) == 0:
-        v = float(m.mean())
-        return v, v
+        return np.full(1, float(m.mean()))
     rng = np.random.default_rng(seed)
     s, v = m.shape
     si = rng.integers(0, s, size=(n_resamples, s))
     vi = rng.integers(0, v, size=(n_resamples, v))
-    stats = m[si[:, :, None], vi[:, None, :]].mean(axis=(1, 2))
-    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return m[si[:, :, None], vi[:, None, :]].mean(axis=(1, 2))
+
+
+def hierarchical_bootstrap(matrix: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean of a seeds × volumes matrix (:func:`bootstrap_means`).
+    With one seed it is the bootstrap over volumes alone — the interval then leaves out
+    seed-to-seed noise."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(bootstrap_means(m, n_resamples, seed), [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -374,8 +379,12 @@ def paired_difference(x: pd.DataFrame, y: pd.DataFrame) -> dict | None:
     d = (x.loc[seeds, vols] - y.loc[seeds, vols]).to_numpy()
     if d.size == 0:
         return None
-    lo, hi = hierarchical_bootstrap(d)
-    return {"delta": float(d.mean()), "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols)}
+    means = bootstrap_means(d)
+    lo, hi = (float(q) for q in np.percentile(means, [2.5, 97.5]))
+    delta = float(d.mean())
+    # how often a resampling of seeds and volumes would order the two the other way
+    p_flip = float(np.mean(np.sign(means) != np.sign(delta))) if delta != 0 else 1.0
+    return {"delta": delta, "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "p_flip": p_flip}
 
 
 def interval_verdict(lo: float, hi: float, metric: str, words=("better", "worse", "tie")) -> str:
@@ -395,7 +404,10 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     verdict (:func:`paired_difference`, :func:`interval_verdict`). A difference smaller than
     the seed-to-seed and volume-to-volume spread is a tie, however the means order.
 
-    Columns: label, context, scarcity, steps, delta, lo, hi, seeds, volumes, verdict."""
+    ``p_flip``: the share of seed × volume resamplings in which the two would rank the other
+    way round — the probability that the ranking flips.
+
+    Columns: label, context, scarcity, steps, delta, lo, hi, seeds, volumes, p_flip, verdict."""
     rows = []
     cells = df.groupby(["label", "context", "scarcity", "steps"], sort=True)
     ref_cells = {k[1:]: g for k, g in cells if k[0] == reference}
@@ -408,7 +420,8 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
             continue
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, **diff,
                      "verdict": interval_verdict(diff["lo"], diff["hi"], metric)})
-    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "delta", "lo", "hi", "seeds", "volumes", "verdict"])
+    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "delta", "lo", "hi", "seeds", "volumes",
+                                       "p_flip", "verdict"])
 
 
 def adaptation_gains(runs: Sequence[Run], metric: str = "psnr", df: pd.DataFrame | None = None) -> pd.DataFrame:

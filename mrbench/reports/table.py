@@ -229,6 +229,10 @@ def _adaptation_markdown(a: pd.DataFrame) -> str:
 _MARK = {"better": "better", "worse": "worse", "tie": "tie (within noise)"}
 
 
+def seeds_of(v: pd.DataFrame) -> int:
+    return int(v["seeds"].max()) if len(v) else 0
+
+
 def _verdict_markdown(t: Table) -> str:
     """Δ vs the reference with its 95 % interval and the verdict, one cell per table cell."""
     d = _DIGITS[t.metric]
@@ -248,13 +252,15 @@ def _verdict_markdown(t: Table) -> str:
                 row.append("–")
                 continue
             r = hit.iloc[0]
-            row.append(f"{r['delta']:+.{d}f} [{r['lo']:+.{d}f}, {r['hi']:+.{d}f}] {_MARK[r['verdict']]}")
+            row.append(f"{r['delta']:+.{d}f} [{r['lo']:+.{d}f}, {r['hi']:+.{d}f}] {_MARK[r['verdict']]}"
+                       + (f", flip {100 * r['p_flip']:.0f} %" if seeds_of(v) > 1 else ""))
         buf.write("| " + " | ".join(row) + " |\n")
     seeds, vols = int(v["seeds"].max()), int(v["volumes"].max())
     buf.write(
         f"\nΔ = mean over seeds × test volumes of (method − {t.reference}), runs paired by seed and volumes by name; "
         f"95 % interval: bootstrap resampling seeds and volumes ({seeds} seed(s) × ≤ {vols} volumes); "
         "better / worse when the interval excludes 0, otherwise a tie within noise"
+        + ("; flip: how often a resampling of seeds and volumes ranks the two the other way" if seeds > 1 else "")
         + (" — single seed: seed-to-seed noise (up to ~1 dB in the demo) is not in these intervals" if seeds == 1 else "")
         + ".\n\n"
     )
