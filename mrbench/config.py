@@ -88,7 +88,7 @@ class TrainConfig:
     val_every: int = 500  # slices between validations (and checkpoints)
     sampling: str = "stratified"  # stratified (tasks equally often, scarce up-sampled) | uniform (by slice); one rule for every method
     precision: str = "fp32"  # fp32 | bf16 (CUDA only: autocast of the training step)
-    loss: str = "sup"  # training loss (mrbench.losses: sup | mc | ssdu | ei | moi | mo-ei), also used by fine-tuning
+    loss: str = "sup"  # training loss (mrbench.losses: sup, mc, ssdu, weighted-ssdu, noise2inverse, ei, moi, mo-ei), also used by fine-tuning
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off

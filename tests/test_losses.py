@@ -175,3 +175,33 @@ def test_noise2inverse_trains_like_ssdu_and_averages_splits_at_inference():
     torch.testing.assert_close(out, sum(ifft2c(batch.kspace * m)[:, 0] for m in masks) / 3)
     torch.testing.assert_close(n2i.infer(zero_filled, batch), out)  # deterministic
     assert torch.equal(LOSSES["ssdu"](N2I).infer(zero_filled, batch), zero_filled(batch))  # SSDU: all of Ω
+
+
+def test_weighted_ssdu_weighs_sparsely_sampled_kspace_more():
+    """Millard & Chiew's weights (1 − K)^(−1/2): for a uniform-density mask every held-out
+    point gets the same weight √((1 − P̃P)/(P(1 − P̃))), so the loss is SSDU's times it; for a
+    variable-density mask the sparse outer k-space weighs more than the dense centre."""
+    from mrbench.data.contexts import Context
+    from mrbench.losses.ssdu import sampling_density
+
+    ctx = Context("AXT1", "random", 4.0, 0.08)
+    mask = torch.from_numpy(ctx.mask_func()((16, 32), 5).mask).expand(2, 1, 16, 32).contiguous()
+    batch, x = sample(mask)
+    wssdu, ssdu = LOSSES["weighted-ssdu"](Cfg), LOSSES["ssdu"](Cfg)
+    wssdu.contexts = [ctx]
+    p = sampling_density(ctx, (16, 32))
+    outer = p[0, :8]  # outside the ACS band
+    assert torch.allclose(outer, outer.mean().expand_as(outer), atol=0.12)  # uniform density outside the centre
+    torch.manual_seed(0)
+    a = wssdu(zero_filled, batch)
+    torch.manual_seed(0)
+    b = ssdu(zero_filled, batch)
+    w = wssdu.weights(batch)
+    assert (w >= 1).all()
+    pm = float(outer.mean())
+    expected = ((1 - 0.6 * pm) / (pm * 0.4)) ** 0.5  # P̃ = 1 − split_ratio = 0.6
+    assert torch.allclose(a / b, torch.full_like(a, expected), rtol=0.15)
+    gauss = Context("AXT1", "gaussian", 4.0, 0.08)
+    wssdu.adapting = gauss  # an unseen context being adapted to: its own density
+    wg = wssdu.weights(batch)[0, 0, 0]
+    assert wg[0] > wg[12]  # the edge of k-space (rarely sampled) weighs more than near the centre

@@ -8,7 +8,7 @@ from ..errors import MrbenchError
 from .base import Loss
 from .equivariant import EquivariantImaging, MultiOperator, MultiOperatorEquivariant
 from .mc import MeasurementConsistency
-from .ssdu import SSDU, Noise2Inverse
+from .ssdu import SSDU, Noise2Inverse, WeightedSSDU
 from .supervised import Supervised
 
 LOSSES: dict[str, type[Loss]] = {
@@ -16,6 +16,7 @@ LOSSES: dict[str, type[Loss]] = {
     "mc": MeasurementConsistency,
     "ssdu": SSDU,
     "noise2inverse": Noise2Inverse,
+    "weighted-ssdu": WeightedSSDU,
     "ei": EquivariantImaging,
     "moi": MultiOperator,
     "mo-ei": MultiOperatorEquivariant,

@@ -14,6 +14,7 @@ the supervised L1 is, so losses are comparable across datasets.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, ClassVar
 
 import torch
@@ -31,6 +32,25 @@ class Loss:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.contexts: list = []  # the method's seen tasks' contexts, by batch.task (set by the method)
+        self.adapting = None  # the context being adapted to, whatever batch.task says (adapting_to)
+
+    @contextlib.contextmanager
+    def adapting_to(self, ctx):
+        """While adapting to ``ctx`` every sample's acquisition is ``ctx``'s (a support set's
+        task index does not index the seen tasks)."""
+        before, self.adapting = self.adapting, ctx
+        try:
+            yield
+        finally:
+            self.adapting = before
+
+    def sample_contexts(self, batch: Sample) -> list:
+        """Each sample's context (mask kind, acceleration), for losses that need the sampling
+        distribution; None where unknown."""
+        if self.adapting is not None:
+            return [self.adapting] * batch.kspace.shape[0]
+        return [self.contexts[int(t)] if int(t) < len(self.contexts) else None for t in batch.task]
 
     def __call__(self, run: Run, batch: Sample) -> torch.Tensor:
         raise NotImplementedError

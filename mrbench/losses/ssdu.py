@@ -90,3 +90,47 @@ class Noise2Inverse(SSDU):
             theta, _ = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio, g)
             out = out + run(with_measurements(batch, batch.kspace * theta, theta))
         return out / n
+
+
+_DENSITY: dict[tuple, torch.Tensor] = {}
+
+
+def sampling_density(ctx, shape: tuple[int, int], draws: int = 256) -> torch.Tensor:
+    """P: the probability that each k-space point of an (H, W) slice is measured under the
+    context's mask kind and acceleration, the mean of ``draws`` masks of fixed seeds (cached:
+    a deterministic function of kind, acceleration, centre fraction and shape)."""
+    key = (ctx.mask, float(ctx.acceleration), float(ctx.center_fraction), tuple(shape), draws)
+    if key not in _DENSITY:
+        func = ctx.mask_func()
+        total = sum(func(shape, seed).mask for seed in range(draws))
+        _DENSITY[key] = torch.from_numpy(total / draws).float()
+    return _DENSITY[key]
+
+
+class WeightedSSDU(SSDU):
+    """``weighted-ssdu`` (Millard & Chiew 2023): SSDU seen as a Bernoulli special case of
+    variable-density Noisier2Noise, with the loss on Λ weighted by (1 − K)^(−1/2),
+    K = (1 − P)/(1 − P̃ P): P the sampling density of the acquisition's mask (per point,
+    :func:`sampling_density`), P̃ = 1 − ``loss.split_ratio`` the probability that a measured
+    point stays in the network's input. Sparsely sampled k-space, under-represented in Λ, weighs
+    more: w = √((1 − P̃P) / (P(1 − P̃))). Each sample's density comes from its own context (the
+    seen task it belongs to, or the context being adapted to)."""
+
+    name = "weighted-ssdu"
+
+    def weights(self, batch) -> torch.Tensor:
+        keep = 1.0 - self.cfg.loss.split_ratio
+        h, w = batch.mask.shape[-2:]
+        out = []
+        for ctx in self.sample_contexts(batch):
+            if ctx is None:
+                out.append(torch.ones(1, h, w))
+                continue
+            p = sampling_density(ctx, (h, w)).clamp(1e-3, 1.0)
+            out.append((((1 - keep * p) / (p * (1 - keep))).sqrt()).unsqueeze(0))
+        return torch.stack(out).to(batch.mask.device)
+
+    def __call__(self, run, batch):
+        theta, lam = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio)
+        x = run(with_measurements(batch, batch.kspace * theta, theta))
+        return kspace_l1(operator(batch).A(x) - batch.kspace, lam * self.weights(batch), batch)

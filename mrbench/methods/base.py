@@ -119,6 +119,7 @@ class Method:
         from ..losses import build_loss
 
         self.loss = build_loss(cfg)  # train.loss: every step and every fine-tuning step uses it
+        self.loss.contexts = [t.context for t in self.tasks]
 
     # -- training
     def phases(self) -> list[Phase]:
@@ -178,8 +179,9 @@ class Method:
         if rule != "finetune":
             raise ValueError(f"{self.name} has no adaptation rule {rule!r} (it has {', '.join(self.adapt_rules())})")
         model = copy.deepcopy(self.models[self.model_key(self.nearest_task(ctx))])
-        yield from finetune_path(model, support, step_counts, lr, self.adapt_forward(ctx), self.loss,
-                                 batch=self.cfg.eval.adapt_batch)
+        with self.loss.adapting_to(ctx):
+            yield from finetune_path(model, support, step_counts, lr, self.adapt_forward(ctx), self.loss,
+                                     batch=self.cfg.eval.adapt_batch)
 
     def adapt_forward(self, ctx: Context) -> Callable[[nn.Module, Sample], torch.Tensor]:
         """The fine-tuned copy's complex image of a batch of the context ``ctx`` (task-aware

@@ -198,6 +198,10 @@ class KMMAML(Method):
                 return embedded_image(model, tensors, batch, z)
             return model(batch.kspace, batch.mask, batch.num_low_frequencies, embedding=z)
 
+        with self.loss.adapting_to(ctx):
+            yield from self._adapt_path(net, names, z, forward, support, step_counts, lr, rule)
+
+    def _adapt_path(self, net, names, z, forward, support, step_counts, lr, rule):
         if not names:  # on-the-fly
             for k in sorted(set(step_counts)):
                 yield k, (lambda batch: self.loss.reconstruct(lambda b: forward(net, b), batch))

@@ -100,6 +100,7 @@ class MAML(Method):
         if rule != "inner":
             raise ValueError(f"maml has no adaptation rule {rule!r}")
         net = self.models["net"]
-        for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self),
-                                     functional_loss(self.loss), batch=self.cfg.eval.adapt_batch):
-            yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: functional_image(net, t, b), batch))
+        with self.loss.adapting_to(ctx):
+            for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self),
+                                         functional_loss(self.loss), batch=self.cfg.eval.adapt_batch):
+                yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: functional_image(net, t, b), batch))
