@@ -89,7 +89,7 @@ def test_claims_file_errors_and_the_command(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "deepinv_ssl.toml", "kmmaml2023.toml"])
+@pytest.mark.parametrize("name", ["demo.toml", "deepinv_ssl.toml", "kmmaml2023.toml", "liu2021_mtl.toml"])
 def test_every_experiment_file_states_well_formed_claims(name):
     root = Path(__file__).resolve().parents[1] / "evaluate"
     assert C.read_claims(root / name)
