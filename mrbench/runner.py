@@ -67,14 +67,34 @@ def _progress_bar(total: int, quiet: bool):
     return bar, update
 
 
-def check_loss_fits_data(cfg: Config, data) -> None:
-    """The self-supervised losses recompute measurements with A = M F, which needs single-coil
-    data (no coil sensitivities are known); refuse multi-coil data before anything is written."""
+def self_supervised(cfg: Config) -> bool:
+    """Whether the run's loss never reads a target: training and support volumes may then lack one."""
     from .losses import LOSSES
 
+    return not LOSSES[cfg.train.loss].supervised
+
+
+def check_loss_fits_data(cfg: Config, data) -> None:
+    """Refuse, before anything is written, what the loss cannot use: validation and test
+    volumes always need a target (they are scored); training and support volumes need one only
+    for the supervised loss — the self-supervised ones train on undersampled scans alone, but
+    recompute measurements with A = M F, which needs single-coil data."""
+    from .losses import LOSSES
+
+    scored = [v for group in (data.val, data.test, data.unseen_test) for t in group for v in t.volumes]
+    trained = [v for group in (data.train, data.unseen_support) for t in group for v in t.volumes]
+    no_target = [v for v in scored if v.target_key is None]
+    if no_target:
+        raise MrbenchError(f"{no_target[0].path}: has no target, and validation and test volumes are scored against one")
     if LOSSES[cfg.train.loss].supervised:
+        bare = [v for v in trained if v.target_key is None]
+        if bare:
+            raise MrbenchError(
+                f"{bare[0].path}: has no target; train.loss = \"sup\" needs one (a self-supervised loss — "
+                f"{', '.join(n for n, c in LOSSES.items() if not c.supervised)} — trains on undersampled scans alone)"
+            )
         return
-    multi = [v for group in (data.train, data.val) for t in group for v in t.volumes if v.num_coils > 1]
+    multi = [v for v in trained + scored if v.num_coils > 1]
     if multi:
         raise MrbenchError(
             f"train.loss = {cfg.train.loss!r}: the self-supervised losses need single-coil data, but "
@@ -135,7 +155,8 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
     writer = _writer(store)
     while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
         run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
-        train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes)
+        train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes,
+                             targets_optional=self_supervised(cfg))
         val = SliceDataset(data.val, train=False, store=volumes)
         method = build_method(run_cfg, data, device)
         bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
@@ -317,7 +338,7 @@ def evaluate(
         choice = select_adaptation(method, cfg, data, device, volumes, adapt_steps, batch=batch)
         out["adaptation"] = choice
         test = SliceDataset(data.unseen_test, train=False, store=volumes)
-        pool = SliceDataset(data.unseen_support, train=False, store=volumes)
+        pool = SliceDataset(data.unseen_support, train=False, store=volumes, targets_optional=self_supervised(cfg))
         for t, task in enumerate(data.unseen_test):
             support = support_batch(pool, t, data.support_slices[task.name], device)
 

@@ -205,3 +205,60 @@ def test_weighted_ssdu_weighs_sparsely_sampled_kspace_more():
     wssdu.adapting = gauss  # an unseen context being adapted to: its own density
     wg = wssdu.weights(batch)[0, 0, 0]
     assert wg[0] > wg[12]  # the edge of k-space (rarely sampled) weighs more than near the centre
+
+
+def undersample_in_place(path, acceleration=4, low=4):
+    """Rewrite a tiny file as an already undersampled scan in fastMRI's test layout: masked
+    k-space, its own `mask`, `num_low_frequencies`, and no target."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r") as f:
+        k = f["kspace"][()]
+        attrs = dict(f.attrs)
+        header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
+    w = k.shape[-1]
+    mask = np.zeros(w, dtype=np.float32)
+    mask[::acceleration] = 1
+    mask[w // 2 - low // 2: w // 2 + low // 2] = 1
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f["kspace"] = (k * mask).astype(np.complex64)
+        f["mask"] = mask
+        if header is not None:
+            f["ismrmrd_header"] = header
+        for key, v in attrs.items():
+            if key != "max":
+                f.attrs[key] = v
+        f.attrs["num_low_frequencies"] = low
+    return mask
+
+
+def test_a_scarce_contrast_with_undersampled_scans_only_trains_self_supervised(tmp_path):
+    """Issue 13's point: the scarce contrast's training volumes hold undersampled k-space and
+    their own mask, no target. A self-supervised loss trains on them as they are (the stored
+    mask, never a drawn one); the supervised loss is refused before the run exists."""
+    from mrbench.data.dataset import SliceDataset, VolumeStore
+    from mrbench.data.index import scan
+
+    root = tmp_path / "d"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4)
+    stored = [undersample_in_place(p) for p in sorted((root / "train").glob("*AXT2*.h5"))]
+    vols = [v for v in scan(root, cache=False).volumes["train"] if v.contrast == "AXT2"]
+    assert vols and all(v.stored_mask and v.target_key is None for v in vols)
+    sets = ["data.tasks=[AXT1, AXT2]", "data.scarce=[AXT2]"]
+    cfg = load_config(None, tiny_run_settings(root, tmp_path / "runs", "train.budget=16", "train.loss=ssdu",
+                                              "eval.adapt_steps=[0, 1]", *sets), method="joint")
+    from mrbench.data.assemble import assemble
+
+    data = assemble(cfg.data, 0, cfg.eval.support, cfg.eval.support_unit)
+    ds = SliceDataset(data.train, train=True, store=VolumeStore(), targets_optional=True)
+    for i in ds.task_items(1)[:3]:
+        s = ds[i]
+        assert torch.equal(s.mask[0, 0], torch.from_numpy(stored[0])) and s.max_value > 0
+    store = execute(cfg, quiet=True)
+    assert store.is_done() and all(c["steps"]["0"]["mean"]["psnr"] > 0 for c in store.read_json("metrics.json")["contexts"].values())
+    sup = load_config(None, tiny_run_settings(root, tmp_path / "runs2", "train.budget=16", *sets), method="joint")
+    with pytest.raises(MrbenchError, match="has no target; train.loss = \"sup\" needs one"):
+        execute(sup, quiet=True)
+    assert not sup.run_dir.exists()

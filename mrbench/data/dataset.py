@@ -27,7 +27,7 @@ import torch
 from ..errors import MrbenchError
 from ..fourier import center_crop, ifft2c_magnitude
 from .contexts import Context
-from .fastmri_format import VolumeMeta, read_volume
+from .fastmri_format import VolumeMeta, read_mask, read_volume
 from .masks import DrawnMask, volume_seed
 
 
@@ -76,19 +76,15 @@ class VolumeStore:
             if self._bytes + size > self.max_bytes:
                 return self._read_slice(meta, s)
             hit = read_volume(meta)
-            if hit[1] is None:
-                raise _no_target(meta)
             self._cache[key] = hit
             self._bytes += size
-        return hit[0][s], hit[1][s]
+        return hit[0][s], (hit[1][s] if hit[1] is not None else None)
 
     @staticmethod
-    def _read_slice(meta: VolumeMeta, s: int) -> tuple[np.ndarray, np.ndarray]:
-        if meta.target_key is None:
-            raise _no_target(meta)
+    def _read_slice(meta: VolumeMeta, s: int) -> tuple[np.ndarray, np.ndarray | None]:
         with h5py.File(meta.path, "r") as hf:
             k = np.asarray(hf["kspace"][s], dtype=np.complex64)
-            t = np.asarray(hf[meta.target_key][s], dtype=np.float32)
+            t = np.asarray(hf[meta.target_key][s], dtype=np.float32) if meta.target_key else None
         if k.ndim == 2:
             k = k[None]
         if not np.isfinite(k).all():
@@ -113,7 +109,12 @@ class SliceDataset(torch.utils.data.Dataset):
         train: bool,
         seed: int = 0,
         store: VolumeStore | None = None,
+        targets_optional: bool = False,
     ):
+        """``targets_optional``: volumes without a target may be used (the self-supervised
+        losses never read one); such a slice's target is zeros and its scale the zero-filled
+        image's maximum. A file that is already undersampled keeps its own mask (``stored_mask``),
+        never a drawn one."""
         self.tasks = list(tasks)
         self.train = train
         self.store = store if store is not None else VolumeStore()
@@ -131,8 +132,9 @@ class SliceDataset(torch.utils.data.Dataset):
             self._by_task[t].append(i)
         for task in self.tasks:
             for v in task.volumes:
-                if v.target_key is None:
+                if v.target_key is None and not targets_optional:
                     raise _no_target(v)
+        self._stored_masks: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -151,6 +153,11 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def mask_for(self, i: int, rng: np.random.Generator | None = None) -> DrawnMask:
         t, meta, _ = self.items[i]
+        if meta.stored_mask:  # already undersampled: its own lines, nothing drawn
+            key = str(meta.path)
+            if key not in self._stored_masks:
+                self._stored_masks[key] = read_mask(meta)
+            return DrawnMask(mask=self._stored_masks[key], num_low_frequencies=meta.stored_low)
         shape = meta.kspace_shape
         padding = (meta.padding_left, meta.padding_right)
         if self.train:
@@ -172,8 +179,13 @@ class SliceDataset(torch.utils.data.Dataset):
         drawn = self.mask_for(i, rng)
         mask = torch.from_numpy(drawn.mask)[None]
         kspace = torch.from_numpy(kspace_np) * mask
-        target = torch.from_numpy(target_np)
         image = ifft2c_magnitude(kspace, coil_dim=0)
+        if target_np is None:  # a target-free training volume (self-supervised losses only)
+            target_np = np.zeros(meta.recon_size, dtype=np.float32)
+            scale = meta.max_value if meta.max_value is not None else float(image.max())
+        else:
+            scale = meta.max_value if meta.max_value is not None else float(target_np.max())
+        target = torch.from_numpy(target_np)
         crop = (min(target.shape[-2], image.shape[-2]), min(target.shape[-1], image.shape[-1]))
         return Sample(
             kspace=kspace,
@@ -183,6 +195,6 @@ class SliceDataset(torch.utils.data.Dataset):
             task=t,
             fname=meta.name,
             slice_idx=s,
-            max_value=float(meta.max_value if meta.max_value is not None else target_np.max()),
+            max_value=float(scale),
             num_low_frequencies=drawn.num_low_frequencies,
         )

@@ -54,6 +54,8 @@ class VolumeMeta:
     recon_size: tuple[int, int]
     max_value: float | None
     patient_id: str
+    stored_mask: bool = False  # the file is already undersampled: its own `mask` (fastMRI's test layout)
+    stored_low: int = 0  # its `num_low_frequencies` attribute (the ACS lines of the stored mask)
 
     @property
     def name(self) -> str:
@@ -183,6 +185,10 @@ def read_meta(path: str | os.PathLike) -> VolumeMeta:
         patient = attrs.get("patient_id", path.stem)
         if isinstance(patient, bytes):
             patient = patient.decode()
+        stored_mask = "mask" in hf
+        if stored_mask and tuple(hf["mask"].shape) not in ((w,), (h, w)):
+            raise _fail(path, f"'mask' has shape {tuple(hf['mask'].shape)}, expected ({w},) or ({h}, {w})")
+        stored_low = int(attrs.get("num_low_frequencies", 0))
     return VolumeMeta(
         path=path,
         contrast=str(contrast),
@@ -196,6 +202,8 @@ def read_meta(path: str | os.PathLike) -> VolumeMeta:
         recon_size=tuple(recon),
         max_value=max_value,
         patient_id=str(patient),
+        stored_mask=stored_mask,
+        stored_low=stored_low,
     )
 
 
@@ -212,6 +220,14 @@ def check_values(path: str | os.PathLike, chunk_slices: int = 4) -> None:
                 if not np.isfinite(block).all():
                     bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
                     raise _fail(path, f"'{key}' has NaN/Inf values (first in slice {bad})")
+
+
+def read_mask(meta: VolumeMeta) -> np.ndarray:
+    """The (H, W) 0/1 sampling mask an already undersampled file carries (``stored_mask``)."""
+    with h5py.File(meta.path, "r") as hf:
+        m = np.asarray(hf["mask"][()], dtype=np.float32)
+    h, w = meta.kspace_shape
+    return np.broadcast_to(m if m.ndim == 2 else m[None, :], (h, w)).copy()
 
 
 def read_volume(meta: VolumeMeta) -> tuple[np.ndarray, np.ndarray | None]:

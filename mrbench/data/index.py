@@ -108,10 +108,12 @@ MIXED_SIZES = "mrbench run trains and evaluates one k-space/target size per expe
 
 
 def shape_kinds(volumes) -> dict[str, int]:
-    """``"HxW k-space → hxw target (C coils)"`` → number of volumes of that kind."""
+    """``"HxW k-space → hxw target (C coils)"`` → number of volumes of that kind (a volume
+    without a target counts with its header's reconstruction size: the shape its slices take)."""
     out: dict[str, int] = {}
     for v in volumes:
-        t = f"{v.target_shape[0]}x{v.target_shape[1]}" if v.target_shape else "no target"
+        h, w = v.target_shape or v.recon_size
+        t = f"{h}x{w}"
         key = f"{v.kspace_shape[0]}x{v.kspace_shape[1]} k-space → {t}, {v.num_coils} coil(s)"
         out[key] = out.get(key, 0) + 1
     return out

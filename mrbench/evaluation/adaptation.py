@@ -61,7 +61,9 @@ def select_adaptation(method, cfg, data, device, volumes, steps: list[int], batc
     if cfg.eval.select == "fixed":
         return fixed_choice(method, cfg, steps)
     val = SliceDataset(data.val, train=False, store=volumes)
-    pool = SliceDataset(data.train, train=False, store=volumes)
+    from ..runner import self_supervised
+
+    pool = SliceDataset(data.train, train=False, store=volumes, targets_optional=self_supervised(cfg))
     scores: dict[tuple, list[dict]] = {}
     cands = candidates(method, cfg.eval.adapt_lr)
     for t, task in enumerate(data.val):
