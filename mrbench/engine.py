@@ -54,13 +54,20 @@ class Diverged(Exception):
         self.info = {"reason": reason, "phase": phase, "slices": slices, "loss": loss, "lr": lr}
 
 
+#: the factor rule needs the loss above this too: every loss is normalised by the volume's
+#: maximum, so a value this large means errors of half the image's brightest pixel everywhere
+#: (a blow-up), while a self-supervised loss that starts near 0 (measurement consistency of a
+#: data-consistent network) may rise 100-fold to an ordinary 0.04 without diverging
+DIVERGENCE_FLOOR = 0.5
+
+
 def check_divergence(loss: float, grad_norm: float, history: Sequence[float], factor: float) -> str | None:
     """Why this step counts as diverged, or None. ``history``: recent finite losses."""
     if not math.isfinite(loss):
         return f"non-finite loss {loss}"
     if not math.isfinite(grad_norm):
         return f"non-finite gradient norm {grad_norm}"
-    if factor > 0 and history:
+    if factor > 0 and history and loss > DIVERGENCE_FLOOR:
         median = float(np.median(history))
         if loss > factor * median:
             return f"loss {loss:.4g} > {factor:g} × running median {median:.4g}"

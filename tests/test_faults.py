@@ -34,6 +34,8 @@ def test_divergence_rules():
     assert "running median" in check_divergence(50.0, 1.0, [0.1, 0.2, 0.3], 100)
     assert check_divergence(0.5, 1.0, [0.1, 0.2, 0.3], 100) is None  # a noisy step is not divergence
     assert check_divergence(50.0, 1.0, [0.1], 0) is None  # the factor rule off
+    # an ordinary loss that rose from near zero (equivariant imaging on MoDL in the demo: 0.0004 → 0.044)
+    assert check_divergence(0.044, 1.0, [0.0004] * 20, 100) is None
 
 
 def test_a_diverging_run_is_stored_as_diverged_with_exit_3_and_never_averaged(data_root, tmp_path):
