@@ -88,8 +88,11 @@ def conjugate_gradient(
 ) -> torch.Tensor:
     """Solve ``apply(x) = b`` for a Hermitian positive definite ``apply``, each sample of the
     batch its own system (the step sizes are per sample). Stops early when every sample's
-    residual norm is below ``tol`` × its ‖b‖; written with plain tensor ops, so gradients
-    flow through the iterations."""
+    residual norm is below ``tol`` × its ‖b‖ — checked after an update, never before the
+    first, so the result always depends on ``b`` (a warm start ``x0`` that already solves the
+    system would otherwise be returned as is and cut the gradient to ``b``: MoDL trained with
+    the measurement-consistency loss failed that way). Plain tensor ops: gradients flow
+    through the iterations."""
     x = torch.zeros_like(b) if x0 is None else x0
     r = b - apply(x) if x0 is not None else b.clone()
     p = r
@@ -97,8 +100,6 @@ def conjugate_gradient(
     b_norm = _dot(b, b).real.sqrt().clamp_min(1e-30)
     shape = (-1, *([1] * (b.dim() - 1)))
     for _ in range(iterations):
-        if bool((rs.sqrt() <= tol * b_norm).all()):
-            break
         ap = apply(p)
         alpha = rs / _dot(p, ap).real.clamp_min(1e-30)
         x = x + alpha.view(shape) * p
@@ -106,4 +107,6 @@ def conjugate_gradient(
         rs_new = _dot(r, r).real
         p = r + (rs_new / rs.clamp_min(1e-30)).view(shape) * p
         rs = rs_new
+        if bool((rs.sqrt() <= tol * b_norm).all()):
+            break
     return x

@@ -91,3 +91,19 @@ def test_unrolled_backbones_train_and_evaluate(backbone, loss, data_root, tmp_pa
     m = store.read_json("metrics.json")
     assert store.path.name == f"stl-{backbone}{'' if loss == 'sup' else '-' + loss}-s0-seed0"
     assert all(c["steps"]["0"]["mean"]["psnr"] > 0 for c in m["contexts"].values())
+
+
+def test_modl_passes_gradients_when_its_warm_start_already_solves_the_system():
+    """A zero denoiser makes the zero-filled warm start solve every CG system exactly; the
+    output must still depend on the parameters (MC-loss training of MoDL stopped on a graph
+    without them before)."""
+    torch.manual_seed(0)
+    net = build_backbone("modl", iterations=2, chans=4, pools=2)
+    with torch.no_grad():
+        net.denoiser.unet.final.weight.zero_()
+        net.denoiser.unet.final.bias.zero_()
+    k, mask, nlf = masked_kspace_batch(2)
+    out = net(k, mask, nlf)
+    assert out.requires_grad
+    out.abs().sum().backward()
+    assert net.log_lam.grad is not None and net.denoiser.unet.final.weight.grad is not None
