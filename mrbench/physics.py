@@ -59,6 +59,14 @@ class MRIOperator:
 
     A_adjoint = adjoint
 
+    def replace_measured(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Hard data consistency for single-coil images (B, 1, H, W): x with its measured
+        k-space replaced by y, F^H(y + (1 − M) F x) = x − A^H(A x − y) (the DC layer of
+        Schlemper et al. 2018 with λ → ∞); ``y`` is the masked measurement."""
+        if self.sens is not None:
+            raise ValueError("replace_measured is the single-coil projection (no sensitivities)")
+        return ifft2c(y + fft2c(x) * (1 - self.mask.to(x.real.dtype)))
+
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """A^H A x."""
         return self.adjoint(self.forward(x))

@@ -59,3 +59,20 @@ def test_conjugate_gradient_matches_a_dense_solve_and_is_differentiable():
     y = conjugate_gradient(lambda v: v @ hpd.T + lam * v, b, iterations=50, tol=1e-12)
     y.abs().pow(2).sum().backward()
     assert lam.grad is not None and np.isfinite(float(lam.grad))
+
+
+def test_hard_data_consistency_is_the_projection_onto_the_measurements():
+    """replace_measured (the U-Nets' DC step) keeps y on the measured points and F x
+    elsewhere, and equals x − A^H(A x − y)."""
+    from mrbench.fourier import fft2c
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 12, 12, generator=g, dtype=torch.complex64)
+    mask = (torch.rand(2, 1, 1, 12, generator=g) < 0.5).float().expand(2, 1, 12, 12)
+    y = mask * fft2c(torch.randn(2, 1, 12, 12, generator=g, dtype=torch.complex64))
+    op = MRIOperator(mask)
+    out = op.replace_measured(x, y)
+    k = fft2c(out)
+    torch.testing.assert_close(k * mask, y, atol=1e-5, rtol=0)
+    torch.testing.assert_close(k * (1 - mask), fft2c(x) * (1 - mask), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, 0], x[:, 0] - op.A_adjoint(op.A(x[:, 0]) - y), atol=1e-5, rtol=0)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrbench.fourier import fft2c, ifft2c, rss
+from mrbench.fourier import ifft2c, rss
+from mrbench.physics import MRIOperator
 
 __all__ = ["Conv1x1", "InstanceNorm", "UNet", "NormUNet", "UNetRecon"]
 
@@ -244,4 +245,4 @@ def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tens
     """
     if kspace.shape[1] != 1:
         return image
-    return ifft2c(kspace + fft2c(image) * (1 - mask.to(image.real.dtype)))
+    return MRIOperator(mask).replace_measured(image, kspace)
