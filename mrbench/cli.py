@@ -240,12 +240,28 @@ def _print_metrics(metrics: dict, path) -> None:
 @click.argument("run_dir", type=click.Path())
 @click.option("--contexts", type=click.Choice(["seen", "unseen", "all"]), default="all", show_default=True)
 @click.option("--adapt-steps", default=None, help="Comma-separated adaptation step counts for unseen contexts (0 always included).")
-def evaluate_cmd(run_dir, contexts, adapt_steps):
+@click.option("--support-sizes", default=None,
+              help="Instead: unseen-context metrics against the support size (comma-separated, in eval.support_unit), "
+                   "for RUN_DIR or every finished run below it; stored in metrics.json, plotted by compare.")
+def evaluate_cmd(run_dir, contexts, adapt_steps, support_sizes):
     """Evaluate a run's best checkpoint on the test volumes; rewrites metrics.json."""
     from .runner import evaluate_run_dir
 
     if not Path(run_dir).is_dir():
         raise MrbenchError(f"run directory {run_dir} does not exist")
+    sizes = _whole_numbers("--support-sizes", support_sizes)
+    if sizes is not None:
+        from .reports.results import load_runs
+        from .runner import support_curves
+
+        if not sizes or min(sizes) < 1:
+            raise MrbenchError("--support-sizes: expected whole numbers ≥ 1, e.g. 1,2,4,8")
+        for run in load_runs([run_dir]):
+            if run.method == "zero-filled":
+                continue
+            support_curves(run.path, sizes)
+            click.echo(f"{run.path}: support curves for {', '.join(map(str, sizes))}")
+        return
     steps = _whole_numbers("--adapt-steps", adapt_steps)
     metrics = evaluate_run_dir(run_dir, contexts, steps)
     _print_metrics(metrics, run_dir)

@@ -401,6 +401,55 @@ def _log_volume(writer, tag: str, vols: dict) -> None:
         writer.add_image(tag, image_grid(v["pred"][s], v["target"][s], v["zero_filled"][s]), s, dataformats="HW")
 
 
+def support_curves(path: str | os.PathLike, sizes: list[int]) -> dict:
+    """Each unseen context's metrics against the support-set size (docs/design.md §6): for
+    every k in ``sizes`` a support set of k units (``eval.support_unit``), drawn as every
+    method's is (split seed and context only), adapted with the run's own chosen rule and lr
+    along its step counts, the test volumes scored after each. Stored in metrics.json as
+    ``contexts[name]["support_curve"][k][steps]`` (mean metrics); the rest is kept."""
+    from .data.assemble import choose_support
+
+    store = RunStore(path)
+    if not store.metrics_path.exists():
+        raise MrbenchError(f"{path}: no metrics.json (an unfinished run); finish it with mrbench run … --resume")
+    metrics = store.read_json("metrics.json")
+    choice = metrics.get("adaptation")
+    cfg = config_from_dict(store.read_json("config.json"))
+    device = select_device(cfg.train.device)
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)
+    if not data.unseen_test:
+        raise MrbenchError(f"{path}: no unseen contexts (data.unseen in config.json), so no support curves")
+    method = build_method(cfg, data, device)
+    if method.learned:
+        method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])
+    for m in method.models.values():
+        m.eval()
+    if not choice or choice.get("rule") in (None, "none"):
+        choice = {"rule": "none", "lr": None, "steps": 0}
+    volumes = VolumeStore()
+    batch = max(8, cfg.train.batch)
+    test = SliceDataset(data.unseen_test, train=False, store=volumes)
+    pool = SliceDataset(data.unseen_support, train=False, store=volumes, targets_optional=self_supervised(cfg))
+    for t, task in enumerate(data.unseen_test):
+        entry = metrics["contexts"].get(task.name)
+        if entry is None:
+            continue
+        steps = sorted(int(s) for s in entry["steps"])
+        curve = {}
+        for k in sizes:
+            picks = choose_support(data.unseen_support[t].volumes, k, cfg.data.split_seed, task.name, cfg.eval.support_unit)
+            support = support_batch(pool, t, picks, device)
+
+            def predict(recon, t=t):
+                return predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
+
+            by_steps = adapted_volumes(method, task.context, support, choice, steps, predict)
+            curve[str(k)] = {str(s): score_volumes(v)["mean"] for s, v in by_steps.items()}
+        entry["support_curve"] = curve
+    store.write_json("metrics.json", metrics)
+    return metrics
+
+
 def evaluate_run_dir(path: str | os.PathLike, contexts: str = "all", adapt_steps: list[int] | None = None) -> dict:
     """Re-evaluate a stored run from its config.json and best.pt; rewrite metrics.json."""
     store = RunStore(path)

@@ -153,3 +153,29 @@ def test_mtl_adapts_an_unseen_context_through_the_nearest_seen_task(data_root, t
     forward(net, support)
     h.remove()
     assert routed == [{method.nearest_task(ctx)}]
+
+
+def test_support_curves_are_computed_stored_and_plotted(data_root, tmp_path):
+    """Issue 19 item 5: unseen-context metrics against the support size, with the run's own
+    chosen rule — bigger support sets change what fine-tuning does — in metrics.json and in
+    the report."""
+    from click.testing import CliRunner
+
+    from mrbench.cli import main
+    from mrbench.reports.compare import build_layout
+    from mrbench.reports.results import load_runs, support_records
+
+    cfg = load_config(None, settings(data_root, tmp_path, "train.budget=48", "eval.select=fixed"), method="joint")
+    store = execute(cfg, quiet=True)
+    res = CliRunner().invoke(main, ["evaluate", str(store.path.parent), "--support-sizes", "1,2"])
+    assert res.exit_code == 0, res.output
+    curve = store.read_json("metrics.json")["contexts"]["AXFLAIR/equispaced/6x"]["support_curve"]
+    assert set(curve) == {"1", "2"} and set(curve["1"]) == {"0", "3"}
+    assert curve["1"]["0"] == curve["2"]["0"]  # 0 steps: the support set is not used
+    assert curve["1"]["3"]["psnr"] != curve["2"]["3"]["psnr"]  # 3 steps on 1 vs 2 volumes differ
+    rec = support_records(load_runs([store.path]))
+    assert len(rec) == 4 and set(rec["support"]) == {1, 2}
+    layout = build_layout(load_runs([store.path]), reference="joint")
+    assert layout.select_one({"name": "support:AXFLAIR/equispaced/6x"}) is not None
+    bad = CliRunner().invoke(main, ["evaluate", str(store.path), "--support-sizes", "0"])
+    assert bad.exit_code == 2 and "≥ 1" in bad.output

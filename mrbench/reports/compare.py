@@ -11,7 +11,8 @@ Panels, top to bottom:
 
 1. metric vs scarcity level per context, one line per label (method variant);
 2. heat map of the gain over the reference label, seen then unseen contexts;
-3. metric vs adaptation steps on unseen contexts;
+3. metric vs adaptation steps on unseen contexts, and vs the support-set size where
+   ``mrbench evaluate --support-sizes`` added curves (seed bands);
 4. reconstruction viewer: target, zero-filled, each method and |error| maps;
 5. cost per method: wall seconds and parameters.
 
@@ -189,6 +190,7 @@ def build_layout(
         heatmap_panel(data),
         verdict_panel(data),
         unseen_panel(data),
+        support_panel(data),
         viewer_panel(data),
         cost_panel(data),
     )
@@ -533,6 +535,45 @@ def _steps_figure(data: ReportData, context: str) -> figure:
                                dash=_DASHES[levels.index(level) % len(_DASHES)]))
     _finish(fig, markers, data.metric)
     return fig
+
+
+def support_panel(data: ReportData) -> LayoutDOM:
+    """Unseen-context metric against the support-set size (``mrbench evaluate --support-sizes``),
+    after the most adaptation steps evaluated, mean ± std over seeds (the seed band): how
+    much labelled data an unseen contrast needs before adaptation pays."""
+    title = f"{_UNITS[data.metric]} vs support size on unseen contexts"
+    rec = results.support_records(data.runs)
+    if rec.empty:
+        return _heading(title, "No support curves in these runs (`mrbench evaluate RUNS --support-sizes 1,2,4,8` adds them).")
+    rec = rec[rec["steps"] == rec.groupby("context")["steps"].transform("max")]
+    figs = []
+    for ctx in [c for c in data.unseen if c in set(rec["context"])]:
+        cells = rec[rec["context"] == ctx]
+        level = int(cells["scarcity"].min())
+        cells = cells[cells["scarcity"] == level]
+        steps = int(cells["steps"].max())
+        fig = figure(name=f"support:{ctx}", title=f"{ctx} (unseen), level s{level}, {steps} steps", width=430,
+                     height=300, tools=_CURVE_TOOLS, x_axis_label="support set size", y_axis_label=_UNITS[data.metric])
+        fig.xaxis.ticker = sorted(int(v) for v in cells["support"].unique())
+        markers = []
+        present = [lab for lab in data.labels if lab in set(cells["label"])]
+        for i, label in enumerate(present):
+            g = (cells[cells["label"] == label].groupby("support")[data.metric]
+                 .agg(["mean", "std", "count"]).reset_index().sort_values("support"))
+            table = pd.DataFrame({
+                "label": label, "context": ctx, "scarcity": level, "steps": steps,
+                f"{data.metric}_mean": g["mean"], f"{data.metric}_std": g["std"].fillna(0.0),
+                "n": g["count"], "runs": g["count"].astype(str) + " seed(s)",
+            })
+            x = g["support"] + _dodge(i, len(present), cells["support"])
+            markers.append(_series(fig, _series_source(table, data.metric, x), data.colours[label], label))
+        _finish(fig, markers, data.metric)
+        figs.append(fig)
+    return column(
+        _heading(title, "After the most adaptation steps each run evaluated, with its own rule and lr chosen on "
+                        "seen validation; mean ± std over seeds (whiskers: the seed band)."),
+        gridplot(figs, ncols=min(3, len(figs)), toolbar_location="right"),
+    )
 
 
 # ---------------------------------------------------------------------- 4. reconstruction viewer

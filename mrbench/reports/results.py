@@ -175,6 +175,20 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def support_records(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run × unseen context × support size × adaptation step count of the support
+    curves (``mrbench evaluate --support-sizes``): label, scarcity, seed, context, support,
+    steps and the mean metrics over the context's test volumes."""
+    rows = []
+    for run in runs:
+        for ctx_name, ctx in (run.metrics or {}).get("contexts", {}).items():
+            for k, by_steps in ctx.get("support_curve", {}).items():
+                for steps, m in by_steps.items():
+                    rows.append({"label": run.label, "scarcity": run.scarcity, "seed": run.seed, "context": ctx_name,
+                                 "support": int(k), "steps": int(steps), **{x: float(m[x]) for x in METRICS}})
+    return pd.DataFrame(rows, columns=["label", "scarcity", "seed", "context", "support", "steps", *METRICS])
+
+
 def row_settings(runs: Sequence[Run]) -> dict[str, str]:
     """What each table row (label) was trained with, so like is seen to be compared with like:
     backbone, parameter count, task-sampling rule, training loss and the test-time adaptation chosen on
