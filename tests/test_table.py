@@ -228,6 +228,20 @@ def test_budget_ladder_marks_cells_that_moved_when_the_budget_doubled():
     assert set(frame.loc[frame.label == "stl-varnet", "converged"]) == {False}
 
 
+def test_budget_ladder_has_its_own_report_panel():
+    """Issue 19 item 5: metric vs training budget with seed bands, only for a ladder."""
+    from mrbench.reports.compare import budget_panel, prepare
+
+    runs = [_fake_run(f"stl-varnet-b{b}-s0-seed{s}", "stl", b, [28.0 + s + b / 600, 29.0, 30.0], seed=s)
+            for b in (600, 1200) for s in (0, 1)]
+    panel = budget_panel(prepare(runs, reference="stl"))
+    fig = panel.select_one({"name": "budget:AXT1/equispaced/4x"})
+    assert fig is not None
+    xs = sorted(set(round(x) for r in fig.renderers if "x" in getattr(r.data_source, "data", {}) for x in r.data_source.data["x"]))
+    assert xs == [600, 1200]
+    assert budget_panel(prepare(runs[:2], reference="stl")) is None  # one budget: no panel
+
+
 def test_budget_ladder_is_a_sweep_axis(tmp_path):
     from mrbench.sweep import load_experiment
 

@@ -9,7 +9,8 @@ directories alone.
 
 Panels, top to bottom:
 
-1. metric vs scarcity level per context, one line per label (method variant);
+1. metric vs scarcity level per context, one line per label (method variant), and vs the
+   training budget for a budget ladder (seed bands);
 2. heat map of the gain over the reference label, seen then unseen contexts;
 3. metric vs adaptation steps on unseen contexts, and vs the support-set size where
    ``mrbench evaluate --support-sizes`` added curves (seed bands);
@@ -184,16 +185,9 @@ def build_layout(
     """The report's Bokeh layout (what :func:`write_report` renders); separate so tests can inspect it."""
     data = prepare(runs, baselines=baselines, reference=reference, metric=metric,
                    reference_required=reference_required)
-    return column(
-        header_div(data, title),
-        scarcity_panel(data),
-        heatmap_panel(data),
-        verdict_panel(data),
-        unseen_panel(data),
-        support_panel(data),
-        viewer_panel(data),
-        cost_panel(data),
-    )
+    panels = [header_div(data, title), scarcity_panel(data), budget_panel(data), heatmap_panel(data),
+              verdict_panel(data), unseen_panel(data), support_panel(data), viewer_panel(data), cost_panel(data)]
+    return column(*[p for p in panels if p is not None])
 
 
 def write_report(
@@ -535,6 +529,40 @@ def _steps_figure(data: ReportData, context: str) -> figure:
                                dash=_DASHES[levels.index(level) % len(_DASHES)]))
     _finish(fig, markers, data.metric)
     return fig
+
+
+def budget_panel(data: ReportData) -> LayoutDOM | None:
+    """Seen-context metric against the training budget for a budget ladder (``[sweep]
+    budgets``), mean ± std over seeds: whether a ranking was read off an unconverged budget.
+    None (no panel) when every run had one budget."""
+    rec = results.records(data.runs)
+    rec = rec[rec["seen"]]
+    if rec.empty or rec["budget"].nunique() < 2:
+        return None
+    per_run = rec.groupby(["label", "context", "scarcity", "budget", "seed"])[data.metric].mean().reset_index()
+    figs = []
+    for ctx in [c for c in data.seen if c in set(per_run["context"])]:
+        cells = per_run[(per_run["context"] == ctx) & (per_run["scarcity"] == per_run["scarcity"].min())]
+        fig = figure(name=f"budget:{ctx}", title=f"{ctx} (seen), level s{int(cells['scarcity'].min())}", width=430,
+                     height=300, tools=_CURVE_TOOLS, x_axis_label="training budget (slices)", y_axis_label=_UNITS[data.metric])
+        fig.xaxis.ticker = sorted(int(v) for v in cells["budget"].unique())
+        present = [lab for lab in data.labels if lab in set(cells["label"])]
+        markers = []
+        for i, label in enumerate(present):
+            g = cells[cells["label"] == label].groupby("budget")[data.metric].agg(["mean", "std", "count"]).reset_index()
+            table = pd.DataFrame({"label": label, "context": ctx, "scarcity": int(cells["scarcity"].min()), "steps": 0,
+                                  f"{data.metric}_mean": g["mean"], f"{data.metric}_std": g["std"].fillna(0.0),
+                                  "n": g["count"], "runs": g["count"].astype(str) + " seed(s)"})
+            x = g["budget"] + _dodge(i, len(present), cells["budget"])
+            markers.append(_series(fig, _series_source(table, data.metric, x), data.colours[label], label))
+        _finish(fig, markers, data.metric)
+        figs.append(fig)
+    return column(
+        _heading(f"{_UNITS[data.metric]} vs training budget on seen contexts",
+                 "The budget ladder: a line still rising at the largest budget is not converged "
+                 f"(the tables mark a move > {results.CONVERGENCE_DB} dB from B/2 to B); mean ± std over seeds."),
+        gridplot(figs, ncols=min(3, len(figs)), toolbar_location="right"),
+    )
 
 
 def support_panel(data: ReportData) -> LayoutDOM:
