@@ -48,18 +48,18 @@ def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     exp = out / "demo"
-    assert "30 done, 0 failed, 0 skipped" in res.output
-    assert "training slice lists identical per scarcity level (level 0: 10 runs, level 1: 10 runs, level 2: 10 runs)" in res.output
+    assert "36 done, 0 failed, 0 skipped" in res.output
+    assert "training slice lists identical per scarcity level (level 0: 12 runs, level 1: 12 runs, level 2: 12 runs)" in res.output
     html = (exp / "report.html").read_text()
     assert "kmmaml-km-unet" in html and "cdn.bokeh.org" not in html
     md = (exp / "table.md").read_text()
     rows = [line for line in md.split("difference from")[0].splitlines() if line.startswith("| ")]
-    assert rows[1].startswith("| zero-filled-none") and len(rows) == 1 + 10  # the PSNR table: every label
+    assert rows[1].startswith("| zero-filled-none") and len(rows) == 1 + 12  # the PSNR table: every label
     assert "difference from joint-varnet, 95 % CI, verdict" in md
     assert res.output.startswith("**PSNR (dB)**")
     summary = pd.read_csv(exp / "summary.csv")
-    assert set(summary["scarcity"]) == {0, 1, 2} and summary["label"].nunique() == 10
+    assert set(summary["scarcity"]) == {0, 1, 2} and summary["label"].nunique() == 12
     assert (exp / "table.tex").read_text().startswith("\\begin{table}")
     # a second demo synthesises nothing and trains nothing
     res2 = CliRunner().invoke(main, args)
-    assert res2.exit_code == 0 and "0 done, 0 failed, 30 skipped" in res2.output
+    assert res2.exit_code == 0 and "0 done, 0 failed, 36 skipped" in res2.output
