@@ -29,6 +29,7 @@ from .evaluation.adaptation import adapted_volumes, select_adaptation, support_b
 from .evaluation.evaluate import predict_volumes, score_volumes
 from .methods import METHODS, Method
 from .models import build_backbone
+from .losses import self_supervised
 from .store import RunStore, environment, file_digest, now, run_lock
 
 
@@ -67,13 +68,6 @@ def _progress_bar(total: int, quiet: bool):
     return bar, update
 
 
-def self_supervised(cfg: Config) -> bool:
-    """Whether the run's loss never reads a target: training and support volumes may then lack one."""
-    from .losses import LOSSES
-
-    return not LOSSES[cfg.train.loss].supervised
-
-
 def check_loss_fits_data(cfg: Config, data) -> None:
     """Refuse, before anything is written, what the loss cannot use: validation and test
     volumes always need a target (they are scored); training and support volumes need one only
@@ -86,7 +80,7 @@ def check_loss_fits_data(cfg: Config, data) -> None:
     no_target = [v for v in scored if v.target_key is None]
     if no_target:
         raise MrbenchError(f"{no_target[0].path}: has no target, and validation and test volumes are scored against one")
-    if LOSSES[cfg.train.loss].supervised:
+    if not self_supervised(cfg):
         bare = [v for v in trained if v.target_key is None]
         if bare:
             raise MrbenchError(

@@ -57,21 +57,18 @@ class IndexCache:
         except (OSError, ValueError, AttributeError):
             pass  # no cache yet, or an unreadable one: rebuilt
 
-    def _entry(self, path: Path) -> tuple[str, dict]:
+    def _entry(self, path: Path) -> dict:
         """The file's entry, emptied if the file changed since it was written."""
         st = path.stat()
-        try:
-            rel = str(path.resolve().relative_to(self.root.resolve()))
-        except ValueError:
-            rel = str(path.resolve())
+        rel = relative_name(self.root, path)
         stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         e = self.entries.get(rel)
         if not e or e.get("size") != stamp["size"] or e.get("mtime_ns") != stamp["mtime_ns"]:
             e = self.entries[rel] = stamp
-        return rel, e
+        return e
 
     def meta(self, path: Path, read: Callable[[Path], VolumeMeta]) -> VolumeMeta:
-        _, e = self._entry(path)
+        e = self._entry(path)
         if "meta" in e:
             try:
                 self.hits += 1
@@ -85,7 +82,7 @@ class IndexCache:
         return meta
 
     def digest(self, path: Path, compute: Callable[[Path], str]) -> str:
-        _, e = self._entry(path)
+        e = self._entry(path)
         if "digest" not in e:
             e["digest"] = compute(path)
             self.dirty = True
@@ -109,12 +106,13 @@ class IndexCache:
             pass
 
 
+def relative_name(root: Path, path: Path) -> str:
+    """A file's cache key: its path relative to the data root (absolute if outside it)."""
+    try:
+        return str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
 def relative_names(root: Path, files: list[Path]) -> set[str]:
-    base = root.resolve()
-    out = set()
-    for f in files:
-        try:
-            out.add(str(f.resolve().relative_to(base)))
-        except ValueError:
-            out.add(str(f.resolve()))
-    return out
+    return {relative_name(root, f) for f in files}

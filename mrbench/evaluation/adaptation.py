@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import Sample, SliceDataset
+from ..losses import self_supervised
 from .evaluate import predict_volumes, score_volumes, to_device
 
 
@@ -61,8 +62,6 @@ def select_adaptation(method, cfg, data, device, volumes, steps: list[int], batc
     if cfg.eval.select == "fixed":
         return fixed_choice(method, cfg, steps)
     val = SliceDataset(data.val, train=False, store=volumes)
-    from ..runner import self_supervised
-
     pool = SliceDataset(data.train, train=False, store=volumes, targets_optional=self_supervised(cfg))
     scores: dict[tuple, list[dict]] = {}
     cands = candidates(method, cfg.eval.adapt_lr)

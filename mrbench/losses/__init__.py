@@ -23,6 +23,12 @@ LOSSES: dict[str, type[Loss]] = {
 }
 
 
+def self_supervised(cfg) -> bool:
+    """Whether the run's loss never reads a target: its training and support volumes may then
+    lack one (and must be single-coil: the losses recompute measurements with A = M F)."""
+    return not LOSSES[cfg.train.loss].supervised
+
+
 def build_loss(cfg) -> Loss:
     name = cfg.train.loss
     if name not in LOSSES:
@@ -30,4 +36,4 @@ def build_loss(cfg) -> Loss:
     return LOSSES[name](cfg)
 
 
-__all__ = ["LOSSES", "Loss", "build_loss"]
+__all__ = ["LOSSES", "Loss", "build_loss", "self_supervised"]
