@@ -15,6 +15,15 @@ The adjoint is exact — ⟨A x, y⟩ = ⟨x, A^H y⟩ — because F is unitary,
 diagonal and the sensitivities enter as a multiplication and its conjugate
 (``tests/test_physics.py`` checks it for every mask kind, single- and multi-coil). Complex
 data are ``torch.complex64`` throughout.
+
+Every backbone goes through this operator: the U-Net's data consistency
+(:meth:`MRIOperator.replace_measured`), MoDL's CG step (:meth:`MRIOperator.solve`), RIM's
+likelihood gradient, and the VarNet cascades (:meth:`MRIOperator.to_image`,
+:meth:`MRIOperator.to_kspace`, :meth:`MRIOperator.gradient_step`). For speed the VarNet holds
+k-space in a *working domain* (:class:`Domain`) where the centred FFTs become plain ones
+exactly; an operator built with that domain takes the mask and k-space in it, and its images
+are always centred. The coil expand/reduce and gradient-step kernels have hand-written
+backward passes (checked against autograd by gradcheck in ``tests/test_models.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,137 @@ from dataclasses import dataclass
 
 import torch
 
-from .fourier import fft2c, ifft2c
+from .fourier import alternating_sign, fft2c, ifft2c, rss
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where the cascades hold k-space, and the FFT pair that goes with it.
+
+    ``kind``:
+
+    * ``"centred"``: centred k-space, ``fft2c`` / ``ifft2c`` (any H, W);
+    * ``"shifted"``: ``c ⊙ P k`` over both dims (even H, W), plain 2-D FFTs;
+    * ``"columns"``: the FFT along H already applied (centred, once), then
+      ``c ⊙ P`` along W (even W); plain FFTs along W only. Valid only when
+      the mask is constant along H.
+
+    In every domain ``inverse(k_work)`` is the centred image and
+    ``forward(centred image)`` is working-domain k-space.
+    """
+
+    kind: str = "centred"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "columns":
+            return torch.fft.fft(x, dim=-1, norm="ortho")
+        if self.kind == "shifted":
+            return torch.fft.fft2(x, norm="ortho")
+        return fft2c(x)
+
+    def inverse(self, k: torch.Tensor) -> torch.Tensor:
+        if self.kind == "columns":
+            return torch.fft.ifft(k, dim=-1, norm="ortho")
+        if self.kind == "shifted":
+            return torch.fft.ifft2(k, norm="ortho")
+        return ifft2c(k)
+
+    def kspace(self, kspace: torch.Tensor) -> torch.Tensor:
+        """Centred k-space (…, H, W) → working domain."""
+        h, w = kspace.shape[-2:]
+        if self.kind == "columns":
+            k = torch.fft.fftshift(
+                torch.fft.ifft(torch.fft.ifftshift(kspace, dim=-2), dim=-2, norm="ortho"), dim=-2
+            )
+            return torch.fft.ifftshift(k, dim=-1) * alternating_sign(w, k.device)
+        if self.kind == "shifted":
+            k = torch.fft.ifftshift(kspace, dim=(-2, -1))
+            return k * (alternating_sign(h, k.device)[:, None] * alternating_sign(w, k.device))
+        return kspace
+
+    def mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Centred mask (…, H or 1, W) → working domain (the same permutation as k-space)."""
+        if self.kind == "columns":
+            return torch.fft.ifftshift(mask, dim=-1)
+        if self.kind == "shifted":
+            return torch.fft.ifftshift(mask, dim=(-2, -1))
+        return mask
+
+
+def choose_domain(mask: torch.Tensor, fast: bool = True) -> Domain:
+    """The fastest exact :class:`Domain` for this (B, 1, H, W) centred mask."""
+    h, w = mask.shape[-2:]
+    if not fast:
+        return Domain("centred")
+    if w % 2 == 0 and (h == 1 or torch.equal(mask, mask[..., :1, :].expand_as(mask))):
+        return Domain("columns")
+    if h % 2 == 0 and w % 2 == 0:
+        return Domain("shifted")
+    return Domain("centred")
+
+
+class _SensReduce(torch.autograd.Function):
+    """``z = Σ_c conj(S_c) · x_c`` → (B, 1, H, W); ``sens_conj`` = conj(S), materialised."""
+
+    @staticmethod
+    def forward(ctx, x, sens, sens_conj):
+        ctx.save_for_backward(x, sens)
+        return (x * sens_conj).sum(dim=1, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, sens = ctx.saved_tensors
+        gx = sens * g if ctx.needs_input_grad[0] else None
+        gs = x * g.conj() if ctx.needs_input_grad[1] else None  # conj of a 1-coil tensor only
+        return gx, gs, None
+
+
+class _SensExpand(torch.autograd.Function):
+    """``e_c = S_c · u`` → (B, C, H, W) from a (B, 1, H, W) image ``u``."""
+
+    @staticmethod
+    def forward(ctx, sens, u, sens_conj):
+        ctx.save_for_backward(u, sens_conj)
+        return sens * u
+
+    @staticmethod
+    def backward(ctx, g):
+        u, sens_conj = ctx.saved_tensors
+        gs = g * u.conj() if ctx.needs_input_grad[0] else None
+        gu = (g * sens_conj).sum(dim=1, keepdim=True) if ctx.needs_input_grad[1] else None
+        return gs, gu, None
+
+
+class _DataConsistency(torch.autograd.Function):
+    """``k − η · M ⊙ (k − k₀) + r`` with a real mask M (B, 1, H|1, W) and a 0-d real η.
+
+    Four passes over the coil k-space forward, two backward (autograd's
+    version needs a conjugate copy and a coil reduction for η's gradient).
+    The backward recomputes ``M ⊙ (k − k₀)`` from the saved inputs, so it is itself
+    differentiable: second-order MAML through a VarNet gets exact meta-gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, k, k0, r, eta, mask):
+        dm = (k - k0).mul_(mask)  # M ⊙ (k − k₀)
+        out = torch.add(k, r).addcmul_(dm, -eta)
+        ctx.save_for_backward(k, k0, eta, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        k, k0, eta, mask = ctx.saved_tensors
+        dm = (k - k0) * mask if ctx.needs_input_grad[3] else None
+        gk = gk0 = geta = None
+        w = eta * mask  # small (B, 1, H|1, W)
+        if ctx.needs_input_grad[0]:
+            gk = g * (1.0 - w)
+        if ctx.needs_input_grad[1]:
+            gk0 = g * w
+        if ctx.needs_input_grad[3]:
+            # dL/dη = −Re Σ conj(M ⊙ (k − k₀)) · g: one dot product
+            geta = -torch.vdot(dm.reshape(-1), g.reshape(-1)).real.reshape(eta.shape)
+        return gk, gk0, g, geta, None
 
 
 @dataclass
@@ -31,33 +170,57 @@ class MRIOperator:
     """A = M F S for one batch.
 
     ``mask``: real (B, 1, H, W) or (B, H, W) (or broadcastable), 1 = measured;
-    ``sens``: complex (B, C, H, W) coil sensitivities, or None for single-coil (C = 1).
+    ``sens``: complex (B, C, H, W) coil sensitivities, or None for single-coil (C = 1);
+    ``domain``: where ``mask`` and k-space live (:class:`Domain`; centred by default).
     """
 
     mask: torch.Tensor
     sens: torch.Tensor | None = None
+    domain: Domain = Domain()
 
     def __post_init__(self) -> None:
         if self.mask.dim() == 3:
             self.mask = self.mask.unsqueeze(1)
         if self.mask.is_complex():
             raise ValueError("the mask must be real (0/1)")
+        # conj(S) materialised once per operator (per forward pass), not once per use
+        self._sens_conj = None if self.sens is None else self.sens.detach().conj().resolve_conj()
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, 1, H, W) → coil images S x (B, C, H, W)."""
+        return x if self.sens is None else _SensExpand.apply(self.sens, x, self._sens_conj)
+
+    def reduce(self, coils: torch.Tensor) -> torch.Tensor:
+        """Coil images (B, C, H, W) → Σ_c conj(S_c) x_c (B, 1, H, W) (S^H)."""
+        return coils if self.sens is None else _SensReduce.apply(coils, self.sens, self._sens_conj)
+
+    def to_kspace(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, 1, H, W) → full (unmasked) coil k-space F S x in the operator's domain."""
+        return self.domain.forward(self.expand(x))
+
+    def to_image(self, k: torch.Tensor) -> torch.Tensor:
+        """Coil k-space (B, C, H, W) in the operator's domain → S^H F⁻¹ k (B, 1, H, W)."""
+        return self.reduce(self.domain.inverse(k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, H, W) → measured k-space (B, C, H, W)."""
-        coils = x.unsqueeze(1) if self.sens is None else self.sens * x.unsqueeze(1)
-        return self.mask * fft2c(coils)
+        return self.mask * self.to_kspace(x.unsqueeze(1))
 
     A = forward
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Measured k-space (B, C, H, W) → image (B, H, W): A^H y."""
-        coils = ifft2c(self.mask * y)
-        if self.sens is None:
-            return coils[:, 0]
-        return (self.sens.conj() * coils).sum(dim=1)
+        return self.to_image(self.mask * y)[:, 0]
 
     A_adjoint = adjoint
+
+    def gradient_step(self, k: torch.Tensor, k0: torch.Tensor, r: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        """``k − η M ⊙ (k − k₀) + r`` for coil k-space: a gradient step of size η on
+        ½‖M k − k₀‖² plus a regulariser's update ``r`` (the VarNet cascade, Sriram et al.
+        2020, eq. 3). ``eta``: a 0-d tensor (fused kernel) or one per sample (B,)."""
+        if eta.dim() == 0:
+            return _DataConsistency.apply(k, k0, r, eta, self.mask)
+        return k + r - eta.view(-1, 1, 1, 1) * (self.mask * (k - k0))
 
     def replace_measured(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Hard data consistency for single-coil images (B, 1, H, W): x with its measured
@@ -65,7 +228,7 @@ class MRIOperator:
         Schlemper et al. 2018 with λ → ∞); ``y`` is the masked measurement."""
         if self.sens is not None:
             raise ValueError("replace_measured is the single-coil projection (no sensitivities)")
-        return ifft2c(y + fft2c(x) * (1 - self.mask.to(x.real.dtype)))
+        return self.domain.inverse(y + self.domain.forward(x) * (1 - self.mask.to(x.real.dtype)))
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """A^H A x."""
@@ -77,6 +240,18 @@ class MRIOperator:
               iterations: int = 10, tol: float = 1e-6) -> torch.Tensor:
         """(A^H A + λI)⁻¹ b by conjugate gradients; differentiable (unrolled)."""
         return conjugate_gradient(lambda v: self.normal(v) + _per_sample(lam, v) * v, b, x0, iterations, tol)
+
+
+def zero_filled(kspace: torch.Tensor) -> torch.Tensor:
+    """The zero-filled coil-combined image (B, 1, H, W) of masked centred k-space (B, C, H, W),
+    the input of the U-Net backbones. Single-coil it is A^H y with S = 1 (y is zero off the
+    mask, so M drops out), phase included. Multi-coil, without sensitivities the coil phases
+    cannot be combined coherently: the RSS over coils with zero phase, which is what fastMRI's
+    multi-coil targets are."""
+    images = ifft2c(kspace)
+    if images.shape[1] == 1:
+        return images
+    return rss(images, dim=1).unsqueeze(1).to(images.dtype)
 
 
 def _per_sample(lam: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:

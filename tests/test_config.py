@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mrbench.config import Config, config_from_dict, load_config
+from mrbench.config import config_from_dict, load_config
 from mrbench.errors import MrbenchError
 
 

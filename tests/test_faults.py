@@ -169,7 +169,7 @@ def test_disk_full_at_every_write_site_is_one_line_exit_4_and_a_resume_finishes(
     res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
     assert hits and res.exit_code == 4, res.output
     line = res.output.strip()
-    assert len(line.splitlines()) == 1 and f"cannot write " in line and site in line and "No space left" in line
+    assert len(line.splitlines()) == 1 and "cannot write " in line and site in line and "No space left" in line
     run_dir = tmp_path / "default" / "joint-varnet-s0-seed0"
     assert not list(tmp_path.rglob(".*.tmp"))  # no partial file anywhere
     monkeypatch.setattr(atomic_mod.os, "replace", real_replace)

@@ -15,14 +15,8 @@ from mrbench.errors import MrbenchError
 from mrbench.fourier import fft2c, ifft2c, rss
 from mrbench.models import BACKBONES, SIZES, NormUNet, UNet, UNetRecon, VarNet, VarNetCascade, build_backbone
 from mrbench.models.unet import InstanceNorm
-from mrbench.models.varnet import (
-    Domain,
-    _DataConsistency,
-    _SensExpand,
-    _SensReduce,
-    acs_band,
-    choose_domain,
-)
+from mrbench.models.varnet import acs_band
+from mrbench.physics import Domain, MRIOperator, _DataConsistency, _SensExpand, _SensReduce, choose_domain
 
 TINY_VARNET = dict(cascades=2, chans=4, pools=3, sens_chans=2, sens_pools=2)
 TINY_UNET = dict(chans=4, pools=3)
@@ -152,7 +146,7 @@ def test_data_consistency_step(coils, two_d):
     cascade = VarNetCascade(Zero())
     sens = None if coils == 1 else torch.randn_like(k0)
     with torch.no_grad():
-        out = cascade(k, k0, m, sens)
+        out = cascade(k, k0, MRIOperator(m, sens))
     sampled = m.expand_as(k0).bool()
     torch.testing.assert_close(out[sampled], k0[sampled])
     torch.testing.assert_close(out[~sampled], k[~sampled])
@@ -197,7 +191,7 @@ def test_cascade_expand_reduce_is_projection():
         cascade.eta.zero_()
         for kind in ("centred", "shifted", "columns"):
             d = Domain(kind)
-            out = cascade(d.kspace(k), d.kspace(k0), d.mask(m), sens, domain=d)
+            out = cascade(d.kspace(k), d.kspace(k0), MRIOperator(d.mask(m), sens, d))
             torch.testing.assert_close(out, 2 * d.kspace(k), rtol=1e-4, atol=1e-4 * k.abs().max().item())
 
 
@@ -448,8 +442,6 @@ def test_untrained_backbone_starts_near_zero_filled(name):
 
 def test_data_consistency_is_twice_differentiable():
     """Second-order MAML differentiates through the backward pass of the DC step."""
-    from mrbench.models.varnet import _DataConsistency
-
     g = torch.Generator().manual_seed(0)
     shape = (1, 2, 4, 5)
     k = torch.randn(shape, dtype=torch.complex128, generator=g, requires_grad=True)

@@ -1,8 +1,6 @@
 """mtl-varnet blocks (exact sharing, routing, per-task η), loss weightings (formulas) and mtl runs."""
 
-import copy
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -166,7 +166,6 @@ def test_slurm_script_lists_the_remaining_runs(tmp_path, data_root):
 def test_slurm_commands_survive_a_space_in_the_path_and_read_the_allocation(tmp_path, data_root):
     """The array script's command lines, as bash runs them: quoted paths (a space is safe) and
     the allocation's CPU count as torch threads."""
-    import shlex
     import subprocess
 
     spaced = tmp_path / "my runs"

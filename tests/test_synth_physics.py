@@ -26,7 +26,7 @@ from mrbench.data.synth.subject import (
 )
 from mrbench.data.synth.tissue import TissueMaps, phantom_tissue_maps
 from mrbench.errors import MrbenchError
-from mrbench.fourier import fft2c, ifft2c, rss
+from mrbench.fourier import ifft2c, rss
 
 SMALL = dict(size=64, n_slices=4)
 

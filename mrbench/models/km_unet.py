@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrbench.fourier import ifft2c, rss
+from mrbench.physics import zero_filled
 from mrbench.models.unet import _VAR_EPS, InstanceNorm, NormUNet, UNet, UNetRecon, data_consistency
 
 __all__ = ["ContextEncoder", "KernelHyperNet", "KMUNet", "modulated_conv", "kernel_modulation"]
@@ -137,14 +137,6 @@ class ContextEncoder(nn.Module):
         return self.fc(self.features(x).mean(dim=(-2, -1)))
 
 
-def _zero_filled(kspace: torch.Tensor) -> torch.Tensor:
-    """Complex (B, 1, H, W) coil-combined zero-filled image, exactly as :class:`UNetRecon` forms it."""
-    images = ifft2c(kspace)
-    if images.shape[1] == 1:
-        return images
-    return rss(images, dim=1).unsqueeze(1).to(images.dtype)
-
-
 class KMUNet(nn.Module):
     """The ``km-unet`` backbone (module docstring). Common interface plus an optional embedding::
 
@@ -180,7 +172,7 @@ class KMUNet(nn.Module):
     # -- context
     def embed(self, kspace: torch.Tensor) -> torch.Tensor:
         """Per-sample embeddings (B, E) of the zero-filled magnitude images of masked ``kspace``."""
-        return self.encoder(_zero_filled(kspace).abs()[:, 0])
+        return self.encoder(zero_filled(kspace).abs()[:, 0])
 
     def context_embedding(self, kspace: torch.Tensor) -> torch.Tensor:
         """One embedding (1, E) for a set of slices of one context: the mean over the set."""
@@ -203,7 +195,7 @@ class KMUNet(nn.Module):
         num_low_frequencies: torch.Tensor,
         embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x0 = _zero_filled(kspace)
+        x0 = zero_filled(kspace)
         z = self.encoder(x0.abs()[:, 0]) if embedding is None else embedding
         return self.forward_modulated(kspace, mask, self.modulations(z), x0=x0)
 
@@ -212,7 +204,7 @@ class KMUNet(nn.Module):
     ) -> torch.Tensor:
         """The base network with the given (a, b) per modulated conv (N = 1 or B each),
         followed by the ``unet`` backbone's single-coil data consistency."""
-        x0 = _zero_filled(kspace) if x0 is None else x0
+        x0 = zero_filled(kspace) if x0 is None else x0
         it = iter(mods)
         out = data_consistency(x0 + _norm_unet(self.base.net, x0, it), kspace, mask)[:, 0]
         if next(it, None) is not None:

@@ -45,15 +45,8 @@ from torch import nn
 
 from mrbench.errors import MrbenchError
 from mrbench.models.unet import NormUNet, UNet
-from mrbench.models.varnet import (
-    Domain,
-    SensitivityModel,
-    VarNet,
-    VarNetCascade,
-    _DataConsistency,
-    _SensExpand,
-    _SensReduce,
-)
+from mrbench.models.varnet import SensitivityModel, VarNet, VarNetCascade
+from mrbench.physics import MRIOperator
 
 __all__ = ["MTLVarNet", "MTLCascade", "SplitBlock", "YBlock", "WBlock", "route", "default_blocks", "BLOCKS"]
 
@@ -377,28 +370,11 @@ class MTLCascade(VarNetCascade):
             self.eta = nn.Parameter(torch.ones(num_tasks))
 
     def forward(  # type: ignore[override]
-        self,
-        k: torch.Tensor,
-        k0: torch.Tensor,
-        mask: torch.Tensor,
-        sens: torch.Tensor | None,
-        task: torch.Tensor,
-        *,
-        domain: Domain = Domain(),
-        sens_conj: torch.Tensor | None = None,
+        self, k: torch.Tensor, k0: torch.Tensor, op: MRIOperator, task: torch.Tensor
     ) -> torch.Tensor:
-        images = domain.inverse(k)
-        if sens is None:
-            reg = domain.forward(self.regulariser(images, task))
-        else:
-            if sens_conj is None:
-                sens_conj = sens.detach().conj().resolve_conj()
-            image = _SensReduce.apply(images, sens, sens_conj)
-            reg = domain.forward(_SensExpand.apply(sens, self.regulariser(image, task), sens_conj))
-        if self.share_etas:
-            return _DataConsistency.apply(k, k0, reg, self.eta, mask)
-        eta = self.eta.index_select(0, task).view(-1, 1, 1, 1)
-        return k + reg - eta * (mask * (k - k0))
+        reg = op.to_kspace(self.regulariser(op.to_image(k), task))
+        eta = self.eta if self.share_etas else self.eta.index_select(0, task)
+        return op.gradient_step(k, k0, reg, eta)
 
 
 class MTLVarNet(VarNet):

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrbench.fourier import ifft2c, rss
-from mrbench.physics import MRIOperator
+from mrbench.physics import MRIOperator, zero_filled
 
 __all__ = ["Conv1x1", "InstanceNorm", "UNet", "NormUNet", "UNetRecon"]
 
@@ -219,11 +218,7 @@ class UNetRecon(nn.Module):
     def forward(
         self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor
     ) -> torch.Tensor:
-        images = ifft2c(kspace)
-        if images.shape[1] == 1:
-            x0 = images
-        else:
-            x0 = rss(images, dim=1).unsqueeze(1).to(images.dtype)  # zero phase
+        x0 = zero_filled(kspace)
         return data_consistency(x0 + self.net(x0), kspace, mask)[:, 0]
 
 

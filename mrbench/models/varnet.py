@@ -37,145 +37,13 @@ Speed (benchmarks/bench_varnet.py compares with ``fastmri.models.VarNet``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from mrbench.fourier import alternating_sign, fft2c, ifft2c
 from mrbench.models.unet import NormUNet, zero_phase
+from mrbench.physics import Domain, MRIOperator, choose_domain
 
 __all__ = ["Domain", "VarNet", "VarNetCascade", "SensitivityModel", "acs_band", "choose_domain"]
-
-
-@dataclass(frozen=True)
-class Domain:
-    """Where the cascades hold k-space, and the FFT pair that goes with it.
-
-    ``kind``:
-
-    * ``"centred"``: centred k-space, ``fft2c`` / ``ifft2c`` (any H, W);
-    * ``"shifted"``: ``c ⊙ P k`` over both dims (even H, W), plain 2-D FFTs;
-    * ``"columns"``: the FFT along H already applied (centred, once), then
-      ``c ⊙ P`` along W (even W); plain FFTs along W only. Valid only when
-      the mask is constant along H.
-
-    In every domain ``inverse(k_work)`` is the centred image and
-    ``forward(centred image)`` is working-domain k-space.
-    """
-
-    kind: str = "centred"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "columns":
-            return torch.fft.fft(x, dim=-1, norm="ortho")
-        if self.kind == "shifted":
-            return torch.fft.fft2(x, norm="ortho")
-        return fft2c(x)
-
-    def inverse(self, k: torch.Tensor) -> torch.Tensor:
-        if self.kind == "columns":
-            return torch.fft.ifft(k, dim=-1, norm="ortho")
-        if self.kind == "shifted":
-            return torch.fft.ifft2(k, norm="ortho")
-        return ifft2c(k)
-
-    def kspace(self, kspace: torch.Tensor) -> torch.Tensor:
-        """Centred k-space (…, H, W) → working domain."""
-        h, w = kspace.shape[-2:]
-        if self.kind == "columns":
-            k = torch.fft.fftshift(
-                torch.fft.ifft(torch.fft.ifftshift(kspace, dim=-2), dim=-2, norm="ortho"), dim=-2
-            )
-            return torch.fft.ifftshift(k, dim=-1) * alternating_sign(w, k.device)
-        if self.kind == "shifted":
-            k = torch.fft.ifftshift(kspace, dim=(-2, -1))
-            return k * (alternating_sign(h, k.device)[:, None] * alternating_sign(w, k.device))
-        return kspace
-
-    def mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """Centred mask (…, H or 1, W) → working domain (the same permutation as k-space)."""
-        if self.kind == "columns":
-            return torch.fft.ifftshift(mask, dim=-1)
-        if self.kind == "shifted":
-            return torch.fft.ifftshift(mask, dim=(-2, -1))
-        return mask
-
-
-def choose_domain(mask: torch.Tensor, fast: bool = True) -> Domain:
-    """The fastest exact :class:`Domain` for this (B, 1, H, W) centred mask."""
-    h, w = mask.shape[-2:]
-    if not fast:
-        return Domain("centred")
-    if w % 2 == 0 and (h == 1 or torch.equal(mask, mask[..., :1, :].expand_as(mask))):
-        return Domain("columns")
-    if h % 2 == 0 and w % 2 == 0:
-        return Domain("shifted")
-    return Domain("centred")
-
-
-class _SensReduce(torch.autograd.Function):
-    """``z = Σ_c conj(S_c) · x_c`` → (B, 1, H, W); ``sens_conj`` = conj(S), materialised."""
-
-    @staticmethod
-    def forward(ctx, x, sens, sens_conj):
-        ctx.save_for_backward(x, sens)
-        return (x * sens_conj).sum(dim=1, keepdim=True)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, sens = ctx.saved_tensors
-        gx = sens * g if ctx.needs_input_grad[0] else None
-        gs = x * g.conj() if ctx.needs_input_grad[1] else None  # conj of a 1-coil tensor only
-        return gx, gs, None
-
-
-class _SensExpand(torch.autograd.Function):
-    """``e_c = S_c · u`` → (B, C, H, W) from a (B, 1, H, W) image ``u``."""
-
-    @staticmethod
-    def forward(ctx, sens, u, sens_conj):
-        ctx.save_for_backward(u, sens_conj)
-        return sens * u
-
-    @staticmethod
-    def backward(ctx, g):
-        u, sens_conj = ctx.saved_tensors
-        gs = g * u.conj() if ctx.needs_input_grad[0] else None
-        gu = (g * sens_conj).sum(dim=1, keepdim=True) if ctx.needs_input_grad[1] else None
-        return gs, gu, None
-
-
-class _DataConsistency(torch.autograd.Function):
-    """``k − η · M ⊙ (k − k₀) + r`` with a real mask M (B, 1, H|1, W) and a 0-d real η.
-
-    Four passes over the coil k-space forward, two backward (autograd's
-    version needs a conjugate copy and a coil reduction for η's gradient).
-    The backward recomputes ``M ⊙ (k − k₀)`` from the saved inputs, so it is itself
-    differentiable: second-order MAML through a VarNet gets exact meta-gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, k, k0, r, eta, mask):
-        dm = (k - k0).mul_(mask)  # M ⊙ (k − k₀)
-        out = torch.add(k, r).addcmul_(dm, -eta)
-        ctx.save_for_backward(k, k0, eta, mask)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        k, k0, eta, mask = ctx.saved_tensors
-        dm = (k - k0) * mask if ctx.needs_input_grad[3] else None
-        gk = gk0 = geta = None
-        w = eta * mask  # small (B, 1, H|1, W)
-        if ctx.needs_input_grad[0]:
-            gk = g * (1.0 - w)
-        if ctx.needs_input_grad[1]:
-            gk0 = g * w
-        if ctx.needs_input_grad[3]:
-            # dL/dη = −Re Σ conj(M ⊙ (k − k₀)) · g: one dot product
-            geta = -torch.vdot(dm.reshape(-1), g.reshape(-1)).real.reshape(eta.shape)
-        return gk, gk0, g, geta, None
 
 
 def acs_band(num_low_frequencies: torch.Tensor, width: int) -> torch.Tensor:
@@ -247,32 +115,11 @@ class VarNetCascade(nn.Module):
         self.regulariser = regulariser
         self.eta = nn.Parameter(torch.ones(()))
 
-    def forward(
-        self,
-        k: torch.Tensor,
-        k0: torch.Tensor,
-        mask: torch.Tensor,
-        sens: torch.Tensor | None,
-        *,
-        domain: Domain = Domain(),
-        sens_conj: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """k, k0: complex (B, C, H, W); mask: float (B, 1, H, W); sens: complex (B, C, H, W) or None (S = 1).
-
-        By default everything is centred (fastMRI's convention). With another
-        ``domain``, ``k``, ``k0`` and ``mask`` are in that domain (``sens``
-        stays a centred image). ``sens_conj``: ``conj(sens)`` materialised
-        once by the caller for all cascades (computed here when omitted).
-        """
-        images = domain.inverse(k)
-        if sens is None:
-            reg = domain.forward(self.regulariser(images))
-        else:
-            if sens_conj is None:
-                sens_conj = sens.detach().conj().resolve_conj()
-            image = _SensReduce.apply(images, sens, sens_conj)
-            reg = domain.forward(_SensExpand.apply(sens, self.regulariser(image), sens_conj))
-        return _DataConsistency.apply(k, k0, reg, self.eta, mask)
+    def forward(self, k: torch.Tensor, k0: torch.Tensor, op: MRIOperator) -> torch.Tensor:
+        """k, k0: complex coil k-space (B, C, H, W) in ``op.domain``; ``op`` carries the mask
+        (in the same domain) and the sensitivities (centred images; None = single-coil)."""
+        reg = op.to_kspace(self.regulariser(op.to_image(k)))
+        return op.gradient_step(k, k0, reg, self.eta)
 
 
 class VarNet(nn.Module):
@@ -328,14 +175,12 @@ class VarNet(nn.Module):
         domain = choose_domain(mask, self.fast_fourier)
         if domain.kind == "columns":
             mask = mask[..., :1, :]  # constant along H: broadcast one row
-        k0, m = domain.kspace(kspace), domain.mask(mask)
-        sens = sens_conj = None
-        if kspace.shape[1] > 1:
-            sens = self.sens_net(k0, num_low_frequencies, domain)
-            sens_conj = sens.detach().conj().resolve_conj()
+        k0 = domain.kspace(kspace)
+        sens = self.sens_net(k0, num_low_frequencies, domain) if kspace.shape[1] > 1 else None
+        op = MRIOperator(domain.mask(mask), sens, domain)
         k = k0
         for cascade in self.cascades:
-            k = cascade(k, k0, m, sens, *route, domain=domain, sens_conj=sens_conj)
+            k = cascade(k, k0, op, *route)
         images = domain.inverse(k)
         if images.shape[1] == 1:
             return images[:, 0]
