@@ -106,6 +106,33 @@ def test_equivariance_losses_penalise_a_network_that_ignores_its_input(name):
     assert torch.allclose(LOSSES["mc"](Cfg)(lambda b: x, batch), torch.zeros(3), atol=1e-6)
 
 
+def test_ei_does_not_accept_zero_filled_for_a_symmetric_column_mask():
+    """An equispaced column mask, mirror-symmetric about the centre: shifts and flips leave its
+    null space alone, so under them the zero-filled image minimised the EI term exactly and
+    MoDL collapsed to it. A rotation turns the missing columns into missing rows: penalised."""
+    w = 16
+    cols = torch.zeros(w)
+    cols[::4] = 1
+    cols[w // 2 - 2 : w // 2 + 2] = 1
+    cols = torch.maximum(cols, cols[(w - torch.arange(w)) % w])  # symmetric under k → −k (centre w/2)
+    batch, _ = sample(cols.view(1, 1, 1, w).expand(3, 1, 16, w).contiguous())
+    ei = LOSSES["ei"](Cfg)
+    torch.manual_seed(0)
+    values = torch.stack([ei(zero_filled, batch) - LOSSES["mc"](Cfg)(zero_filled, batch) for _ in range(6)])
+    assert (values.mean(dim=0) > 0.1).all()  # shifts and flips gave < 1e-7
+
+
+def test_rotation_of_a_non_square_image_keeps_a_centred_disc():
+    from mrbench.losses.equivariant import rotate
+
+    yy, xx = torch.meshgrid(torch.arange(20.0) - 9.5, torch.arange(32.0) - 15.5, indexing="ij")
+    disc = ((yy**2 + xx**2) < 36).to(torch.complex64)[None]
+    out = rotate(disc, 0.7)
+    assert out.shape == disc.shape
+    assert (out - disc).abs().mean() < 0.02  # a disc about the centre is rotation-invariant
+    assert (rotate(disc, 0.0) - disc).abs().max() < 1e-5
+
+
 def test_moi_measures_with_other_operators():
     batch, x = sample(column_mask())
     masks = []

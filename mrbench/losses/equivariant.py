@@ -2,9 +2,12 @@
 (deepinv's EILoss, MOILoss, MOEILoss); each adds measurement consistency ‖A f(y) − y‖₁:
 
 * ``ei`` — equivariant imaging (Chen, Tachella & Davies 2021): x̂ = f(y); x₂ = T_g x̂ for a
-  random transform g; L = MC + ‖x₂ − f(A x₂)‖₁. The transforms are the image-size-preserving
-  group of circular shifts and flips (any H × W; the 90° rotations of deepinv's MRI example
-  need square images);
+  random rotation g; L = MC + ‖x₂ − f(A x₂)‖₁. Rotations, as in the paper's and deepinv's MRI
+  examples: a rotation turns measured columns into rows, so A T_g sees the null space of A.
+  Shifts and flips do not: a circular shift is a phase ramp in k-space (it commutes with any
+  Cartesian mask) and a centred equispaced mask is mirror-symmetric, so with them the
+  zero-filled image is an exact minimiser of the EI term — MoDL trained that way collapsed to
+  zero-filled in the demo (tests/test_losses.py keeps that from coming back);
 * ``moi`` — multiple operators (Tachella et al. 2022): L = MC + ‖x̂ − f(A_g x̂, A_g)‖₁ with A_g
   another sample's mask of the batch, mirrored left–right (a mask of the same kind and
   acceleration that differs from the sample's own);
@@ -16,9 +19,11 @@ weighs the second term (deepinv: 1). Random draws use torch's global generator (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import MrbenchError
 from .base import Loss, image_l1, measurement_consistency, operator, with_measurements
@@ -34,14 +39,24 @@ class EquivarianceOptions:
 
 
 def random_transform(x: torch.Tensor) -> torch.Tensor:
-    """T_g x: one random circular shift (rows and columns) and optional left–right and
-    up–down flips, the same for the whole batch."""
+    """T_g x for complex images (B, H, W): one random rotation for the whole batch. Square
+    images: a multiple of 90° (k ∈ {1, 2, 3}; exact, no interpolation); others: an angle in
+    (−180°, 180°) by bilinear interpolation, zero outside the field of view."""
     h, w = x.shape[-2:]
-    dy, dx = (int(torch.randint(0, n, ())) for n in (h, w))
-    flips = torch.rand(2) < 0.5
-    x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-    dims = [d for d, f in zip((-2, -1), flips.tolist()) if f]
-    return torch.flip(x, dims) if dims else x
+    if h == w:
+        return torch.rot90(x, int(torch.randint(1, 4, ())), dims=(-2, -1))
+    return rotate(x, float((torch.rand(()) * 2 - 1) * math.pi))
+
+
+def rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate complex (B, H, W) images by ``angle`` radians about the centre (pixel aspect 1)."""
+    h, w = x.shape[-2:]
+    c, s = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=torch.float32, device=x.device)
+    parts = torch.view_as_real(x).permute(0, 3, 1, 2)  # (B, 2, H, W)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(parts.shape), align_corners=False)
+    out = F.grid_sample(parts, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.view_as_complex(out.permute(0, 2, 3, 1).contiguous())
 
 
 def other_mask(mask: torch.Tensor) -> torch.Tensor:
