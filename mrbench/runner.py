@@ -100,6 +100,7 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
     """Train, evaluate and store one run (under its lock, :func:`run_lock`); return its store."""
     data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)  # bad data is reported before run-dir state
     check_loss_fits_data(cfg, data)
+    METHODS[cfg.method].check_data(cfg, data)
     select_device(cfg.train.device, cfg.train.precision)  # an impossible device or precision, before anything is written
     with run_lock(cfg.run_dir):
         return _execute(cfg, data, resume, overwrite, quiet)

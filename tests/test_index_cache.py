@@ -11,7 +11,7 @@ import pytest
 
 import mrbench.data.index as index_mod
 from mrbench.data.index import scan
-from mrbench.data.index_cache import CACHE_NAME, IndexCache
+from mrbench.data.index_cache import CACHE_NAME, VERSION, IndexCache
 
 from conftest import write_tiny_root
 
@@ -63,7 +63,7 @@ def test_a_broken_cache_is_ignored_and_rebuilt(root, monkeypatch):
     (root / CACHE_NAME).write_text("{ not json")
     calls = counting(monkeypatch)
     scan(root)
-    assert len(calls) == 10 and json.loads((root / CACHE_NAME).read_text())["version"] == 1
+    assert len(calls) == 10 and json.loads((root / CACHE_NAME).read_text())["version"] == VERSION
 
 
 def test_a_directory_that_cannot_be_written_is_indexed_without_a_cache(root, monkeypatch):

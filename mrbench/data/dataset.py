@@ -17,6 +17,8 @@ never the bottleneck of a training step.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -41,6 +43,7 @@ class Sample(NamedTuple):
     slice_idx: int
     max_value: float  # the volume target's maximum (PSNR/SSIM data range)
     num_low_frequencies: int
+    acquisition: torch.Tensor | None = None  # float32 (5,): the header's TR, TE, TI, flip, B0; NaN where absent
 
 
 @dataclass(frozen=True)
@@ -197,4 +200,5 @@ class SliceDataset(torch.utils.data.Dataset):
             slice_idx=s,
             max_value=float(scale),
             num_low_frequencies=drawn.num_low_frequencies,
+            acquisition=torch.tensor([math.nan if v is None else v for v in meta.acquisition], dtype=torch.float32),
         )

@@ -16,6 +16,11 @@ One on-disk format for everything mrbench trains on (docs/design.md §3):
   ``[padding_left, padding_right)`` are zero padding in real fastMRI files and
   are removed from every sampling mask.
 
+  The acquisition numbers, where a file has them (fastMRI's files do; ``mrbench data synth``
+  writes them): ``sequenceParameters/{TR, TE, TI, flipAngle_deg}`` (ms, degrees) and
+  ``acquisitionSystemInformation/systemFieldStrength_T``, read into
+  :attr:`VolumeMeta.acquisition` (None where absent) for metadata conditioning.
+
 Files written by :func:`write_volume` carry exactly those header fields, so
 fastMRI's own ``SliceDataset`` accepts them (tested when ``fastmri`` is
 installed).
@@ -36,6 +41,9 @@ from ..errors import MrbenchError, first_line
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 TARGET_KEYS = ("reconstruction_esc", "reconstruction_rss")
+#: The header's acquisition numbers, in the order of :attr:`VolumeMeta.acquisition`.
+ACQUISITION_FIELDS = ("TR", "TE", "TI", "flipAngle_deg", "systemFieldStrength_T")
+NO_ACQUISITION = (None,) * len(ACQUISITION_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class VolumeMeta:
     patient_id: str
     stored_mask: bool = False  # the file is already undersampled: its own `mask` (fastMRI's test layout)
     stored_low: int = 0  # its `num_low_frequencies` attribute (the ACS lines of the stored mask)
+    acquisition: tuple = NO_ACQUISITION  # ACQUISITION_FIELDS from the header, None where absent
 
     @property
     def name(self) -> str:
@@ -69,19 +78,31 @@ class VolumeMeta:
 # ----------------------------------------------------------------------------- header
 
 
-def build_header(kspace_shape: tuple[int, int], recon_shape: tuple[int, int]) -> str:
+def build_header(kspace_shape: tuple[int, int], recon_shape: tuple[int, int], acquisition: dict | None = None) -> str:
     """A minimal ISMRMRD header with the fields fastMRI parses.
 
     ``x`` is the read-out (H) and ``y`` the phase-encoding (W) size; the
     encoding limits say every phase-encoding column is acquired (no padding).
+    ``acquisition``: :data:`ACQUISITION_FIELDS` (and ``sequence_type``) → value; written where
+    the ISMRMRD schema puts them (field strength before ``encoding``, the sequence after).
     """
     h, w = kspace_shape
     rh, rw = recon_shape
     ns = ISMRMRD_NS
+    acq = {k: v for k, v in (acquisition or {}).items() if v is not None}
+    system = (
+        f"<acquisitionSystemInformation><systemFieldStrength_T>{float(acq['systemFieldStrength_T'])!r}"
+        "</systemFieldStrength_T></acquisitionSystemInformation>"
+        if "systemFieldStrength_T" in acq else ""
+    )
+    seq = "".join(f"<{k}>{float(acq[k])!r}</{k}>" for k in ACQUISITION_FIELDS[:4] if k in acq)  # exact round trip
+    if "sequence_type" in acq:
+        seq += f"<sequence_type>{acq['sequence_type']}</sequence_type>"
     return (
         f'<?xml version="1.0" encoding="utf-8"?>\n'
         f'<ismrmrdHeader xmlns="{ns}">'
-        "<encoding>"
+        + system
+        + "<encoding>"
         f"<encodedSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize>"
         f"<fieldOfView_mm><x>{h}</x><y>{w}</y><z>1</z></fieldOfView_mm></encodedSpace>"
         f"<reconSpace><matrixSize><x>{rh}</x><y>{rw}</y><z>1</z></matrixSize>"
@@ -91,7 +112,8 @@ def build_header(kspace_shape: tuple[int, int], recon_shape: tuple[int, int]) ->
         f"<center>{w // 2}</center></kspace_encoding_step_1>"
         "</encodingLimits>"
         "</encoding>"
-        "</ismrmrdHeader>"
+        + (f"<sequenceParameters>{seq}</sequenceParameters>" if seq else "")
+        + "</ismrmrdHeader>"
     )
 
 
@@ -123,6 +145,23 @@ def parse_header(xml: bytes | str, kspace_width: int) -> tuple[int, int, tuple[i
     left = max(0, min(left, kspace_width))
     right = max(left, min(right, kspace_width))
     return left, right, rec
+
+
+def parse_acquisition(xml: bytes | str) -> tuple:
+    """:data:`ACQUISITION_FIELDS` from an ISMRMRD header as floats, None where absent (a
+    field that is present but not a number is an error)."""
+    root = ET.fromstring(xml)
+    out = []
+    for name in ACQUISITION_FIELDS:
+        node = root.find(f".//m:{name}", {"m": ISMRMRD_NS})
+        if node is None or node.text is None or not node.text.strip():
+            out.append(None)
+            continue
+        try:
+            out.append(float(node.text))
+        except ValueError:
+            raise ValueError(f"{name} is {node.text.strip()!r}, not a number") from None
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -176,11 +215,14 @@ def read_meta(path: str | os.PathLike) -> VolumeMeta:
             contrast = contrast.decode()
         if "ismrmrd_header" in hf:
             try:
-                left, right, recon = parse_header(hf["ismrmrd_header"][()], w)
+                xml = hf["ismrmrd_header"][()]
+                left, right, recon = parse_header(xml, w)
+                acquisition = parse_acquisition(xml)
             except (ET.ParseError, KeyError, ValueError) as exc:
                 raise _fail(path, f"unreadable 'ismrmrd_header' ({_short(exc)})") from None
         else:
             left, right, recon = 0, w, target_shape or (h, w)
+            acquisition = NO_ACQUISITION
         max_value = float(attrs["max"]) if "max" in attrs else None
         patient = attrs.get("patient_id", path.stem)
         if isinstance(patient, bytes):
@@ -204,6 +246,7 @@ def read_meta(path: str | os.PathLike) -> VolumeMeta:
         patient_id=str(patient),
         stored_mask=stored_mask,
         stored_low=stored_low,
+        acquisition=acquisition,
     )
 
 
@@ -261,20 +304,21 @@ def write_volume(
     acquisition: str,
     patient_id: str,
     extra_attrs: dict | None = None,
+    header_params: dict | None = None,
 ) -> None:
     """Write one fastMRI-format volume atomically.
 
     ``kspace`` is ``(S, H, W)`` (single-coil, target stored as
     ``reconstruction_esc``) or ``(S, C, H, W)`` (multi-coil, target stored as
     ``reconstruction_rss``). ``max`` and ``norm`` follow fastMRI: the volume
-    target's maximum and L2 norm.
+    target's maximum and L2 norm. ``header_params``: the header's acquisition numbers (:func:`build_header`).
     """
     kspace = np.asarray(kspace, dtype=np.complex64)
     target = np.asarray(target, dtype=np.float32)
     if kspace.ndim not in (3, 4):
         raise ValueError(f"kspace must be 3-D or 4-D, got {kspace.shape}")
     key = "reconstruction_esc" if kspace.ndim == 3 else "reconstruction_rss"
-    header = build_header(kspace.shape[-2:], target.shape[-2:])
+    header = build_header(kspace.shape[-2:], target.shape[-2:], header_params)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as hf:
             hf.create_dataset("kspace", data=kspace)

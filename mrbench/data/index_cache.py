@@ -23,8 +23,8 @@ from ..errors import MrbenchError
 from .fastmri_format import VolumeMeta
 
 CACHE_NAME = ".mrbench-index.json"
-VERSION = 1
-_TUPLES = ("kspace_shape", "target_shape", "recon_size")
+VERSION = 2  # 2: VolumeMeta.acquisition
+_TUPLES = ("kspace_shape", "target_shape", "recon_size", "acquisition")
 
 
 def _meta_to_dict(meta: VolumeMeta) -> dict:

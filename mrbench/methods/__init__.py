@@ -1,6 +1,7 @@
 """Training regimes, looked up by name. Adding one is one file and one line here."""
 
 from .base import Method, Phase, StepResult
+from .conditioned import Conditioned
 from .joint import Joint
 from .kmmaml import KMMAML
 from .maml import MAML
@@ -10,6 +11,6 @@ from .stl import STL
 from .transfer import Transfer
 from .zero_filled import ZeroFilled
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL, MAML, MetaDrop, KMMAML)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL, MAML, MetaDrop, KMMAML, Conditioned)}
 
 __all__ = ["METHODS", "Method", "Phase", "StepResult"]

@@ -110,6 +110,11 @@ class Method:
         """What tells this run apart from the same method's other variants: the backbone."""
         return cfg.model.backbone
 
+    @classmethod
+    def check_data(cls, cfg, data) -> None:
+        """Refuse, before anything is written, data this method cannot use (one line naming
+        the file): e.g. metadata conditioning needs the acquisition numbers in every header."""
+
     def __init__(self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module]):
         self.cfg = cfg
         self.tasks = list(tasks)
@@ -129,11 +134,17 @@ class Method:
         """The standard step: the training loss of ``models[key]`` on a batch, per-task losses logged."""
 
         def step(batch: Sample) -> StepResult:
-            per_sample = self.loss(lambda b: image(self.models[key], b), batch)
+            per_sample = self.loss(lambda b: self.run_model(self.models[key], b), batch)
             per_sample.mean().backward()
             return StepResult(float(per_sample.detach().mean()), len(per_sample), _per_task(per_sample, batch.task))
 
         return step
+
+    def run_model(self, model: nn.Module, batch: Sample, ctx: Context | None = None) -> torch.Tensor:
+        """The complex image of a batch by one of this method's networks; ``ctx``: the context
+        every sample belongs to (an unseen one at test time), else each sample's task's. Methods
+        whose networks take more than the common arguments (the conditioned regime) override it."""
+        return image(model, batch)
 
     def parameters(self, modules: Sequence[str]) -> list[nn.Parameter]:
         return [p for m in modules for p in self.models[m].parameters()]
@@ -144,8 +155,8 @@ class Method:
         return next(iter(self.models))
 
     def reconstructor(self, task: int) -> Reconstructor:
-        model = self.models[self.model_key(task)]
-        return lambda batch: self.loss.reconstruct(lambda b: image(model, b), batch)
+        model, ctx = self.models[self.model_key(task)], self.tasks[task].context
+        return lambda batch: self.loss.reconstruct(lambda b: self.run_model(model, b, ctx), batch)
 
     def nearest_task(self, ctx: Context) -> int:
         """The seen task a method with per-task models starts from on an unseen context:
@@ -186,7 +197,7 @@ class Method:
     def adapt_forward(self, ctx: Context) -> Callable[[nn.Module, Sample], torch.Tensor]:
         """The fine-tuned copy's complex image of a batch of the context ``ctx`` (task-aware
         backbones route it through the nearest seen task)."""
-        return lambda model, batch: image(model, batch)
+        return lambda model, batch: self.run_model(model, batch, ctx)
 
     def adapt(self, ctx: Context, support: Sample, steps: int, lr: float, rule: str | None = None) -> Reconstructor:
         """The reconstructor after ``steps`` steps of ``rule`` (default: the method's first)."""
@@ -215,7 +226,8 @@ def support_minibatch(support: Sample, size: int, step: int) -> Sample:
         return support
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     idx = order[(torch.arange(size) + step * size) % n]
-    return Sample(*(x[idx.to(x.device)] if isinstance(x, torch.Tensor) else [x[i] for i in idx.tolist()] for x in support))
+    return Sample(*(x[idx.to(x.device)] if isinstance(x, torch.Tensor) else x if x is None else [x[i] for i in idx.tolist()]
+                    for x in support))
 
 
 def finetune_path(

@@ -14,20 +14,24 @@ from .base import Method, Phase
 
 class Joint(Method):
     name = "joint"
+    key = "joint"  # the one network's name in self.models (and its phase's)
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)
-        self.models["joint"] = make_backbone()
+        self.models[self.key] = self.build(make_backbone)
+
+    def build(self, make_backbone):
+        return make_backbone()
 
     def phases(self) -> list[Phase]:
         return [
             Phase(
-                name="joint",
+                name=self.key,
                 budget=self.cfg.train.budget,
                 lr=self.cfg.train.lr,
-                modules=["joint"],
+                modules=[self.key],
                 tasks=list(range(len(self.tasks))),
-                step=self.supervised_step("joint"),
+                step=self.supervised_step(self.key),
                 sampling=self.cfg.train.sampling,
             )
         ]

@@ -24,7 +24,7 @@ import numpy as np
 from ... import atomic
 from ...errors import MrbenchError
 from ..fastmri_format import write_volume
-from .physics import Sequence, resolve_contrast
+from .physics import FIELD_STRENGTH_T, Sequence, resolve_contrast
 from .subject import simulate_subject
 
 DEFAULT_CONTRASTS = ("AXT1", "AXT2", "AXPD", "AXFLAIR")
@@ -78,7 +78,27 @@ class SynthSpec:
         d = asdict(self)
         d["contrasts"] = [c if isinstance(c, str) else dict(c) for c in self.contrasts]
         d["sequences"] = {k: asdict(v) for k, v in self.sequences().items()}
+        d["format"] = 2  # 2: acquisition numbers in the ismrmrd_header (older data is rewritten)
         return d
+
+
+#: ISMRMRD ``sequence_type`` of each synthetic sequence kind.
+SEQUENCE_TYPES = {"se": "SpinEcho", "ir": "InversionRecovery", "gre": "GradientEcho"}
+
+
+def header_parameters(seq: Sequence) -> dict:
+    """The ``ismrmrd_header`` numbers of a synthetic contrast, as fastMRI's files carry them:
+    TR, TE, TI (inversion recovery only) in ms, the flip angle (90° for the spin-echo
+    families), the field strength the tissue values are for (:data:`FIELD_STRENGTH_T`) and
+    the sequence type."""
+    return {
+        "TR": seq.tr,
+        "TE": seq.te,
+        "TI": seq.ti,
+        "flipAngle_deg": seq.flip if seq.flip is not None else 90.0,
+        "systemFieldStrength_T": FIELD_STRENGTH_T,
+        "sequence_type": SEQUENCE_TYPES[seq.kind],
+    }
 
 
 def _file_name(contrast: str, subject: int) -> str:
@@ -112,6 +132,7 @@ def _write_subject(spec: SynthSpec, out: Path, i: int, split: str) -> list[str]:
                 "sequence": json.dumps(asdict(seq)),
                 "snr": spec.snr,
             },
+            header_params=header_parameters(seq),
         )
         written.append(str(path))
     return written

@@ -140,6 +140,9 @@ def flair_ti(tr: float, t1_null: float = TISSUES["csf"].t1) -> float:
     return -t1_null * math.log((1.0 + math.exp(-tr / t1_null)) / 2.0)
 
 
+#: The field strength the tissue values are for (written to each file's header).
+FIELD_STRENGTH_T = 1.5
+
 NAMED_CONTRASTS: dict[str, Sequence] = {
     "AXT1": Sequence("se", tr=500.0, te=15.0),
     "AXT2": Sequence("se", tr=4000.0, te=100.0),
