@@ -62,6 +62,7 @@ class Cell:
     seed: int
     sampling: str = ""  # a [sweep].sampling value, "" = the file's train.sampling
     budget: int = 0  # a [sweep].budgets value (the convergence ladder), 0 = the file's train.budget
+    lr: float = 0.0  # a [sweep].lrs value (a learning-rate search, chosen on seen validation), 0 = the file's train.lr
 
 
 @dataclass
@@ -110,10 +111,23 @@ RUN_SUFFIX = re.compile(r"-s\d+-seed\d+$")
 
 
 def _axis_sets(cell: Cell) -> list[str]:
-    """The ``--set`` items a cell's sweep axes add (sampling rule, budget of the ladder)."""
+    """The ``--set`` items a cell's sweep axes add (sampling rule, budget of the ladder,
+    learning rate of the search)."""
     return ([f"train.sampling={cell.sampling}"] if cell.sampling else []) + (
         [f"train.budget={cell.budget}"] if cell.budget else []
-    )
+    ) + ([f"train.lr={cell.lr!r}"] if cell.lr else [])
+
+
+def lr_suffix(lr: float) -> str:
+    """The run-name part of a learning-rate search cell: ``-lr0.003``."""
+    return f"-lr{lr:g}" if lr else ""
+
+
+def _lr_list(value, key: str) -> list[float]:
+    value = value if isinstance(value, list) else [value]
+    if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in value):
+        raise MrbenchError(f"{key}: expected learning rates in (0, 1), e.g. [1e-3, 3e-3, 1e-2], got {value!r}")
+    return sorted(set(float(v) for v in value))
 
 
 def _sampling_list(value, key: str) -> list[str]:
@@ -164,10 +178,11 @@ def load_experiment(
     sweep = values.get("sweep", {})
     if not isinstance(sweep, dict):
         raise MrbenchError(f"{p}: [sweep] must be a table")
-    extra = set(sweep) - {"scarcity", "seeds", "methods", "sampling", "budgets"}
+    extra = set(sweep) - {"scarcity", "seeds", "methods", "sampling", "budgets", "lrs"}
     if extra:
         raise MrbenchError(
-            f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} (valid: scarcity, seeds, methods, sampling, budgets)"
+            f"{p}: unknown key(s) in [sweep]: {', '.join(sorted(extra))} "
+            "(valid: scarcity, seeds, methods, sampling, budgets, lrs)"
         )
     try:
         base = load_config(p, overrides, profile)  # file + sweep-wide overrides, checked once
@@ -178,28 +193,29 @@ def load_experiment(
         budgets = _int_list(sweep["budgets"], "sweep.budgets") if "budgets" in sweep else [0]
         if "budgets" in sweep and min(budgets) < 1:
             raise MrbenchError("sweep.budgets: expected budgets > 0 (slices), e.g. [1200, 2400, 4800]")
+        lrs = _lr_list(sweep["lrs"], "sweep.lrs") if "lrs" in sweep else [0.0]
     except MrbenchError as exc:
         msg = str(exc)
         raise MrbenchError(msg if msg.startswith(("config file", "--set")) else f"{p}: {msg}") from None
     exp = Experiment(p, entries, scarcity, seeds, tuple(overrides), profile)
     dirs: dict[Path, Cell] = {}
-    cells = [(i, e, lv, sd, sm, b) for i, e in enumerate(entries) for sm in samplings for b in budgets
-             for lv in scarcity for sd in seeds]
-    for i, entry, level, seed, sampling, budget in cells:
+    cells = [(i, e, lv, sd, sm, b, lr) for i, e in enumerate(entries) for sm in samplings for b in budgets
+             for lr in lrs for lv in scarcity for sd in seeds]
+    for i, entry, level, seed, sampling, budget, lr in cells:
         learned = getattr(METHODS.get(entry.method), "learned", True)  # an unknown name fails in load_config
-        if (sampling != samplings[0] or budget != budgets[0]) and not learned:
-            continue  # zero-filled trains nothing: one run, not one per rule or budget
-        cell = Cell(entry, level, seed, sampling, budget if learned else 0)
+        if (sampling != samplings[0] or budget != budgets[0] or lr != lrs[0]) and not learned:
+            continue  # zero-filled trains nothing: one run, not one per rule, budget or lr
+        cell = Cell(entry, level, seed, sampling, budget if learned else 0, lr if learned else 0.0)
         axis = _axis_sets(cell)
         try:
             cfg = load_config(p, [*overrides, *entry.overrides, *axis], profile, method=entry.method, scarcity=level,
                               train={"seed": seed})
         except MrbenchError as exc:
             raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None
-        if entry.name or cell.budget:
+        if entry.name or cell.budget or cell.lr:
             stem = entry.name + (training_suffix(cfg) if learned else "") \
                 if entry.name else RUN_SUFFIX.sub("", cfg.run_name)
-            cfg.run.name = f"{stem}{f'-b{cell.budget}' if cell.budget else ''}-s{level}-seed{seed}"
+            cfg.run.name = f"{stem}{f'-b{cell.budget}' if cell.budget else ''}{lr_suffix(cell.lr)}-s{level}-seed{seed}"
         if cfg.run_dir in dirs:
             raise MrbenchError(
                 f"{p}: sweep.methods[{i}] and another entry both write {cfg.run_dir}; give them distinct names"

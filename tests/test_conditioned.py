@@ -157,3 +157,14 @@ def test_metadata_conditioning_refuses_a_header_without_the_numbers(tmp_path):
 def test_condition_options_are_checked():
     res = CliRunner().invoke(main, ["run", "conditioned", "--quiet", "--set", "condition.on=header"])
     assert res.exit_code == 2 and "condition.on" in res.output and "metadata" in res.output
+
+
+def test_conditioned_trains_on_multicoil_files(tmp_path):
+    """fastMRI's multi-coil layout: the conditioned VarNet's cascades go through the operator
+    with estimated sensitivities."""
+    root = tmp_path / "mc"
+    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), coils=2, per_split={"train": 2, "val": 1, "test": 1})
+    res = CliRunner().invoke(main, ["run", "conditioned", "--quiet",
+                                    *set_args(tiny_run_settings(root, tmp_path / "o", "condition.on=both", "train.budget=16"))])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "default" / "conditioned-varnet-both-s0-seed0" / "DONE").exists()

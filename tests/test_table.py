@@ -257,6 +257,48 @@ def test_budget_ladder_is_a_sweep_axis(tmp_path):
     assert "train.budget=600" in exp.command(cell, threads=1)
 
 
+def _lr_run(label, lr, seed, val_ssim, test_psnr):
+    run = _fake_run(f"{label}-lr{lr:g}-s0-seed{seed}", "mtl", 1200, [test_psnr] * 3, seed=seed)
+    run.config["train"]["lr"] = lr
+    run.metrics["history"] = [
+        {"phase": "mtl", "slices": 600, "task": t, "ssim": val_ssim - 0.05, "psnr": 0, "nmse": 0} for t in ("a", "b")
+    ] + [{"phase": "mtl", "slices": 1200, "task": t, "ssim": val_ssim + d, "psnr": 0, "nmse": 0}
+         for t, d in (("a", 0.01), ("b", -0.01))]
+    return run
+
+
+def test_learning_rate_search_keeps_the_lr_best_on_seen_validation_never_on_test():
+    """Issue 19 item 4(a): one lr per label and level, by mean best validation SSIM over seeds;
+    the test PSNR (here highest at the lr validation did not pick) plays no part."""
+    runs = [_lr_run("mtl-naive", lr, s, val, test)
+            for lr, val, test in ((1e-3, 0.70, 35.0), (3e-3, 0.74, 30.0), (1e-2, 0.60, 20.0)) for s in (0, 1)]
+    runs += [_lr_run("mtl-uncert", lr, s, val + 0.01 * s, 30.0) for lr, val in ((1e-3, 0.72), (3e-3, 0.71)) for s in (0, 1)]
+    kept = R.select_learning_rates(runs)
+    chosen = {(r.label, r.config["train"]["lr"]) for r in kept}
+    assert chosen == {("mtl-naive", 3e-3), ("mtl-uncert", 1e-3)} and len(kept) == 4
+    assert R.validation_score(runs[0]) == pytest.approx(0.70)  # best check, mean over tasks
+    naive = next(r for r in kept if r.label == "mtl-naive")
+    assert naive.lr_search == pytest.approx({1e-3: 0.70, 3e-3: 0.74, 1e-2: 0.60})
+    assert "lr 0.003 of 0.001/0.003/0.01" in R.row_settings(kept)["mtl-naive"]
+    single = [_lr_run("joint", 3e-3, 0, 0.7, 30.0)]
+    assert R.select_learning_rates(single) == single and single[0].lr_search is None  # no search, untouched
+
+
+def test_learning_rate_search_is_a_sweep_axis(tmp_path):
+    from mrbench.sweep import load_experiment
+
+    f = tmp_path / "e.toml"
+    f.write_text('[sweep]\nlrs = [1e-3, 1e-2]\nmethods = ["zero-filled", { method = "joint", name = "j" }]\n')
+    exp = load_experiment(f, [f"run.out={tmp_path}"])
+    lrs = {cfg.run_name: cfg.train.lr for cfg in exp.configs.values()}
+    assert lrs == {"j-lr0.001-s0-seed0": 1e-3, "j-lr0.01-s0-seed0": 1e-2, "zero-filled-none-s0-seed0": lrs["zero-filled-none-s0-seed0"]}
+    cell = next(c for c, cfg in exp.configs.items() if cfg.run_name == "j-lr0.01-s0-seed0")
+    assert "train.lr=0.01" in exp.command(cell, threads=1)
+    f.write_text('[sweep]\nlrs = [0]\nmethods = ["joint"]\n')
+    with pytest.raises(MrbenchError, match="sweep.lrs"):
+        load_experiment(f, [f"run.out={tmp_path}"])
+
+
 def test_adaptation_gain_is_chosen_minus_zero_steps_with_a_verdict():
     from pathlib import Path
 

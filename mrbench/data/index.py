@@ -98,9 +98,19 @@ class VolumeIndex:
                             for v in g
                         ),
                         "padded": sum(v.padding_left > 0 or v.padding_right < v.kspace_shape[1] for v in g),
+                        "TR/TE/TI/flip B0": _fmt_set(acquisition_text(v.acquisition) for v in g),
                     }
                 )
         return rows
+
+
+def acquisition_text(acquisition: tuple) -> str:
+    """``500/15/-/90 1.5T`` from a header's (TR, TE, TI, flip, B0); ``-`` where absent,
+    ``none`` when the header has none of them (metadata conditioning would refuse it)."""
+    if all(a is None for a in acquisition):
+        return "none"
+    *seq, b0 = ("-" if a is None else f"{a:g}" for a in acquisition)
+    return "/".join(seq) + ("" if b0 == "-" else f" {b0}T")
 
 
 #: why mixed sizes are refused (until batches are grouped by shape: the scale issue)

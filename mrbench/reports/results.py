@@ -36,7 +36,7 @@ from ..store import RunStore
 METRICS = ("psnr", "ssim", "nmse")
 #: larger is better for these; NMSE is better when smaller
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "nmse": False}
-_SUFFIX = re.compile(r"(-b\d+)?-s\d+-seed\d+$")  # a budget-ladder rung, level and seed
+_SUFFIX = re.compile(r"(-b\d+)?(-lr[0-9.e+-]+?)?-s\d+-seed\d+$")  # budget-ladder rung, searched lr, level, seed
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Run:
     manifest: dict | None = None
     done: bool = False
     store: RunStore = field(repr=False, default=None)
+    lr_search: dict | None = None  # {lr: mean seen-validation SSIM} when this run's lr won a search
 
     @property
     def name(self) -> str:
@@ -57,8 +58,8 @@ class Run:
     @property
     def label(self) -> str:
         """The method variant a table row stands for: the run name without ``-s<N>-seed<S>``
-        and a budget-ladder rung ``-b<B>`` (``stl-varnet``, a sweep entry's name such as
-        ``mtl-IIVV-dwa``)."""
+        a budget-ladder rung ``-b<B>`` and a searched learning rate ``-lr<LR>`` (``stl-varnet``,
+        a sweep entry's name such as ``mtl-IIVV-dwa``)."""
         return _SUFFIX.sub("", self.name) or self.name
 
     @property
@@ -126,7 +127,47 @@ def load_runs(paths: Iterable[str | os.PathLike], *, finished_only: bool = True)
         if finished_only and not (run.done and run.metrics):
             continue
         runs.append(run)
-    return runs
+    return select_learning_rates(runs) if finished_only else runs
+
+
+def validation_score(run: Run) -> float:
+    """The run's checkpoint criterion: the best, over validation checks of its last phase, of
+    the mean SSIM over that phase's seen tasks (``metrics.json`` history; seen validation
+    volumes only, never a test set). NaN without a history."""
+    history = (run.metrics or {}).get("history") or []
+    if not history:
+        return float("nan")
+    last = history[-1]["phase"]
+    checks: dict[int, list[float]] = {}
+    for h in history:
+        if h["phase"] == last:
+            checks.setdefault(int(h["slices"]), []).append(float(h["ssim"]))
+    return max(float(np.mean(v)) for v in checks.values())
+
+
+def select_learning_rates(runs: list[Run]) -> list[Run]:
+    """A learning-rate search (``[sweep] lrs``): where a label has runs at several ``train.lr``
+    at one scarcity level, keep only the runs at the lr with the best mean
+    :func:`validation_score` over seeds (one lr per label and level, chosen on seen
+    validation data, never on test), and record the search on them (``Run.lr_search``).
+    Every label gets the same search, so no method is compared at a tuned lr against
+    another at a default one (Kurin et al. 2022; Xin et al. 2022)."""
+    groups: dict[tuple[str, int], dict[float, list[Run]]] = {}
+    for run in runs:
+        lr = float(run.config.get("train", {}).get("lr", 0.0))
+        groups.setdefault((run.label, run.scarcity), {}).setdefault(lr, []).append(run)
+    keep = []
+    for by_lr in groups.values():
+        if len(by_lr) == 1:
+            keep.extend(next(iter(by_lr.values())))
+            continue
+        scores = {lr: float(np.nanmean([validation_score(r) for r in rs])) for lr, rs in by_lr.items()}
+        best = max(scores, key=lambda lr: (scores[lr], -lr))
+        for run in by_lr[best]:
+            run.lr_search = scores
+        keep.extend(by_lr[best])
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(keep, key=lambda r: order[id(r)])
 
 
 def diverged_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:
@@ -206,6 +247,8 @@ def row_settings(runs: Sequence[Run]) -> dict[str, str]:
             "sampling": str(run.config.get("train", {}).get("sampling", "?")),
             "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}",
         }
+        if run.lr_search:
+            parts["lr"] = f"lr {float(run.config['train']['lr']):g} of {'/'.join(f'{lr:g}' for lr in sorted(run.lr_search))}"
         choice = (run.metrics or {}).get("adaptation")
         if choice and choice.get("rule") not in (None, "none"):
             lr = f" {choice['lr']:g}" if choice.get("lr") else ""
