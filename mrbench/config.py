@@ -44,6 +44,7 @@ class DataConfig:
     unseen: list[dict] = field(default_factory=list)  # [{contrast, mask, acceleration}]
     split_seed: int = 0  # fixes scarcity subsets and support sets, independent of the run seed
     val_volumes: int = 2  # validation volumes per task (0 = all); validation runs often
+    cache_gb: float = 8.0  # decoded volumes kept in memory (least recently used evicted); 0 = read every slice from its file
 
     def check(self, key):
         _require(bool(self.tasks), key("tasks"), "must name at least one contrast")
@@ -55,6 +56,7 @@ class DataConfig:
             _require(a > 1, key("acceleration"), f"must be > 1, got {a:g}")
         _require(0 < self.center_fraction < 1, key("center_fraction"), f"must be in (0, 1), got {self.center_fraction}")
         _require(self.val_volumes >= 0, key("val_volumes"), "must be ≥ 0")
+        _require(self.cache_gb >= 0, key("cache_gb"), f"must be ≥ 0 (GiB), got {self.cache_gb}")
         for i, u in enumerate(self.unseen):
             extra = set(u) - {"contrast", "mask", "acceleration"}
             _require("contrast" in u, key(f"unseen[{i}]"), "needs a 'contrast'")

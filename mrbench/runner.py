@@ -146,7 +146,7 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
     store.write_json("config.json", cfg.to_dict())
     manifest = _manifest(cfg, data, device, started)
     store.write_json("manifest.json", manifest)
-    volumes = VolumeStore()
+    volumes = VolumeStore.from_config(cfg.data)
     writer = _writer(store)
     while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
         run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
@@ -249,7 +249,8 @@ _OPERATIONAL = ("stop_after", "threads", "device")
 
 def _identity(cfg: dict) -> dict:
     train = {k: v for k, v in cfg["train"].items() if k not in _OPERATIONAL}
-    return {**{k: v for k, v in cfg.items() if k != "notes"}, "train": train}
+    data = {k: v for k, v in cfg.get("data", {}).items() if k != "cache_gb"}  # memory, not results
+    return {**{k: v for k, v in cfg.items() if k != "notes"}, "train": train, "data": data}
 
 
 def _writer(store: RunStore):
@@ -421,7 +422,7 @@ def support_curves(path: str | os.PathLike, sizes: list[int]) -> dict:
         m.eval()
     if not choice or choice.get("rule") in (None, "none"):
         choice = {"rule": "none", "lr": None, "steps": 0}
-    volumes = VolumeStore()
+    volumes = VolumeStore.from_config(cfg.data)
     batch = max(8, cfg.train.batch)
     test = SliceDataset(data.unseen_test, train=False, store=volumes)
     pool = SliceDataset(data.unseen_support, train=False, store=volumes, targets_optional=self_supervised(cfg))
@@ -455,7 +456,7 @@ def evaluate_run_dir(path: str | os.PathLike, contexts: str = "all", adapt_steps
     if method.learned:
         method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])
     previews: list[dict] = []
-    metrics = evaluate(method, cfg, data, device, VolumeStore(), contexts=contexts, adapt_steps=adapt_steps, previews=previews)
+    metrics = evaluate(method, cfg, data, device, VolumeStore.from_config(cfg.data), contexts=contexts, adapt_steps=adapt_steps, previews=previews)
     if store.metrics_path.exists():
         old = store.read_json("metrics.json")
         for key in ("history", "cost"):

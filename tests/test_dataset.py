@@ -111,6 +111,38 @@ def test_store_caches_and_falls_back_to_file_reads(tiny_root):
     assert len(cached.store._cache) == 1 and len(uncached.store._cache) == 0
 
 
+def test_store_memory_is_bounded_least_recently_used_first(tiny_root):
+    """data.cache_gb: room for two volumes → never more than two decoded, the least recently
+    used evicted, and every sample equal to an unbounded store's."""
+    index = scan(tiny_root)
+    tasks = _tasks(index, "train", [Context("AXT1")])
+    one = VolumeStore.volume_bytes(tasks[0].volumes[0])
+    bounded = SliceDataset(tasks, train=False, store=VolumeStore(max_bytes=2 * one + 1))
+    free = SliceDataset(tasks, train=False)
+    assert len(tasks[0].volumes) >= 3
+    for i in list(range(len(free))) + [0]:
+        torch.testing.assert_close(bounded[i].kspace, free[i].kspace)
+        torch.testing.assert_close(bounded[i].target, free[i].target)
+        assert bounded.store._bytes <= 2 * one + 1 and len(bounded.store._cache) <= 2
+    newest = str(tasks[0].volumes[0].path)  # item 0 was read last
+    assert list(bounded.store._cache)[-1] == newest and len(free.store._cache) == len(tasks[0].volumes)
+
+
+def test_cache_gb_is_checked_and_not_part_of_a_runs_identity():
+    from dataclasses import asdict
+
+    from mrbench.config import load_config
+    from mrbench.runner import _identity
+
+    with pytest.raises(MrbenchError, match="data.cache_gb"):
+        load_config(None, ["data.cache_gb=-1"])
+    small, large, other = (asdict(load_config(None, [s])) for s in ("data.cache_gb=0.5", "data.cache_gb=16",
+                                                                      "data.val_volumes=3"))
+    assert small["data"]["cache_gb"] == 0.5
+    assert _identity(small) == _identity(large)  # resuming with another memory budget is the same run
+    assert _identity(small) != _identity(other)
+
+
 def test_volume_without_target_is_rejected(tmp_path):
     import h5py
 

@@ -18,6 +18,7 @@ never the bottleneck of a training step.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
@@ -60,27 +61,48 @@ class TaskData:
 
 
 class VolumeStore:
-    """Decoded volumes, loaded on first use and kept in memory.
+    """Decoded volumes, loaded on first use and kept in memory up to ``max_bytes``
+    (``data.cache_gb``), least recently used evicted first.
 
-    Volumes larger in total than ``max_bytes`` are not cached; their slices are
-    read from the file at each access instead (large multi-coil data).
+    A volume larger than the whole budget is never cached: its slices are read from the
+    file at each access (HDF5 reads one slice, so memory stays bounded by one slice);
+    ``max_bytes = 0`` reads every slice from its file. What is read never depends on the
+    budget, only how often the file is opened (tests/test_dataset.py checks equal samples).
     """
 
     def __init__(self, max_bytes: int = 8 * 2**30):
         self.max_bytes = max_bytes
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._bytes = 0
+
+    @classmethod
+    def from_config(cls, data_cfg) -> "VolumeStore":
+        return cls(int(data_cfg.cache_gb * 2**30))
+
+    @staticmethod
+    def volume_bytes(meta: VolumeMeta) -> int:
+        """Decoded size: complex64 k-space plus the float32 target."""
+        h, w = meta.kspace_shape
+        target = meta.num_slices * (meta.target_shape[0] * meta.target_shape[1] * 4 if meta.target_shape else 0)
+        return meta.num_slices * meta.num_coils * h * w * 8 + target
 
     def slice(self, meta: VolumeMeta, s: int) -> tuple[np.ndarray, np.ndarray]:
         key = str(meta.path)
         hit = self._cache.get(key)
         if hit is None:
-            size = meta.num_slices * meta.num_coils * meta.kspace_shape[0] * meta.kspace_shape[1] * 8
-            if self._bytes + size > self.max_bytes:
+            size = self.volume_bytes(meta)
+            if size > self.max_bytes:
                 return self._read_slice(meta, s)
+            while self._bytes + size > self.max_bytes:
+                old, _ = self._cache.popitem(last=False)
+                self._bytes -= self._sizes.pop(old)
             hit = read_volume(meta)
             self._cache[key] = hit
+            self._sizes[key] = size
             self._bytes += size
+        else:
+            self._cache.move_to_end(key)
         return hit[0][s], (hit[1][s] if hit[1] is not None else None)
 
     @staticmethod
