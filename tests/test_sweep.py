@@ -143,7 +143,11 @@ def test_sweep_runs_skips_resumes_and_reports_failures(tmp_path, data_root):
     assert "4 skipped" in res.output and "2 failed" in res.output and "slice lists differ" in res.output
 
 
-def test_slurm_script_lists_the_remaining_runs(tmp_path, data_root):
+def test_slurm_script_lists_the_remaining_runs(tmp_path, data_root, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # write the script, submit nothing (no sbatch)
     f = write_experiment(tmp_path / "e.toml", GRID)
     exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"))
     script, commands = write_slurm(exp, jobs=2, threads=3)
