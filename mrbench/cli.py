@@ -194,6 +194,8 @@ def run_cmd(method, config_file, profile, overrides, scarcity, seed, threads, de
         again = _resume_command(method, config_file, profile, extra, scarcity, quiet)
         click.echo(f"{stop}; continue with: {again}")
         return
+    if store is None:  # a torchrun rank other than 0: it trained beside rank 0, which reports
+        return
     if getattr(store, "already_done", False):
         click.echo(f"{store.path}: already done, nothing to run")
         return

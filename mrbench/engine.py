@@ -133,7 +133,10 @@ class Trainer:
         device: torch.device,
         writer=None,
         progress: Callable[[int, dict], None] | None = None,
+        group=None,
     ):
+        """``group``: the data-parallel process group (:mod:`mrbench.distributed`), or None."""
+        self.group = group
         self.method = method
         self.train = train
         self.val = val
@@ -164,7 +167,12 @@ class Trainer:
             if p_idx < start_phase:
                 continue
             self._run_phase(p_idx, phase, resume_state if p_idx == start_phase else None)
-        self.store.save_checkpoint("best", {"models": self.method.state_dict()})
+        if self.is_main:
+            self.store.save_checkpoint("best", {"models": self.method.state_dict()})
+
+    @property
+    def is_main(self) -> bool:
+        return self.group is None or self.group.is_main
 
     def _make_optim(self, phase: Phase):
         params = self.method.parameters(phase.modules)
@@ -196,7 +204,10 @@ class Trainer:
             self.method.models[m].train()
         recent: deque[float] = deque(maxlen=50)  # finite losses of the last 50 steps (divergence_factor)
         while used < phase.budget:
-            if self.stop_signal is not None:  # SIGTERM/SIGINT: a checkpoint at this step boundary, then stop
+            stop = self.stop_signal is not None
+            if self.group is not None and self.group.any(stop):  # one rank signalled: all stop here
+                stop, self.stop_signal = True, self.stop_signal or 15
+            if stop:  # SIGTERM/SIGINT: a checkpoint at this step boundary, then stop
                 self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sampler)
                 raise Interrupted(self.stop_signal, self.total_used)
             opt.zero_grad(set_to_none=True)
@@ -206,6 +217,9 @@ class Trainer:
                 else:
                     n = min(cfg.batch, phase.budget - used)
                     result = phase.step(self._batch(sampler.next(n)))
+            if self.group is not None:  # data parallel: the batch mean over all ranks
+                self.group.average_gradients(params)
+                result = StepResult(self.group.mean(result.loss), result.slices * self.group.world, result.task_losses)
             # max_norm = inf measures the norm without clipping (1× scale)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
             why = check_divergence(result.loss, grad_norm, recent, cfg.divergence_factor)
@@ -220,7 +234,9 @@ class Trainer:
             self._log_step(phase, result, opt)
             self.progress(result.slices, {"loss": result.loss, "phase": phase.name})
             if used >= next_val or used >= phase.budget:
-                score = self.validate(phase)
+                score = self.validate(phase) if self.is_main else 0.0
+                if self.group is not None:  # rank 0 validates; every rank keeps the same best state
+                    score = self.group.broadcast(score)
                 if score > best_score or best_state is None:
                     best_score = score
                     best_state = {m: _clone(self.method.models[m].state_dict()) for m in phase.modules}
@@ -248,7 +264,12 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _batch(self, indices: list[int]) -> Sample:
-        samples = [self.train.sample(i) for i in indices]
+        if self.group is None:
+            samples = [self.train.sample(i) for i in indices]
+        else:  # every rank draws every item's mask (the single-process stream), keeps its share
+            drawn = [self.train.mask_for(i) for i in indices]
+            mine = self.group.shard(list(zip(indices, drawn)))
+            samples = [self.train.sample(i, drawn=d) for i, d in mine]
         return to_device(torch.utils.data.default_collate(samples), self.device)
 
     def _batch_source(self, sampler: TaskSampler, lr: float):
@@ -312,6 +333,8 @@ class Trainer:
                 self.writer.add_scalar(f"train/{k}", v, self.total_used)
 
     def _checkpoint(self, p_idx, used, steps, next_val, best_score, best_state, opt, sampler) -> None:
+        if not self.is_main:  # rank 0 writes; the others hold the same state
+            return
         self.store.save_checkpoint(
             "last",
             {

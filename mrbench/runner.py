@@ -27,6 +27,7 @@ from .engine import Diverged, Interrupted, Preempted, Trainer
 from .errors import MrbenchError, RunDiverged, RunInterrupted, RunStopped
 from .evaluation.adaptation import adapted_volumes, select_adaptation, support_batch
 from .evaluation.evaluate import predict_volumes, score_volumes
+from . import distributed
 from .methods import METHODS, Method
 from .models import build_backbone
 from .losses import self_supervised
@@ -96,17 +97,100 @@ def check_loss_fits_data(cfg: Config, data) -> None:
         )
 
 
-def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore:
-    """Train, evaluate and store one run (under its lock, :func:`run_lock`); return its store."""
+def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore | None:
+    """Train, evaluate and store one run (under its lock, :func:`run_lock`); return its store.
+    Under ``torchrun`` (:mod:`mrbench.distributed`) rank 0 does this and the other ranks only
+    train beside it (they return None)."""
     data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)  # bad data is reported before run-dir state
     check_loss_fits_data(cfg, data)
     METHODS[cfg.method].check_data(cfg, data)
-    select_device(cfg.train.device, cfg.train.precision)  # an impossible device or precision, before anything is written
-    with run_lock(cfg.run_dir):
-        return _execute(cfg, data, resume, overwrite, quiet)
+    device = select_device(cfg.train.device, cfg.train.precision)  # an impossible device or precision, before anything is written
+    check_data_parallel(cfg)
+    group = distributed.from_env(cuda=device.type == "cuda")
+    if group is None:
+        with run_lock(cfg.run_dir):
+            return _execute(cfg, data, resume, overwrite, quiet)
+    try:
+        if not group.is_main:
+            return _follow(cfg, data, group)
+        plan = _Plan(group)
+        try:
+            with run_lock(cfg.run_dir):
+                return _execute(cfg, data, resume, overwrite, quiet, plan)
+        finally:
+            plan.send(train=False)  # an early return or an error: the other ranks stop too
+    finally:
+        distributed.close(group)
 
 
-def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, quiet: bool) -> RunStore:
+def check_data_parallel(cfg: Config) -> None:
+    """Under torchrun, refuse (one line, on every rank, before the group is joined) what data
+    parallelism cannot do: methods with their own episode steps, batches that do not split."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return
+    if not METHODS[cfg.method].data_parallel:
+        raise MrbenchError(
+            f"method {cfg.method!r} is not data-parallel yet (its steps draw their own episodes and take "
+            "autograd.grad per task); run it in one process, or torchrun one of: "
+            + ", ".join(n for n, c in METHODS.items() if c.data_parallel and c.learned)
+        )
+    for key, value in (("train.batch", cfg.train.batch), ("train.budget", cfg.train.budget)):
+        if value % world:
+            raise MrbenchError(f"{key} = {value} must be a multiple of the {world} processes (each trains an equal share)")
+
+
+class _Plan:
+    """Rank 0 tells the other ranks, once, whether to train and from where."""
+
+    def __init__(self, group):
+        self.group, self.sent = group, False
+
+    def send(self, train: bool, resume: bool = False, retries: int = 0) -> None:
+        if not self.sent:
+            self.sent = True
+            self.group.broadcast_object({"train": train, "resume": resume, "retries": retries})
+
+
+def _rank_device(cfg: Config, group) -> torch.device:
+    device = select_device(cfg.train.device, cfg.train.precision)
+    if group is not None and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _follow(cfg: Config, data: ExperimentData, group) -> None:
+    """A rank other than 0: train in lockstep with rank 0 (same retries), write nothing."""
+    plan = group.broadcast_object(None)
+    if not plan["train"]:
+        return None
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    device = _rank_device(cfg, group)
+    store = RunStore(cfg.run_dir)
+    resume_state = store.load_checkpoint("last") if plan["resume"] else None
+    volumes = VolumeStore.from_config(cfg.data)
+    attempts = plan["retries"]
+    while True:
+        run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** attempts)
+        train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes,
+                             targets_optional=self_supervised(cfg))
+        trainer = Trainer(build_method(run_cfg, data, device), train, None, run_cfg, store, device, group=group)
+        try:
+            with _stop_on_signals(trainer):
+                trainer.fit(resume_state)
+            return None
+        except (Preempted, Interrupted):
+            return None
+        except Diverged:
+            attempts += 1
+            if cfg.train.on_divergence == "retry-lower-lr" and attempts <= MAX_RETRIES:
+                resume_state = None
+                continue
+            return None
+
+
+def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, quiet: bool, plan=None) -> RunStore:
     store = RunStore(cfg.run_dir)
     if store.exists() and not (resume or overwrite):
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
@@ -129,7 +213,7 @@ def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, q
     retries = store.read_json("retries.json") if resume and store.retries_path.exists() else []
     fresh = not store.path.exists()
     try:
-        return _train_and_store(cfg, store, data, resume_state, retries, quiet)
+        return _train_and_store(cfg, store, data, resume_state, retries, quiet, plan)
     except MrbenchError:
         # a start that failed before any checkpoint leaves nothing half-made behind
         if fresh and not store.checkpoint_path("last").exists() and not store.is_diverged():
@@ -137,10 +221,13 @@ def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, q
         raise
 
 
-def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_state, retries: list, quiet: bool) -> RunStore:
-    """Train (resuming from ``resume_state``), evaluate and write the run directory."""
+def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_state, retries: list, quiet: bool,
+                     plan=None) -> RunStore:
+    """Train (resuming from ``resume_state``), evaluate and write the run directory.
+    ``plan``: data parallel (rank 0), told to the other ranks before training starts."""
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    device = select_device(cfg.train.device, cfg.train.precision)
+    group = plan.group if plan is not None else None
+    device = _rank_device(cfg, group)
     started = now()
     t0 = time.perf_counter()
     store.write_json("config.json", cfg.to_dict())
@@ -148,6 +235,8 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
     store.write_json("manifest.json", manifest)
     volumes = VolumeStore.from_config(cfg.data)
     writer = _writer(store)
+    if plan is not None:
+        plan.send(train=True, resume=resume_state is not None, retries=len(retries))
     while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
         run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
         train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes,
@@ -156,7 +245,7 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
         method = build_method(run_cfg, data, device)
         bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
         try:
-            trainer = Trainer(method, train, val, run_cfg, store, device, writer, update)
+            trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
             if method.learned:
                 with _stop_on_signals(trainer):
                     trainer.fit(resume_state)

@@ -198,10 +198,13 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Sample:
         return self.sample(i)
 
-    def sample(self, i: int, rng: np.random.Generator | None = None) -> Sample:
+    def sample(self, i: int, rng: np.random.Generator | None = None, drawn: DrawnMask | None = None) -> Sample:
+        """Item ``i`` under a training mask drawn from ``rng`` (default: the dataset's), or
+        under ``drawn``, a mask :meth:`mask_for` drew already (data-parallel ranks draw every
+        item's mask and load only their share)."""
         t, meta, s = self.items[i]
         kspace_np, target_np = self.store.slice(meta, s)
-        drawn = self.mask_for(i, rng)
+        drawn = drawn if drawn is not None else self.mask_for(i, rng)
         mask = torch.from_numpy(drawn.mask)[None]
         kspace = torch.from_numpy(kspace_np) * mask
         image = ifft2c_magnitude(kspace, coil_dim=0)

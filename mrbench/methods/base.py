@@ -102,6 +102,7 @@ class Method:
 
     name: ClassVar[str] = "base"
     learned: ClassVar[bool] = True  # False: no training (zero-filled)
+    data_parallel: ClassVar[bool] = True  # trains under torchrun (mrbench.distributed): its phases use plain steps
     backbones: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, type]] = {}
 

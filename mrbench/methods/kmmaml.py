@@ -136,6 +136,7 @@ def embedded_loss(z: torch.Tensor, loss: Callable) -> Callable:
 
 class KMMAML(Method):
     name = "kmmaml"
+    data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
     backbones = ("km-unet", "unet")  # unet: the same base network, modulated
     options = {"meta": (MetaOptions, KMMAMLOptions)}
 

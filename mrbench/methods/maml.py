@@ -58,6 +58,7 @@ from .meta import (
 
 class MAML(Method):
     name = "maml"
+    data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
     options = {"meta": MetaOptions}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):

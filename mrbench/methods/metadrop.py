@@ -209,6 +209,7 @@ OUTER = ("notes", "adam", "sgd")
 
 class MetaDrop(Method):
     name = "metadrop"
+    data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
     options = {"meta": (MetaOptions, MetaDropOptions)}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
