@@ -45,6 +45,7 @@ class DataConfig:
     split_seed: int = 0  # fixes scarcity subsets and support sets, independent of the run seed
     val_volumes: int = 2  # validation volumes per task (0 = all); validation runs often
     cache_gb: float = 8.0  # decoded volumes kept in memory (least recently used evicted); 0 = read every slice from its file
+    self_supervised: list[str] = field(default_factory=list)  # tasks trained from undersampled scans alone (train.ssl_loss)
 
     def check(self, key):
         _require(bool(self.tasks), key("tasks"), "must name at least one contrast")
@@ -76,6 +77,8 @@ def training_suffix(cfg) -> str:
     """The run-name parts of a learned run's non-default training loss and sampling rule
     (``-ssdu``, ``-uniform``), so the loss and sampling axes get their own directories."""
     loss = "" if cfg.train.loss == "sup" else f"-{cfg.train.loss}"
+    if cfg.data.self_supervised:  # e.g. -ei-on-AXFLAIR: those tasks trained without their targets
+        loss += f"-{cfg.train.ssl_loss}-on-{'+'.join(cfg.data.self_supervised)}"
     return loss + sampling_suffix(cfg.train.sampling)
 
 
@@ -91,6 +94,7 @@ class TrainConfig:
     sampling: str = "stratified"  # stratified (tasks equally often, scarce up-sampled) | uniform (by slice); one rule for every method
     precision: str = "fp32"  # fp32 | bf16 (CUDA only: autocast of the training step)
     loss: str = "sup"  # training loss (mrbench.losses: sup, mc, ssdu, weighted-ssdu, noise2inverse, ei, moi, mo-ei), also used by fine-tuning
+    ssl_loss: str = "ei"  # the loss of the data.self_supervised tasks (the others use train.loss = sup)
     threads: int = 0  # torch CPU threads, 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
@@ -109,6 +113,8 @@ class TrainConfig:
         from .losses import LOSSES
 
         _require(self.loss in LOSSES, key("loss"), f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
+        ssl = [n for n, c in LOSSES.items() if not c.supervised]
+        _require(self.ssl_loss in ssl, key("ssl_loss"), f"must be a self-supervised loss ({', '.join(ssl)}), got {self.ssl_loss!r}")
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
         _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")
         _require(self.stop_after >= 0, key("stop_after"), "must be ≥ 0")
@@ -222,6 +228,11 @@ class _ConfigBase:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.check(lambda k, s=f.name: f"{s}.{k}")
+        for t in self.data.self_supervised:
+            _require(t in self.data.tasks, "data.self_supervised", f"{t!r} is not one of data.tasks {self.data.tasks}")
+        _require(not self.data.self_supervised or self.train.loss == "sup", "data.self_supervised",
+                 f"the other tasks train with train.loss, which must then be \"sup\" (got {self.train.loss!r}); "
+                 "the self-supervised tasks' loss is train.ssl_loss")
         return self
 
     def _resolve_defaults(self, method) -> None:

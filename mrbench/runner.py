@@ -72,28 +72,32 @@ def _progress_bar(total: int, quiet: bool):
 def check_loss_fits_data(cfg: Config, data) -> None:
     """Refuse, before anything is written, what the loss cannot use: validation and test
     volumes always need a target (they are scored); training and support volumes need one only
-    for the supervised loss — the self-supervised ones train on undersampled scans alone, but
-    recompute measurements with A = M F, which needs single-coil data."""
+    where the supervised loss trains on them — a self-supervised loss (``train.loss``, or
+    ``train.ssl_loss`` on the ``data.self_supervised`` tasks) trains on undersampled scans alone,
+    but recomputes measurements with A = M F, which needs single-coil data."""
     from .losses import LOSSES
 
     scored = [v for group in (data.val, data.test, data.unseen_test) for t in group for v in t.volumes]
-    trained = [v for group in (data.train, data.unseen_support) for t in group for v in t.volumes]
     no_target = [v for v in scored if v.target_key is None]
     if no_target:
         raise MrbenchError(f"{no_target[0].path}: has no target, and validation and test volumes are scored against one")
-    if not self_supervised(cfg):
-        bare = [v for v in trained if v.target_key is None]
-        if bare:
-            raise MrbenchError(
-                f"{bare[0].path}: has no target; train.loss = \"sup\" needs one (a self-supervised loss — "
-                f"{', '.join(n for n, c in LOSSES.items() if not c.supervised)} — trains on undersampled scans alone)"
-            )
-        return
-    multi = [v for v in trained + scored if v.num_coils > 1]
-    if multi:
+    all_ssl = not LOSSES[cfg.train.loss].supervised
+    ssl_tasks = set(cfg.data.self_supervised)
+    trained = [(v, all_ssl or t.context.contrast in ssl_tasks) for t in data.train for v in t.volumes]
+    trained += [(v, all_ssl) for t in data.unseen_support for v in t.volumes]  # adaptation uses train.loss
+    bare = [v for v, ssl in trained if not ssl and v.target_key is None]
+    if bare:
+        ssl_names = ", ".join(n for n, c in LOSSES.items() if not c.supervised)
         raise MrbenchError(
-            f"train.loss = {cfg.train.loss!r}: the self-supervised losses need single-coil data, but "
-            f"{multi[0].path} has {multi[0].num_coils} coils (use train.loss = \"sup\")"
+            f"{bare[0].path}: has no target; train.loss = \"sup\" needs one (a self-supervised loss — {ssl_names} — "
+            "trains on undersampled scans alone: train.loss, or data.self_supervised = [its contrast])"
+        )
+    multi = [v for v, ssl in trained if ssl and v.num_coils > 1] + ([v for v in scored if v.num_coils > 1] if all_ssl else [])
+    if multi:
+        key = f"train.loss = {cfg.train.loss!r}" if all_ssl else f"train.ssl_loss = {cfg.train.ssl_loss!r} (data.self_supervised)"
+        raise MrbenchError(
+            f"{key}: the self-supervised losses need single-coil data, but {multi[0].path} has "
+            f"{multi[0].num_coils} coils (use the supervised loss for it)"
         )
 
 
@@ -196,7 +200,7 @@ def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, q
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
     resume_state = None
     if resume and store.config_path.exists():
-        if _identity(store.read_json("config.json")) != _identity(cfg.to_dict()):
+        if _identity(_normalised(store.read_json("config.json"))) != _identity(cfg.to_dict()):
             raise MrbenchError(
                 f"{store.config_path}: the run was started with another configuration; --resume needs the same one "
                 "(or --overwrite to redo it)"
@@ -334,6 +338,15 @@ def _with_lr(cfg: Config, lr: float) -> Config:
 
 # operational keys: they may change between an interrupted run and its resumption
 _OPERATIONAL = ("stop_after", "threads", "device")
+
+
+def _normalised(stored: dict) -> dict:
+    """A stored config.json as this version writes it (keys added since get their defaults), so
+    a run started before a new key existed still resumes."""
+    try:
+        return config_from_dict(stored).to_dict()
+    except MrbenchError:
+        return stored
 
 
 def _identity(cfg: dict) -> dict:

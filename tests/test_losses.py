@@ -289,3 +289,72 @@ def test_a_scarce_contrast_with_undersampled_scans_only_trains_self_supervised(t
     with pytest.raises(MrbenchError, match="has no target; train.loss = \"sup\" needs one"):
         execute(sup, quiet=True)
     assert not sup.run_dir.exists()
+
+
+# --------------------------------------------------------------------------- mixed supervision
+
+
+def test_mixed_supervision_gives_each_sample_its_tasks_loss():
+    """data.self_supervised: the samples of those tasks get train.ssl_loss, the others the
+    supervised loss, per sample and in batch order (so MTL weightings still average per task)."""
+    from mrbench.data.contexts import Context
+    from mrbench.data.dataset import take
+    from mrbench.losses.mixed import MixedSupervision
+
+    class MixCfg(Cfg):
+        class data:
+            self_supervised = ["AXFLAIR"]
+
+    batch, x = sample(column_mask(b=4))
+    batch = batch._replace(task=torch.tensor([0, 1, 1, 0]))
+    sup, mc = LOSSES["sup"](MixCfg), LOSSES["mc"](MixCfg)
+    mixed = MixedSupervision(MixCfg, sup, mc)
+    mixed.contexts = [Context("AXT1"), Context("AXFLAIR")]
+
+    def run(b):
+        return 1.05 * ifft2c(b.kspace)[:, 0]  # neither consistent nor the truth: both losses > 0
+
+    values = mixed(run, batch)
+    ssl, other = torch.tensor([1, 2]), torch.tensor([0, 3])
+    torch.testing.assert_close(values[ssl], mc(run, take(batch, ssl)))
+    torch.testing.assert_close(values[other], sup(run, take(batch, other)))
+    assert (values > 0).all()
+    with mixed.adapting_to(Context("AXT2")):  # an unseen context is never self-supervised
+        torch.testing.assert_close(mixed(run, batch), sup(run, batch))
+
+
+def test_a_scarce_contrast_without_targets_trains_self_supervised_beside_supervised_ones(three_contrast_root, tmp_path):
+    """The regime no peer offers: AXT2's training files have no target at all; with
+    data.self_supervised = ["AXT2"] joint training uses them through train.ssl_loss while AXT1
+    stays supervised — and without it the same data is refused, naming a file."""
+    import shutil
+
+    import h5py
+    from click.testing import CliRunner
+
+    from conftest import set_args
+    from mrbench.cli import main
+
+    root = tmp_path / "d"
+    shutil.copytree(three_contrast_root, root)
+    stripped = sorted((root / "train").glob("*_AXT2_*.h5"))
+    for f in stripped:
+        with h5py.File(f, "a") as hf:
+            del hf["reconstruction_esc"]
+    sets = tiny_run_settings(root, tmp_path / "runs", "data.unseen=[]", "eval.adapt_steps=0")
+    refused = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
+    assert refused.exit_code == 2 and "has no target" in refused.output and "_AXT2_" in refused.output
+    ok = CliRunner().invoke(main, ["run", "joint", "--quiet",
+                                   *set_args(sets + ['data.self_supervised=["AXT2"]', "train.ssl_loss=mc"])])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "runs" / "default" / "joint-varnet-mc-on-AXT2-s0-seed0" / "DONE").exists()
+
+
+@pytest.mark.parametrize("sets,match", [
+    (['data.self_supervised=["AXPD"]'], "is not one of data.tasks"),
+    (['data.self_supervised=["AXT2"]', "train.loss=ei"], 'must then be "sup"'),
+    (["train.ssl_loss=sup"], "must be a self-supervised loss"),
+])
+def test_mixed_supervision_settings_are_checked(sets, match):
+    with pytest.raises(MrbenchError, match=match):
+        load_config(None, sets)

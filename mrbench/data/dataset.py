@@ -47,6 +47,14 @@ class Sample(NamedTuple):
     acquisition: torch.Tensor | None = None  # float32 (5,): the header's TR, TE, TI, flip, B0; NaN where absent
 
 
+def take(batch: Sample, idx: torch.Tensor) -> Sample:
+    """The samples ``idx`` of a collated batch, in that order (tensors indexed, per-sample
+    lists picked, an absent field kept absent)."""
+    keep = idx.tolist()
+    return Sample(*(x[idx.to(x.device)] if isinstance(x, torch.Tensor) else x if x is None else [x[i] for i in keep]
+                    for x in batch))
+
+
 @dataclass(frozen=True)
 class TaskData:
     """What a method treats as one unit: a name, its context, its volumes."""

@@ -8,6 +8,7 @@ from ..errors import MrbenchError
 from .base import Loss
 from .equivariant import EquivariantImaging, MultiOperator, MultiOperatorEquivariant
 from .mc import MeasurementConsistency
+from .mixed import MixedSupervision
 from .ssdu import SSDU, Noise2Inverse, WeightedSSDU
 from .supervised import Supervised
 
@@ -24,15 +25,20 @@ LOSSES: dict[str, type[Loss]] = {
 
 
 def self_supervised(cfg) -> bool:
-    """Whether the run's loss never reads a target: its training and support volumes may then
-    lack one (and must be single-coil: the losses recompute measurements with A = M F)."""
-    return not LOSSES[cfg.train.loss].supervised
+    """Whether some training volumes may lack a target: the run's loss never reads one, or some
+    tasks train self-supervised (``data.self_supervised``); those volumes must be single-coil
+    (the losses recompute measurements with A = M F)."""
+    return not LOSSES[cfg.train.loss].supervised or bool(cfg.data.self_supervised)
 
 
 def build_loss(cfg) -> Loss:
+    """``train.loss``, or with ``data.self_supervised`` the mixed supervision of
+    :mod:`mrbench.losses.mixed` (those tasks with ``train.ssl_loss``)."""
     name = cfg.train.loss
     if name not in LOSSES:
         raise MrbenchError(f"train.loss: unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
+    if cfg.data.self_supervised:
+        return MixedSupervision(cfg, LOSSES[name](cfg), LOSSES[cfg.train.ssl_loss](cfg))
     return LOSSES[name](cfg)
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.contexts import Context
-from ..data.dataset import Sample, TaskData
+from ..data.dataset import Sample, TaskData, take
 from ..fourier import center_crop
 
 Reconstructor = Callable[[Sample], torch.Tensor]
@@ -226,9 +226,7 @@ def support_minibatch(support: Sample, size: int, step: int) -> Sample:
     if size <= 0 or size >= n:
         return support
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    idx = order[(torch.arange(size) + step * size) % n]
-    return Sample(*(x[idx.to(x.device)] if isinstance(x, torch.Tensor) else x if x is None else [x[i] for i in idx.tolist()]
-                    for x in support))
+    return take(support, order[(torch.arange(size) + step * size) % n])
 
 
 def finetune_path(

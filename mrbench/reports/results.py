@@ -245,7 +245,9 @@ def row_settings(runs: Sequence[Run]) -> dict[str, str]:
             "backbone": str(run.config.get("model", {}).get("backbone", "?")),
             "params": f"{params / 1e3:.0f}k" if params < 10**6 else f"{params / 1e6:.2f}M",
             "sampling": str(run.config.get("train", {}).get("sampling", "?")),
-            "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}",
+            "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}" + (
+                f" + {run.config['train'].get('ssl_loss', 'ei')} on {'/'.join(run.config['data']['self_supervised'])}"
+                if run.config.get("data", {}).get("self_supervised") else ""),
         }
         if run.lr_search:
             parts["lr"] = f"lr {float(run.config['train']['lr']):g} of {'/'.join(f'{lr:g}' for lr in sorted(run.lr_search))}"
