@@ -137,7 +137,7 @@ def data_info(directory, no_check):
 
     index = scan(directory, check=not no_check)
     rows = index.summary()
-    cols = ["split", "contrast", "volumes", "slices", "kspace", "coils", "target", "padded", "TR/TE/TI/flip B0"]
+    cols = ["split", "contrast", "volumes", "slices", "kspace", "coils", "target", "padded", "TR/TE/TI/flip B0 family"]
     table = [cols] + [[str(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for j, row in enumerate(table):

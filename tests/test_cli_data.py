@@ -32,8 +32,8 @@ def test_info_table(tiny_root):
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert lines[0].split() == ["split", "contrast", "volumes", "slices", "kspace", "coils", "target", "padded",
-                                "TR/TE/TI/flip", "B0"]
-    assert lines[2].split() == ["train", "AXT1", "4", "12", "32x32", "1", "32x32", "0", "500/15/-/90", "1.5T"]
+                                "TR/TE/TI/flip", "B0", "family"]
+    assert lines[2].split() == ["train", "AXT1", "4", "12", "32x32", "1", "32x32", "0", "500/15/-/90", "1.5T", "se"]
     assert "14 volumes" in lines[-1] and "all values checked" in lines[-1]
 
 

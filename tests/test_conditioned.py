@@ -15,7 +15,7 @@ from mrbench.config import config_from_dict
 from mrbench.data.assemble import assemble
 from mrbench.data.contexts import Context
 from mrbench.data.dataset import SliceDataset
-from mrbench.data.fastmri_format import ACQUISITION_FIELDS, read_meta
+from mrbench.data.fastmri_format import ACQUISITION_FIELDS, FAMILIES, read_meta, sequence_family
 from mrbench.data.synth.build import SynthSpec, header_parameters, synthesize
 from mrbench.data.synth.physics import FIELD_STRENGTH_T, resolve_contrast
 from mrbench.models import build_backbone
@@ -45,9 +45,19 @@ def test_synth_header_numbers_round_trip_through_the_file(tmp_path):
     for name, seq in spec.sequences().items():
         meta = read_meta(tmp_path / "d" / "train" / f"synth_{name}_000.h5")
         written = header_parameters(seq)
-        assert meta.acquisition == tuple(written[f] for f in ACQUISITION_FIELDS), name
+        family = FAMILIES.index(seq.kind)  # synth's sequence_type names its kind's family
+        assert meta.acquisition == (*(written[f] for f in ACQUISITION_FIELDS), family), name
     flair = read_meta(tmp_path / "d" / "train" / "synth_AXFLAIR_000.h5").acquisition
     assert flair[2] == pytest.approx(resolve_contrast("AXFLAIR")[1].ti, abs=0.01) and flair[4] == FIELD_STRENGTH_T
+
+
+def test_the_sequence_type_names_the_family_where_the_numbers_would_mislead():
+    """fastMRI's turbo-spin-echo files carry a TI: the header's sequence type decides."""
+    assert [sequence_family(t) for t in ("TurboSpinEcho", "InversionRecovery", "Flash", "TurboInversionRecovery",
+                                          "GradientEcho", "somethingelse", None)] == [0, 1, 2, 1, 2, None, None]
+    tse_with_ti = _acq([2750, 27, 100, 160, 3.0, 0], [2750, 27, 100, 160, 3.0, NAN])
+    f = metadata_features(tse_with_ti, [Context("CORPD_FBK")] * 2)
+    assert f[0, 8:11].tolist() == [0, 0, 1] and f[1, 8:11].tolist() == [1, 0, 0]  # named: se; numbers only: ir
 
 
 def test_metadata_features_tell_families_and_sampling_apart():

@@ -44,7 +44,7 @@ class Sample(NamedTuple):
     slice_idx: int
     max_value: float  # the volume target's maximum (PSNR/SSIM data range)
     num_low_frequencies: int
-    acquisition: torch.Tensor | None = None  # float32 (5,): the header's TR, TE, TI, flip, B0; NaN where absent
+    acquisition: torch.Tensor | None = None  # float32 (6,): the header's TR, TE, TI, flip, B0, family; NaN where absent
 
 
 def take(batch: Sample, idx: torch.Tensor) -> Sample:

@@ -43,7 +43,13 @@ ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 TARGET_KEYS = ("reconstruction_esc", "reconstruction_rss")
 #: The header's acquisition numbers, in the order of :attr:`VolumeMeta.acquisition`.
 ACQUISITION_FIELDS = ("TR", "TE", "TI", "flipAngle_deg", "systemFieldStrength_T")
-NO_ACQUISITION = (None,) * len(ACQUISITION_FIELDS)
+#: Sequence families, coded after the numbers in :attr:`VolumeMeta.acquisition`.
+FAMILIES = ("se", "ir", "gre")
+NO_ACQUISITION = (None,) * (len(ACQUISITION_FIELDS) + 1)
+# words of ISMRMRD sequence_type strings, inversion recovery checked first (a "TurboInversionRecovery" is IR)
+_FAMILY_WORDS = (("ir", ("inversion", "flair", "stir", "tir", "mprage")),
+                 ("gre", ("flash", "gradient", "gre", "spgr", "fisp", "fl2d", "fl3d")),
+                 ("se", ("spin", "tse", "turbo", "fse", "haste")))
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class VolumeMeta:
     patient_id: str
     stored_mask: bool = False  # the file is already undersampled: its own `mask` (fastMRI's test layout)
     stored_low: int = 0  # its `num_low_frequencies` attribute (the ACS lines of the stored mask)
-    acquisition: tuple = NO_ACQUISITION  # ACQUISITION_FIELDS from the header, None where absent
+    acquisition: tuple = NO_ACQUISITION  # ACQUISITION_FIELDS, then the FAMILIES index of sequence_type; None where absent
 
     @property
     def name(self) -> str:
@@ -147,9 +153,20 @@ def parse_header(xml: bytes | str, kspace_width: int) -> tuple[int, int, tuple[i
     return left, right, rec
 
 
+def sequence_family(sequence_type: str | None) -> int | None:
+    """The :data:`FAMILIES` index a ``sequence_type`` names (``TurboSpinEcho`` → se,
+    ``InversionRecovery`` / ``FLAIR`` → ir, ``Flash`` → gre), None when it names none. The
+    numbers alone can mislead: fastMRI's spin-echo files carry a TI too."""
+    text = (sequence_type or "").lower()
+    for family, words in _FAMILY_WORDS:
+        if any(w in text for w in words):
+            return FAMILIES.index(family)
+    return None
+
+
 def parse_acquisition(xml: bytes | str) -> tuple:
-    """:data:`ACQUISITION_FIELDS` from an ISMRMRD header as floats, None where absent (a
-    field that is present but not a number is an error)."""
+    """:data:`ACQUISITION_FIELDS` from an ISMRMRD header as floats, then the family of its
+    ``sequence_type``; None where absent (a field that is present but not a number is an error)."""
     root = ET.fromstring(xml)
     out = []
     for name in ACQUISITION_FIELDS:
@@ -161,6 +178,8 @@ def parse_acquisition(xml: bytes | str) -> tuple:
             out.append(float(node.text))
         except ValueError:
             raise ValueError(f"{name} is {node.text.strip()!r}, not a number") from None
+    kind = root.find(".//m:sequence_type", {"m": ISMRMRD_NS})
+    out.append(sequence_family(kind.text if kind is not None else None))
     return tuple(out)
 
 

@@ -98,19 +98,22 @@ class VolumeIndex:
                             for v in g
                         ),
                         "padded": sum(v.padding_left > 0 or v.padding_right < v.kspace_shape[1] for v in g),
-                        "TR/TE/TI/flip B0": _fmt_set(acquisition_text(v.acquisition) for v in g),
+                        "TR/TE/TI/flip B0 family": _fmt_set(acquisition_text(v.acquisition) for v in g),
                     }
                 )
         return rows
 
 
 def acquisition_text(acquisition: tuple) -> str:
-    """``500/15/-/90 1.5T`` from a header's (TR, TE, TI, flip, B0); ``-`` where absent,
-    ``none`` when the header has none of them (metadata conditioning would refuse it)."""
+    """``500/15/-/90 1.5T se`` from a header's (TR, TE, TI, flip, B0, family); ``-`` where
+    absent, ``none`` when the header has none of them (metadata conditioning would refuse it)."""
+    from .fastmri_format import FAMILIES
+
     if all(a is None for a in acquisition):
         return "none"
-    *seq, b0 = ("-" if a is None else f"{a:g}" for a in acquisition)
-    return "/".join(seq) + ("" if b0 == "-" else f" {b0}T")
+    *seq, b0 = ("-" if a is None else f"{a:g}" for a in acquisition[:5])
+    family = acquisition[5] if len(acquisition) > 5 else None
+    return "/".join(seq) + ("" if b0 == "-" else f" {b0}T") + ("" if family is None else f" {FAMILIES[int(family)]}")
 
 
 #: why mixed sizes are refused (until batches are grouped by shape: the scale issue)

@@ -23,7 +23,7 @@ from ..errors import MrbenchError
 from .fastmri_format import VolumeMeta
 
 CACHE_NAME = ".mrbench-index.json"
-VERSION = 2  # 2: VolumeMeta.acquisition
+VERSION = 3  # 2: VolumeMeta.acquisition; 3: its sequence family
 _TUPLES = ("kspace_shape", "target_shape", "recon_size", "acquisition")
 
 

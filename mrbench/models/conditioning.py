@@ -61,25 +61,29 @@ def num_metadata_features() -> int:
 
 
 def metadata_features(acquisition: torch.Tensor, contexts: Sequence) -> torch.Tensor:
-    """(B, F) numbers for the metadata MLP from the header values (B, 5) — TR, TE, TI (ms),
-    flip (°), field strength (T), NaN where absent — and each sample's sampling context.
+    """(B, F) numbers for the metadata MLP from the header values (B, 5 or 6) — TR, TE, TI (ms),
+    flip (°), field strength (T) and the :data:`~mrbench.data.fastmri_format.FAMILIES` index of
+    the sequence type, NaN where absent — and each sample's sampling context.
 
     Features: log TR/1 s, log TE/100 ms, TI present, log TI/1 s (0 if absent), sin and cos of
-    the flip angle, field strength present and B0/3 T, the sequence family implied by the
-    numbers (inversion recovery: TI present; gradient echo: no TI and flip < 80°; spin echo:
-    the rest) one-hot, the mask kind one-hot, log₂ acceleration / 2 and 10 × centre fraction.
+    the flip angle, field strength present and B0/3 T, the sequence family one-hot — the
+    header's sequence type where it names one, else the numbers' (inversion recovery: TI
+    present; gradient echo: no TI and flip < 80°; spin echo: the rest) — the mask kind
+    one-hot, log₂ acceleration / 2 and 10 × centre fraction.
     """
     acq = acquisition.to(torch.float32)
-    tr, te, ti, flip, b0 = acq.unbind(-1)
+    tr, te, ti, flip, b0 = acq[..., :5].unbind(-1)
     has_ti, has_b0 = ~torch.isnan(ti), ~torch.isnan(b0)
     zero = torch.zeros_like(tr)
     rad = torch.deg2rad(flip)
-    ir = has_ti.float()
-    gre = (~has_ti & (flip < 80)).float()
+    guess = torch.where(has_ti, 1.0, torch.where(flip < 80, 2.0, 0.0))  # ir / gre / se from the numbers
+    named = acq[..., 5] if acq.shape[-1] > 5 else torch.full_like(tr, math.nan)
+    family = torch.where(torch.isnan(named), guess, named).long()
+    onehot = torch.nn.functional.one_hot(family, 3).float()  # se, ir, gre
     cols = [
-        torch.log(tr / 1000.0), torch.log(te / 100.0), ir, torch.where(has_ti, torch.log(ti / 1000.0), zero),
+        torch.log(tr / 1000.0), torch.log(te / 100.0), has_ti.float(), torch.where(has_ti, torch.log(ti / 1000.0), zero),
         torch.sin(rad), torch.cos(rad), has_b0.float(), torch.where(has_b0, b0 / 3.0, zero),
-        ir, gre, 1.0 - ir - gre,
+        onehot[:, 1], onehot[:, 2], onehot[:, 0],
     ]
     sampling = torch.tensor(
         [[float(c.mask == k) for k in _MASK_KINDS] + [math.log2(c.acceleration) / 2, 10 * c.center_fraction]
