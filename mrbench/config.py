@@ -96,6 +96,7 @@ class TrainConfig:
     loss: str = "sup"  # training loss (mrbench.losses: sup, mc, ssdu, weighted-ssdu, noise2inverse, ei, moi, mo-ei), also used by fine-tuning
     ssl_loss: str = "ei"  # the loss of the data.self_supervised tasks (the others use train.loss = sup)
     threads: int = 0  # torch CPU threads, 0 = all cores
+    workers: int = 0  # DataLoader processes reading and masking training slices (0 = in the training process)
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
     on_divergence: str = "stop"  # stop: store the run as diverged (exit 3) | retry-lower-lr: restart at lr/10, twice at most
@@ -116,6 +117,7 @@ class TrainConfig:
         ssl = [n for n, c in LOSSES.items() if not c.supervised]
         _require(self.ssl_loss in ssl, key("ssl_loss"), f"must be a self-supervised loss ({', '.join(ssl)}), got {self.ssl_loss!r}")
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
+        _require(self.workers >= 0, key("workers"), "must be ≥ 0")
         _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")
         _require(self.stop_after >= 0, key("stop_after"), "must be ≥ 0")
         _require(self.on_divergence in ("stop", "retry-lower-lr"), key("on_divergence"),

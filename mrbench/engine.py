@@ -148,6 +148,7 @@ class Trainer:
         self.total_used = 0  # slices over all phases
         self.history: list[dict] = []
         self.stop_signal: int | None = None  # set by a signal handler: checkpoint and stop at the next step
+        self._consumed: tuple | None = None  # (sampler, mask-generator) states after the last batch used (workers)
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume_state: dict | None = None) -> None:
@@ -203,6 +204,9 @@ class Trainer:
         for m in phase.modules:
             self.method.models[m].train()
         recent: deque[float] = deque(maxlen=50)  # finite losses of the last 50 steps (divergence_factor)
+        loaded = None
+        if cfg.workers > 0 and phase.custom_step is None and self.group is None:
+            loaded = self._loaded_batches(sampler, phase, used)
         while used < phase.budget:
             stop = self.stop_signal is not None
             if self.group is not None and self.group.any(stop):  # one rank signalled: all stop here
@@ -216,7 +220,11 @@ class Trainer:
                     result = phase.custom_step(self._batch_source(sampler, opt.param_groups[0]["lr"]))
                 else:
                     n = min(cfg.batch, phase.budget - used)
-                    result = phase.step(self._batch(sampler.next(n)))
+                    if loaded is not None:
+                        batch, self._consumed = next(loaded)
+                        result = phase.step(batch)
+                    else:
+                        result = phase.step(self._batch(sampler.next(n)))
             if self.group is not None:  # data parallel: the batch mean over all ranks
                 self.group.average_gradients(params)
                 result = StepResult(self.group.mean(result.loss), result.slices * self.group.world, result.task_losses)
@@ -246,6 +254,7 @@ class Trainer:
                     raise Preempted(self.total_used)
                 for m in phase.modules:
                     self.method.models[m].train()
+        self._consumed = None  # every planned batch was used: the live sampler and masks are current
         if best_state is None and phase.budget == 0:
             best_state = {m: _clone(self.method.models[m].state_dict()) for m in phase.modules}
         for m, state in (best_state or {}).items():
@@ -262,6 +271,33 @@ class Trainer:
         if self.cfg.train.precision == "bf16":
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _loaded_batches(self, sampler: TaskSampler, phase: Phase, used: int):
+        """The standard steps' batches read by ``train.workers`` DataLoader processes.
+
+        The training process still decides everything random — which items (the sampler)
+        and their masks (the dataset's generator), in the order a 0-worker run draws them —
+        and hands (item, mask) pairs to the workers, which only read, mask and crop. So the
+        batches, and the run, do not depend on the worker count (tests/test_engine_workers.py).
+        The loader plans ahead, so each batch carries the sampler and mask-generator states
+        after it, which a checkpoint stores (``_consumed``) instead of the planner's."""
+        states: deque = deque()
+        train, size = self.train, self.cfg.train.batch
+
+        def plan():
+            u = used
+            while u < phase.budget:
+                n = min(size, phase.budget - u)
+                indices = sampler.next(n)
+                drawn = [train.mask_for(i) for i in indices]
+                states.append((sampler.state(), json.dumps(train.rng_state())))
+                yield list(zip(indices, drawn))
+                u += n
+
+        loader = torch.utils.data.DataLoader(_Drawn(train), batch_sampler=plan(), num_workers=self.cfg.train.workers,
+                                             collate_fn=torch.utils.data.default_collate)
+        for batch in loader:
+            yield to_device(batch, self.device), states.popleft()
 
     def _batch(self, indices: list[int]) -> Sample:
         if self.group is None:
@@ -347,14 +383,28 @@ class Trainer:
                 "best_state": best_state or {},
                 "models": self.method.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else {},
-                "sampler": sampler.state() if sampler is not None else {},
-                "dataset_rng": json.dumps(self.train.rng_state()),
+                "sampler": (self._consumed[0] if self._consumed else sampler.state()) if sampler is not None else {},
+                "dataset_rng": self._consumed[1] if self._consumed else json.dumps(self.train.rng_state()),
                 "torch_rng": torch.get_rng_state(),
                 "history": json.dumps(self.history),
             },
         )
         if self.writer is not None:
             self.writer.flush()
+
+
+class _Drawn(torch.utils.data.Dataset):
+    """Training items by (index, drawn mask): what a DataLoader worker reads."""
+
+    def __init__(self, dataset: SliceDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key) -> Sample:
+        i, drawn = key
+        return self.dataset.sample(i, drawn=drawn)
 
 
 def _clone(state: dict) -> dict:

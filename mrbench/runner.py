@@ -337,7 +337,7 @@ def _with_lr(cfg: Config, lr: float) -> Config:
 
 
 # operational keys: they may change between an interrupted run and its resumption
-_OPERATIONAL = ("stop_after", "threads", "device")
+_OPERATIONAL = ("stop_after", "threads", "device", "workers")  # how, not what: a run may resume with others
 
 
 def _normalised(stored: dict) -> dict:
