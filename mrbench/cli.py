@@ -147,6 +147,8 @@ def data_info(directory, no_check):
     total = sum(r["volumes"] for r in rows)
     checked = "structure checked" if no_check else "all values checked"
     problems = index.training_problems()
+    for note in index.notes():
+        click.echo(f"note: {note}")
     for p in problems:
         click.echo(f"problem: {p}")
     if problems:

@@ -81,6 +81,12 @@ class TaskSampler:
     replacement. ``stratified``: tasks interleaved (t0, t1, t0, …), an item drawn
     uniformly within each task — the scarce task is up-sampled to the abundant
     one's rate.
+
+    Volumes of several sizes (``shape_key``): a batch stacks one size. Its first item is drawn
+    by the rule; stratified then keeps rotating over the tasks but draws only items of that
+    size (a task without any is skipped), uniform pulls the next items of that size in the
+    epoch's permutation forward (each item still once per epoch; a batch may come out smaller
+    at an epoch's end). With one size nothing changes, draw for draw.
     """
 
     def __init__(self, dataset: SliceDataset, tasks: list[int], mode: str, seed: int):
@@ -91,8 +97,15 @@ class TaskSampler:
         self.perm = np.zeros(0, dtype=np.int64)
         self.pos = 0
         self.counter = 0
+        self.shapes = dataset.item_shapes
+        self.mixed = len(np.unique(self.shapes[self.pool])) > 1
+
+    def same_size(self, items: np.ndarray, first: int) -> np.ndarray:
+        return items[self.shapes[items] == self.shapes[first]]
 
     def next(self, n: int) -> list[int]:
+        if self.mixed:
+            return self._next_one_size(n)
         out = []
         for _ in range(n):
             if self.mode == "stratified":
@@ -106,6 +119,31 @@ class TaskSampler:
                 out.append(int(self.perm[self.pos]))
                 self.pos += 1
         return out
+
+    def _next_one_size(self, n: int) -> list[int]:
+        out: list[int] = []
+        if self.mode == "stratified":
+            for _ in range(n * len(self.by_task)):  # every rotation yields at least the first item's task
+                if len(out) == n:
+                    break
+                items = self.by_task[self.counter % len(self.by_task)]
+                self.counter += 1
+                if out:
+                    items = self.same_size(items, out[0])
+                if len(items):
+                    out.append(int(items[self.rng.integers(len(items))]))
+            return out
+        if self.pos >= len(self.perm):
+            self.perm = self.rng.permutation(self.pool)
+            self.pos = 0
+        rest = self.perm[self.pos + 1 :]
+        take = np.flatnonzero(self.shapes[rest] == self.shapes[self.perm[self.pos]])[: n - 1]
+        keep = np.ones(len(rest), dtype=bool)
+        keep[take] = False
+        batch = np.concatenate([self.perm[self.pos : self.pos + 1], rest[take]])
+        self.perm = np.concatenate([self.perm[: self.pos], batch, rest[keep]])
+        self.pos += len(batch)
+        return [int(i) for i in batch]
 
     def state(self) -> dict:
         return {
@@ -292,7 +330,7 @@ class Trainer:
                 drawn = [train.mask_for(i) for i in indices]
                 states.append((sampler.state(), json.dumps(train.rng_state())))
                 yield list(zip(indices, drawn))
-                u += n
+                u += len(indices)  # one-size batches may come out smaller
 
         loader = torch.utils.data.DataLoader(_Drawn(train), batch_sampler=plan(), num_workers=self.cfg.train.workers,
                                              collate_fn=torch.utils.data.default_collate)
@@ -317,8 +355,11 @@ class Trainer:
             if task is None:
                 return self._batch(sampler.next(n))
             items = self.train.task_items(task)
-            picks = sampler.rng.integers(len(items), size=n)
-            return self._batch([items[int(i)] for i in picks])
+            picks = [items[int(i)] for i in sampler.rng.integers(len(items), size=n)]
+            if sampler.mixed:  # one size per batch: the rest drawn among the first item's size
+                same = sampler.same_size(np.asarray(items), picks[0])
+                picks = picks[:1] + [int(same[i]) for i in sampler.rng.integers(len(same), size=n - 1)]
+            return self._batch(picks)
 
         source.lr = lr
         return source

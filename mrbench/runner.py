@@ -109,7 +109,7 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
     check_loss_fits_data(cfg, data)
     METHODS[cfg.method].check_data(cfg, data)
     device = select_device(cfg.train.device, cfg.train.precision)  # an impossible device or precision, before anything is written
-    check_data_parallel(cfg)
+    check_data_parallel(cfg, data)
     group = distributed.from_env(cuda=device.type == "cuda")
     if group is None:
         with run_lock(cfg.run_dir):
@@ -127,12 +127,19 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
         distributed.close(group)
 
 
-def check_data_parallel(cfg: Config) -> None:
+def check_data_parallel(cfg: Config, data: ExperimentData) -> None:
     """Under torchrun, refuse (one line, on every rank, before the group is joined) what data
-    parallelism cannot do: methods with their own episode steps, batches that do not split."""
+    parallelism cannot do: methods with their own episode steps, batches that do not split
+    (volumes of several sizes make one-size batches of uneven length)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return
+    from .data.index import shape_kinds
+
+    kinds = shape_kinds([v for t in data.train for v in t.volumes])
+    if len(kinds) > 1:
+        raise MrbenchError(f"{cfg.data.root}: training volumes of {len(kinds)} sizes; data-parallel runs need one "
+                           "(one-size batches would split unevenly); run it in one process")
     if not METHODS[cfg.method].data_parallel:
         raise MrbenchError(
             f"method {cfg.method!r} is not data-parallel yet (its steps draw their own episodes and take "

@@ -135,22 +135,61 @@ def test_sweep_entry_error_names_the_entry(tmp_path):
         load_experiment(exp)
 
 
-def test_mixed_sizes_are_refused_cleanly_by_data_info_and_run(tmp_path):
-    """Issue 14 (interim): a 64×64 / 72×72 mix crashed training with a raw torch.stack
-    traceback after the run directory existed, while data info passed it. Both now say so,
-    in one line, before anything is written."""
+def _mixed_root(tmp_path):
     root = tmp_path / "mixed"
-    write_tiny_root(root, size=32)
-    write_tiny_root(root / "extra", size=40, seed=1)
+    write_tiny_root(root, size=32, contrasts=("AXT1", "AXT2", "AXFLAIR"))
+    write_tiny_root(root / "extra", size=40, seed=1, contrasts=("AXT1", "AXT2", "AXFLAIR"))
     for split in ("train", "val", "test"):
         for f in (root / "extra" / split).glob("*.h5"):
             f.rename(root / split / f.name.replace("tiny_", "big_"))
+    return root
+
+
+@pytest.mark.parametrize("method", ["joint", "stl", "maml", "mtl", "metadrop", "kmmaml", "transfer"])
+def test_volumes_of_two_sizes_train_and_evaluate_in_one_size_batches(tmp_path, method):
+    """Issue 14: a 32×32 / 40×40 mix (fastMRI brain has several widths per contrast) crashed
+    with a raw torch.stack traceback. Batches now stack one size (the sampler, the meta-
+    learners' episodes and the support sets pick alike), and data info lists the sizes."""
+    root = _mixed_root(tmp_path)
     r = CliRunner()
-    res = r.invoke(main, ["data", "info", str(root)])
-    assert res.exit_code == 2 and "2 sizes" in res.output
-    res = r.invoke(main, ["run", "stl", "--quiet", *set_args(tiny_run_settings(root, tmp_path / "runs"))])
-    assert res.exit_code == 2 and "sizes" in res.output and "Traceback" not in res.output
-    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    info = r.invoke(main, ["data", "info", str(root)])
+    assert info.exit_code == 0 and "2 sizes, batched by size" in info.output
+    extra = ["train.budget=24", "model.blocks=IV"] if method == "mtl" else ["train.budget=24"]
+    res = r.invoke(main, ["run", method, "--quiet", *set_args(tiny_run_settings(root, tmp_path / "runs", *extra))])
+    assert res.exit_code == 0, res.output
+    import json
+
+    run = next((tmp_path / "runs" / "default").glob(f"{method}-*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    vols = metrics["contexts"]["AXT1/equispaced/4x"]["steps"]["0"]["volumes"]
+    assert any(v.startswith("big_") for v in vols) and any(v.startswith("tiny_") for v in vols)
+
+
+def test_one_size_batches_from_the_sampler():
+    import numpy as np
+
+    from mrbench.engine import TaskSampler
+
+    class DS:
+        item_shapes = np.array([0, 1, 0, 1, 0, 1, 1, 0])
+
+        def task_items(self, t):
+            return [0, 1, 2, 3] if t == 0 else [4, 5, 6, 7]
+
+    for mode in ("stratified", "uniform"):
+        s = TaskSampler(DS(), [0, 1], mode, seed=0)
+        seen = []
+        for _ in range(20):
+            batch = s.next(3)
+            assert batch and len({int(DS.item_shapes[i]) for i in batch}) == 1
+            seen += batch
+        assert set(seen) == set(range(8))
+        if mode == "stratified":
+            assert {0, 1} <= {0 if i < 4 else 1 for i in seen}
+    u = TaskSampler(DS(), [0, 1], "uniform", seed=0)
+    epoch = sum((u.next(4) for _ in range(20)), [])
+    counts = np.bincount(epoch[: len(epoch)], minlength=8)
+    assert counts.max() - counts.min() <= 3  # every item about equally often: epochs still cover the pool
 
 
 def test_one_line_errors_are_cut_at_a_word_boundary():

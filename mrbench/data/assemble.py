@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import MrbenchError
 from .contexts import Context, context_grid
 from .dataset import TaskData
-from .index import MIXED_SIZES, VolumeIndex, scan, shape_kinds
+from .index import VolumeIndex, scan, shape_key
 from .scarcity import scarcity_subset, slice_list, slice_list_hash
 
 
@@ -96,11 +96,6 @@ def assemble(data_cfg, scarcity: int, support: int = 2, unit: str = "volumes") -
         pool = index.select("train", ctx.contrast)
         unseen_support.append(TaskData(ctx.name, ctx, tuple(pool)))
         support_slices[ctx.name] = choose_support(pool, support, data_cfg.split_seed, ctx.name, unit)
-    used = [v for group in (train, val, test, unseen_test, unseen_support) for t in group for v in t.volumes]
-    kinds = shape_kinds(used)
-    if len(kinds) > 1:  # batches stack slices of several volumes and tasks: one size per experiment
-        listing = "; ".join(f"{k}: {n} volumes" for k, n in sorted(kinds.items()))
-        raise MrbenchError(f"{data_cfg.root}: the selected volumes have {len(kinds)} sizes ({listing}); {MIXED_SIZES}")
     return ExperimentData(index, train, val, test, unseen_test, unseen_support, support_slices, scarce, seen_support)
 
 
@@ -109,6 +104,10 @@ def choose_support(volumes, k: int, seed: int, name: str, unit: str = "slices") 
     is smaller), chosen by (split seed, context) only: the same for every method."""
     digest = hashlib.sha256(f"support|{seed}|{name}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    if len({shape_key(v) for v in volumes}) > 1:  # one size, so the support set stacks (chosen alike for all)
+        ordered = sorted(volumes, key=lambda v: v.name)
+        first = shape_key(ordered[int(rng.integers(len(ordered)))])
+        volumes = [v for v in volumes if shape_key(v) == first]
     if unit == "volumes":
         ordered = sorted(volumes, key=lambda v: v.name)
         pick = rng.choice(len(ordered), size=min(k, len(ordered)), replace=False)

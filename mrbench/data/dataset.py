@@ -160,6 +160,11 @@ class SliceDataset(torch.utils.data.Dataset):
             for v in task.volumes
             for s in range(v.num_slices)
         ]
+        from .index import shape_key
+
+        kinds: dict[tuple, int] = {}
+        #: each item's size kind (batches stack one kind; one kind: every item 0)
+        self.item_shapes = np.array([kinds.setdefault(shape_key(v), len(kinds)) for _, v, _ in self.items], dtype=np.int64)
         self._by_task: list[list[int]] = [[] for _ in self.tasks]
         for i, (t, _, _) in enumerate(self.items):
             self._by_task[t].append(i)

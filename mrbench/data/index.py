@@ -65,10 +65,15 @@ class VolumeIndex:
             absent = [s for s in SPLITS if c not in self.contrasts(s)]
             if absent:
                 problems.append(f"{self.root}: contrast {c} has no volume in {', '.join(absent)} (it cannot be a task)")
+        return problems
+
+    def notes(self) -> list[str]:
+        """What ``data info`` reports beside the problems: the sizes, when there are several
+        (batches then stack slices of one size: README, "Mixed sizes")."""
         sizes = shape_kinds([v for vols in self.volumes.values() for v in vols])
         if len(sizes) > 1:
-            problems.append(f"{self.root}: volumes of {len(sizes)} sizes ({', '.join(sorted(sizes))}); {MIXED_SIZES}")
-        return problems
+            return [f"{len(sizes)} sizes, batched by size: " + "; ".join(f"{k}: {n} volumes" for k, n in sorted(sizes.items()))]
+        return []
 
     def require_splits(self) -> None:
         """Raise the first missing-split problem (the one a run cannot work around)."""
@@ -116,8 +121,10 @@ def acquisition_text(acquisition: tuple) -> str:
     return "/".join(seq) + ("" if b0 == "-" else f" {b0}T") + ("" if family is None else f" {FAMILIES[int(family)]}")
 
 
-#: why mixed sizes are refused (until batches are grouped by shape: the scale issue)
-MIXED_SIZES = "mrbench run trains and evaluates one k-space/target size per experiment; select or resample volumes of one size"
+def shape_key(v) -> tuple:
+    """What slices must share to be stacked in one batch: coils, k-space size and the target's
+    (or, without a target, the header's reconstruction) size."""
+    return (v.num_coils, tuple(v.kspace_shape), tuple(v.target_shape or v.recon_size))
 
 
 def shape_kinds(volumes) -> dict[str, int]:

@@ -22,10 +22,17 @@ METRICS = ("nmse", "psnr", "ssim")
 
 
 def batches(dataset: SliceDataset, indices: list[int], batch: int, device: torch.device):
-    """Collated batches of the given items, moved to ``device``."""
-    for start in range(0, len(indices), batch):
-        samples = [dataset[i] for i in indices[start : start + batch]]
+    """Collated batches of up to ``batch`` consecutive items, moved to ``device``; a batch
+    ends where the item size changes (volumes of several sizes), else every ``batch`` items."""
+    shapes = dataset.item_shapes
+    start = 0
+    while start < len(indices):
+        end = start + 1
+        while end < len(indices) and end - start < batch and shapes[indices[end]] == shapes[indices[start]]:
+            end += 1
+        samples = [dataset[i] for i in indices[start:end]]
         yield to_device(torch.utils.data.default_collate(samples), device)
+        start = end
 
 
 def to_device(batch: Sample, device: torch.device) -> Sample:
