@@ -184,14 +184,10 @@ def check(claim: Claim, df: pd.DataFrame, runs: Sequence[R.Run], diverged: Seque
     return {**row, "measured": measured, "cells": f"{seeds} seeds × ≤ {vols} volumes", "verdict": verdict}
 
 
-def _short_names(labels: Sequence[str]) -> dict[str, str]:
-    """Labels without their common ``-``-separated prefix (``stl-modl-ei`` → ``ei``); a label
-    that is the prefix itself stays whole."""
-    parts = [lab.split("-") for lab in labels]
-    k = 0
-    while all(len(p) > k for p in parts) and len({p[k] for p in parts}) == 1:
-        k += 1
-    return {lab: "-".join(p[k:]) or lab for lab, p in zip(labels, parts)}
+def _short_names(labels: Sequence[str], stem: str) -> dict[str, str]:
+    """Labels without the claim method's name in front (``stl-modl-ei`` → ``ei`` for the stem
+    ``stl-modl``); the stem itself and labels of other families stay whole."""
+    return {lab: lab[len(stem) + 1:] if lab.startswith(stem + "-") else lab for lab in labels}
 
 
 def _ranking(claim: Claim, df: pd.DataFrame) -> dict:
@@ -207,7 +203,7 @@ def _ranking(claim: Claim, df: pd.DataFrame) -> dict:
                 pair[(a, b)] = v[v["label"] == a].set_index(["context", "scarcity", "steps"])["verdict"]
     means = df.groupby(["context", "scarcity", "steps", "label"])[claim.metric].mean()
     cells = sorted({k[:3] for k in means.index})
-    short = _short_names(methods)
+    short = _short_names(methods, claim.method)
     orders, follows = [], True
     for cell in cells:
         m = means.loc[cell]
