@@ -79,6 +79,8 @@ def training_suffix(cfg) -> str:
     loss = "" if cfg.train.loss == "sup" else f"-{cfg.train.loss}"
     if cfg.data.self_supervised:  # e.g. -ei-on-AXFLAIR: those tasks trained without their targets
         loss += f"-{cfg.train.ssl_loss}-on-{'+'.join(cfg.data.self_supervised)}"
+        if cfg.train.ssl_weight != 1.0:
+            loss += f"-x{cfg.train.ssl_weight:g}"
     return loss + sampling_suffix(cfg.train.sampling)
 
 
@@ -95,6 +97,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (CUDA only: autocast of the training step)
     loss: str = "sup"  # training loss (mrbench.losses: sup, mc, ssdu, weighted-ssdu, noise2inverse, ei, moi, mo-ei), also used by fine-tuning
     ssl_loss: str = "ei"  # the loss of the data.self_supervised tasks (the others use train.loss = sup)
+    ssl_weight: float = 1.0  # weight of the data.self_supervised tasks' per-sample loss against the supervised ones
     threads: int = 0  # torch CPU threads, 0 = all cores
     workers: int = 0  # DataLoader processes reading and masking training slices (0 = in the training process)
     device: str = "auto"  # auto | cpu | cuda
@@ -116,6 +119,7 @@ class TrainConfig:
         _require(self.loss in LOSSES, key("loss"), f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
         ssl = [n for n, c in LOSSES.items() if not c.supervised]
         _require(self.ssl_loss in ssl, key("ssl_loss"), f"must be a self-supervised loss ({', '.join(ssl)}), got {self.ssl_loss!r}")
+        _require(self.ssl_weight > 0, key("ssl_weight"), f"must be > 0, got {self.ssl_weight}")
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
         _require(self.workers >= 0, key("workers"), "must be ≥ 0")
         _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")

@@ -322,6 +322,16 @@ def test_mixed_supervision_gives_each_sample_its_tasks_loss():
     with mixed.adapting_to(Context("AXT2")):  # an unseen context is never self-supervised
         torch.testing.assert_close(mixed(run, batch), sup(run, batch))
 
+    class Half(MixCfg):
+        class train:
+            ssl_weight = 0.5
+
+    half = MixedSupervision(Half, sup, mc)
+    half.contexts = mixed.contexts
+    weighted = half(run, batch)
+    torch.testing.assert_close(weighted[ssl], 0.5 * values[ssl])  # train.ssl_weight scales only those
+    torch.testing.assert_close(weighted[other], values[other])
+
 
 def test_a_scarce_contrast_without_targets_trains_self_supervised_beside_supervised_ones(three_contrast_root, tmp_path):
     """The regime no peer offers: AXT2's training files have no target at all; with
