@@ -148,7 +148,7 @@ class TaskSampler:
     def state(self) -> dict:
         return {
             "rng": json.dumps(self.rng.bit_generator.state),
-            "perm": torch.from_numpy(self.perm.copy()),
+            "perm": torch.from_numpy(self.perm),  # shared, not copied: perm is replaced, never written in place
             "pos": self.pos,
             "counter": self.counter,
         }

@@ -77,18 +77,19 @@ class Conditioned(Joint):
             return [ctx] * batch.kspace.shape[0]
         return [self.tasks[int(t)].context for t in batch.task.tolist()]
 
+    def features(self, model, batch, ctx=None):
+        """The metadata MLP's input for a batch, or None when the model reads no metadata."""
+        if model.metadata is None:
+            return None
+        if batch.acquisition is None:
+            raise MrbenchError("metadata conditioning needs the batch's acquisition numbers")
+        return metadata_features(batch.acquisition, self.contexts_of(batch, ctx))
+
     def run_model(self, model, batch, ctx=None):
-        features = None
-        if model.metadata is not None:
-            if batch.acquisition is None:
-                raise MrbenchError("metadata conditioning needs the batch's acquisition numbers")
-            features = metadata_features(batch.acquisition, self.contexts_of(batch, ctx))
-        return model(batch.kspace, batch.mask, batch.num_low_frequencies, features)
+        return model(batch.kspace, batch.mask, batch.num_low_frequencies, self.features(model, batch, ctx))
 
     def embedding(self, batch, ctx=None):
         """The metadata embedding (B, E) of a batch (None with ``condition.on = "prompt"``)."""
         model = self.models["conditioned"]
-        if model.metadata is None:
-            return None
-        return model.embed(metadata_features(batch.acquisition, self.contexts_of(batch, ctx)))
+        return model.embed(self.features(model, batch, ctx))
 

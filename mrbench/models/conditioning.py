@@ -28,6 +28,7 @@ initialised to zero, so the untrained conditioned network is the plain one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -85,11 +86,15 @@ def metadata_features(acquisition: torch.Tensor, contexts: Sequence) -> torch.Te
         torch.sin(rad), torch.cos(rad), has_b0.float(), torch.where(has_b0, b0 / 3.0, zero),
         onehot[:, 1], onehot[:, 2], onehot[:, 0],
     ]
-    sampling = torch.tensor(
-        [[float(c.mask == k) for k in _MASK_KINDS] + [math.log2(c.acceleration) / 2, 10 * c.center_fraction]
-         for c in contexts], dtype=torch.float32, device=acq.device,
-    )
+    sampling = torch.tensor([_sampling_features(c) for c in contexts], dtype=torch.float32, device=acq.device)
     return torch.cat([torch.stack(cols, dim=-1), sampling], dim=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _sampling_features(ctx) -> tuple[float, ...]:
+    """A context's mask kind one-hot, log₂ acceleration / 2 and 10 × centre fraction (computed
+    once per context, not at every training step)."""
+    return (*(float(ctx.mask == k) for k in _MASK_KINDS), math.log2(ctx.acceleration) / 2, 10 * ctx.center_fraction)
 
 
 class FiLMInstanceNorm(InstanceNorm):
