@@ -1,7 +1,7 @@
 """MAML meta-step time and peak memory: first- vs second-order, 1 and 3 inner steps.
 
     .venv/bin/python benchmarks/bench_meta.py [--device auto|cpu|cuda] [--size 128] [--chans 8]
-        [--pools 3] [--support 4] [--query 4] [--tasks 2] [--steps 3] [--warmup 1] [--threads 1]
+        [--pools 3] [--support 4] [--query 4] [--tasks 4] [--steps 3] [--warmup 1] [--threads 1]
 
 ``kmmaml`` times KM-MAML's own meta-step the same way (its km-unet of the same
 base size; the inner loop adapts the hypernetworks only; mrbench only — torchopt
@@ -42,6 +42,15 @@ median of the per-round ratios mrbench / library with a 95 % bootstrap interval.
 ``no_slower_than_fastest_other`` reads the target from those intervals: ``met`` where mrbench's ratio
 to the fastest library is below 1 or its interval contains 1 (no slower within
 what the machine can resolve), ``missed`` where the whole interval is above 1.
+
+``vmap`` is mrbench's own step with ``meta.vmap = true``: the T tasks' inner loops run as
+one vectorised call (:func:`mrbench.methods.meta.vmap_query_losses`, ``torch.func.vmap`` over
+``torch.func.grad``) instead of the per-task Python loop. Reported per configuration:
+``vmap_results`` (seconds per step, as ``results``), and in the interleaved timings
+``vmap_speedup_over_loop`` (loop / vmap, paired, with its 95 % interval) and
+``paired_ratio_vmap_over`` each library; ``vmap`` reads issue 15's target from them
+(≥ 1.5× the loop, at ``--tasks 4``, the default). The meta-gradients are equal
+(tests/test_meta_vmap.py).
 
 Prints one JSON object on stdout.
 """
@@ -124,6 +133,9 @@ def measure(step, device: torch.device, warmup: int, steps: int) -> dict:
 def run_one(args, order: int, inner: int, impl: str, build_only: bool = False):
     device = torch.device(args.device)
     torch.manual_seed(0)
+    vmap = impl == "vmap"  # mrbench's own step with meta.vmap: one vectorised inner loop over the tasks
+    if vmap:
+        impl = "mrbench"
     cfg = load_config(
         None,
         [
@@ -136,6 +148,7 @@ def run_one(args, order: int, inner: int, impl: str, build_only: bool = False):
             f"meta.support={args.support}",
             f"meta.query={args.query}",
             f"meta.tasks_per_batch={args.tasks}",
+            f"meta.vmap={str(vmap).lower()}",
         ],
         method="maml",
     )
@@ -237,7 +250,7 @@ def interleaved(args, order: int, inner: int) -> dict:
     """
     device = torch.device(args.device)
     steps = {impl: run_one(args, order, inner, impl, build_only=True)
-             for impl in ("mrbench", "torchopt", "higher") if impl == "mrbench" or available(impl)}
+             for impl in ("mrbench", "vmap", "torchopt", "higher") if impl in ("mrbench", "vmap") or available(impl)}
     times: dict = {impl: [] for impl in steps}
     order_ = list(steps)
     for i in range(args.warmup + args.pairs):
@@ -250,12 +263,17 @@ def interleaved(args, order: int, inner: int) -> dict:
             if i >= args.warmup:
                 times[impl].append(time.perf_counter() - t0)
     out: dict = {impl: round(statistics.median(v), 4) for impl, v in times.items()}
-    ratios = {}
-    for lib in order_[1:]:
-        paired = [a / b for a, b in zip(times["mrbench"], times[lib])]
-        lo, hi = bootstrap_ci(paired, statistic=np.median)
-        ratios[lib] = {"median": round(statistics.median(paired), 3), "ci95": [round(lo, 3), round(hi, 3)]}
-    out["paired_ratio_mrbench_over"] = ratios
+    def paired(num: str, den: str) -> dict:
+        r = [a / b for a, b in zip(times[num], times[den])]
+        lo, hi = bootstrap_ci(r, statistic=np.median)
+        return {"median": round(statistics.median(r), 3), "ci95": [round(lo, 3), round(hi, 3)]}
+
+    libs = [impl for impl in order_ if impl not in ("mrbench", "vmap")]
+    out["paired_ratio_mrbench_over"] = {lib: paired("mrbench", lib) for lib in libs}
+    # meta.vmap: its speed-up over the per-task loop (loop / vmap, > 1 = faster) and its time
+    # over each library's (< 1 = faster)
+    out["vmap_speedup_over_loop"] = paired("mrbench", "vmap")
+    out["paired_ratio_vmap_over"] = {lib: paired("vmap", lib) for lib in libs}
     out["pairs"] = args.pairs
     return out
 
@@ -296,7 +314,7 @@ def main() -> None:
     p.add_argument("--pools", type=int, default=3)
     p.add_argument("--support", type=int, default=4)
     p.add_argument("--query", type=int, default=4)
-    p.add_argument("--tasks", type=int, default=2)
+    p.add_argument("--tasks", type=int, default=4)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     # one thread by default: on a small shared machine two threads made the timings erratic
@@ -312,7 +330,7 @@ def main() -> None:
         child(args)
         return
     t0 = time.perf_counter()
-    impls = ["mrbench", "kmmaml"] + [lib for lib in ("torchopt", "higher") if available(lib)]
+    impls = ["mrbench", "vmap", "kmmaml"] + [lib for lib in ("torchopt", "higher") if available(lib)]
     # Rounds: every implementation of one configuration runs back to back, in a rotated
     # order each round, so load drifts on a shared machine hit all of them alike; the
     # reported time is the median over rounds (memory: the largest peak).
@@ -339,6 +357,20 @@ def main() -> None:
             fastest = min(libs, key=lambda lib: one[lib])
             lo = one["paired_ratio_mrbench_over"][fastest]["ci95"][0]
             verdict[key] = {"fastest_other": fastest, "target": "met" if lo <= 1.0 else "missed"}
+    # issue 15's vmap target: ≥ 1.5× the per-task loop, and no slower than the fastest library
+    vmap_target = {}
+    for key, one in together.items():
+        if "vmap_speedup_over_loop" not in one:
+            continue
+        speedup = one["vmap_speedup_over_loop"]
+        vs = one.get("paired_ratio_vmap_over", {})
+        fastest = min(vs, key=lambda lib: one[lib]) if vs else None
+        vmap_target[key] = {
+            "tasks": args.tasks,
+            "speedup_over_loop": speedup,
+            "at_least_1.5x": "met" if speedup["ci95"][0] >= 1.5 else ("missed" if speedup["ci95"][1] < 1.5 else "within noise"),
+            "vs_fastest_library": None if fastest is None else {fastest: vs[fastest]},
+        }
     ratios = {}
     for inner in (1, 3):
         a, b = results["mrbench"][f"order1_k{inner}"], results["mrbench"][f"order2_k{inner}"]
@@ -369,6 +401,7 @@ def main() -> None:
                     else "ru_maxrss growth over the steps (own subprocess per configuration)",
                 },
                 "results": results["mrbench"],
+                "vmap_results": results["vmap"],
                 "kmmaml": results["kmmaml"],
                 "torchopt": results["torchopt"],
                 "higher": results["higher"],
@@ -376,6 +409,7 @@ def main() -> None:
                 "mrbench_over_fastest_other": fastest_other,
                 "interleaved_one_process_seconds": together,
                 "no_slower_than_fastest_other": verdict,
+                "vmap": vmap_target,
                 "rounds": args.rounds,
                 "target_ratio_max": 3.0,
                 "wall_seconds": round(time.perf_counter() - t0, 1),

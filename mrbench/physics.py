@@ -94,7 +94,10 @@ def choose_domain(mask: torch.Tensor, fast: bool = True) -> Domain:
     h, w = mask.shape[-2:]
     if not fast:
         return Domain("centred")
-    if w % 2 == 0 and (h == 1 or torch.equal(mask, mask[..., :1, :].expand_as(mask))):
+    # under torch.func.vmap (MAML's meta.vmap) the mask's values cannot be inspected: the
+    # column test is skipped and the domain exact for any mask is taken
+    inspectable = not torch._C._functorch.is_functorch_wrapped_tensor(mask)
+    if w % 2 == 0 and inspectable and (h == 1 or torch.equal(mask, mask[..., :1, :].expand_as(mask))):
         return Domain("columns")
     if h % 2 == 0 and w % 2 == 0:
         return Domain("shifted")
@@ -104,10 +107,16 @@ def choose_domain(mask: torch.Tensor, fast: bool = True) -> Domain:
 class _SensReduce(torch.autograd.Function):
     """``z = Σ_c conj(S_c) · x_c`` → (B, 1, H, W); ``sens_conj`` = conj(S), materialised."""
 
+    generate_vmap_rule = True  # forward and backward are plain tensor ops (MAML's meta.vmap)
+
     @staticmethod
-    def forward(ctx, x, sens, sens_conj):
-        ctx.save_for_backward(x, sens)
+    def forward(x, sens, sens_conj):
         return (x * sens_conj).sum(dim=1, keepdim=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, sens, _ = inputs
+        ctx.save_for_backward(x, sens)
 
     @staticmethod
     def backward(ctx, g):
@@ -120,10 +129,16 @@ class _SensReduce(torch.autograd.Function):
 class _SensExpand(torch.autograd.Function):
     """``e_c = S_c · u`` → (B, C, H, W) from a (B, 1, H, W) image ``u``."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, sens, u, sens_conj):
-        ctx.save_for_backward(u, sens_conj)
+    def forward(sens, u, sens_conj):
         return sens * u
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, u, sens_conj = inputs
+        ctx.save_for_backward(u, sens_conj)
 
     @staticmethod
     def backward(ctx, g):
@@ -142,12 +157,17 @@ class _DataConsistency(torch.autograd.Function):
     differentiable: second-order MAML through a VarNet gets exact meta-gradients.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, k, k0, r, eta, mask):
+    def forward(k, k0, r, eta, mask):
         dm = (k - k0).mul_(mask)  # M ⊙ (k − k₀)
-        out = torch.add(k, r).addcmul_(dm, -eta)
+        return torch.add(k, r).sub_(dm.mul_(eta))  # (not addcmul_: it has no vmap batching rule)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        k, k0, _, eta, mask = inputs
         ctx.save_for_backward(k, k0, eta, mask)
-        return out
 
     @staticmethod
     def backward(ctx, g):

@@ -40,6 +40,9 @@ lr). The rule, lr and step count are chosen on seen-context validation data
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..errors import MrbenchError
 from .base import Method, Phase, StepResult
 from .meta import (
     MetaOptions,
@@ -53,16 +56,32 @@ from .meta import (
     inner_rates,
     make_inner_rates,
     functional_loss,
+    vmap_episode_step,
+    vmap_query_losses,
 )
+
+
+@dataclass
+class VmapOption:
+    """``meta.vmap`` (maml only): one vectorised inner loop over the meta-batch's tasks
+    (:func:`~mrbench.methods.meta.vmap_query_losses`, ``torch.func.vmap``) instead of the
+    per-task Python loop — the same meta-gradient, T tasks' graphs held at once. Off by default:
+    the loop keeps earlier runs bit-for-bit reproducible; the supervised loss only (the
+    self-supervised ones draw random transforms and look up each sample's context)."""
+
+    vmap: bool = False
 
 
 class MAML(Method):
     name = "maml"
     data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
-    options = {"meta": MetaOptions}
+    options = {"meta": (MetaOptions, VmapOption)}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)
+        if cfg.meta.vmap and (cfg.train.loss != "sup" or cfg.data.self_supervised):
+            raise MrbenchError("meta.vmap: needs the supervised loss on every task (train.loss = \"sup\", "
+                               "no data.self_supervised); set meta.vmap = false")
         self.models["net"] = make_backbone()
         self.adapt_names = adapt_names(self.models["net"], cfg.meta.adapt)  # MrbenchError if empty
         make_inner_rates(self, self.adapt_names)
@@ -80,11 +99,18 @@ class MAML(Method):
         params = dict(net.named_parameters())
         buffers = dict(net.named_buffers())
 
+        loss = functional_loss(self.loss)
+
         def query_loss(support, query):
-            loss = functional_loss(self.loss)
             fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.adapt_names, loss)
             return loss(net, {**fast, **buffers}, query)
 
+        if m.vmap:
+            def query_losses(supports, queries):
+                return vmap_query_losses(net, params, buffers, supports, queries, m.inner_steps, inner_rates(self),
+                                         m.order, self.adapt_names, loss)
+
+            return vmap_episode_step(self, source, query_losses, query_loss)
         return episode_step(self, source, query_loss)
 
     def adapt_rules(self) -> tuple[str, ...]:
