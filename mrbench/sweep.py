@@ -43,6 +43,7 @@ from . import atomic
 from .config import SAMPLING, Config, load_config, read_experiment, training_suffix
 from .methods import METHODS
 from .errors import MrbenchError, RunLocked
+from .launcher import launch
 from .store import LOCK_HELD_ENV, RunStore, run_lock
 
 
@@ -294,14 +295,13 @@ def _run_locked_cell(exp: Experiment, cell: Cell, threads: int, env: dict) -> Ou
     command = exp.command(cell, threads)
     with open(log, "w") as f:
         f.write("$ " + shlex.join(command) + "\n")
-        f.flush()
-        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+    returncode = launch(command, log, env)
     seconds = time.perf_counter() - t0
-    if proc.returncode == 0 and store.is_done():
+    if returncode == 0 and store.is_done():
         return Outcome(cell, cfg.run_dir, "done", seconds, resumed=resumed)
     if store.is_diverged():  # stored as diverged (exit 3): a result, not a failure of the sweep
         return Outcome(cell, cfg.run_dir, "diverged", seconds, _failure_message(log), resumed)
-    return Outcome(cell, cfg.run_dir, "failed", seconds, f"exit {proc.returncode}: {_failure_message(log)} (log: {log})", resumed)
+    return Outcome(cell, cfg.run_dir, "failed", seconds, f"exit {returncode}: {_failure_message(log)} (log: {log})", resumed)
 
 
 def run_sweep(

@@ -1,0 +1,68 @@
+"""Starting a sweep's run processes from a preloaded server instead of a fresh interpreter.
+
+A sweep (and so the demo) runs every cell as its own ``mrbench run …`` process, so that a
+crashing run cannot take the others down. A fresh ``python -m mrbench`` spends ~3.5 s on this
+2-core VM before it trains anything: importing torch (1.9 s) and ``torch._dynamo``, which the
+first ``torch.optim.Adam`` pulls in (1.3–2.1 s). Over the demo's 126 runs, two at a time, that
+is ~4 minutes of a 15-minute target (issue 15).
+
+:func:`launch` keeps the isolation and drops the import: a ``multiprocessing`` *forkserver*
+imports torch, ``torch._dynamo`` and mrbench once; each run is a fresh process forked from it
+(its own memory, exit status, signals and log file) that calls the CLI with the same
+arguments the subprocess would have had. The forkserver has run no tensor operation, so no
+OpenMP pool exists when it forks. ``MRBENCH_LAUNCH=subprocess`` (or a platform without the
+forkserver start method) falls back to one ``python -m mrbench`` subprocess per run.
+Either way the command is written at the top of the run's log, runnable as it stands.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: imported once by the forkserver; every run process starts with them loaded
+PRELOAD = ["torch", "torch._dynamo", "mrbench.cli", "mrbench.runner"]
+
+
+def _forkserver():
+    if os.environ.get("MRBENCH_LAUNCH", "forkserver") != "forkserver":
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def _run_cli(argv: list[str], log: str, env: dict) -> None:
+    """In the forked process: the run's environment, its log as stdout and stderr, then the
+    CLI (whose ``sys.exit`` code becomes the process's exit status)."""
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.argv = ["mrbench", *argv]
+    from mrbench.cli import main
+
+    main(args=argv, prog_name="mrbench")
+
+
+def launch(command: list[str], log: Path, env: dict) -> int:
+    """Run ``command`` (``[python, "-m", "mrbench", …]``) with its output appended to ``log``;
+    its exit status (negative: killed by that signal, as ``subprocess`` reports it)."""
+    ctx = _forkserver()
+    if ctx is None or command[1:3] != ["-m", "mrbench"]:
+        with open(log, "a") as f:
+            return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    proc = ctx.Process(target=_run_cli, args=(command[3:], str(log), dict(env)), daemon=False)
+    proc.start()
+    proc.join()
+    return proc.exitcode
