@@ -94,7 +94,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm, 0 = off
     val_every: int = 500  # slices between validations (and checkpoints)
     sampling: str = "stratified"  # stratified (tasks equally often, scarce up-sampled) | uniform (by slice); one rule for every method
-    precision: str = "fp32"  # fp32 | bf16 (CUDA only: autocast of the training step)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the training step: CUDA, or a CPU with AVX512-BF16/AMX)
     loss: str = "sup"  # training loss (mrbench.losses: sup, mc, ssdu, weighted-ssdu, noise2inverse, ei, moi, mo-ei), also used by fine-tuning
     ssl_loss: str = "ei"  # the loss of the data.self_supervised tasks (the others use train.loss = sup)
     ssl_weight: float = 1.0  # weight of the data.self_supervised tasks' per-sample loss against the supervised ones

@@ -303,11 +303,12 @@ class Trainer:
         self._checkpoint(p_idx + 1, 0, 0, 0, -math.inf, None, None, None)
 
     def _precision(self):
-        """``train.precision = "bf16"``: the training step under CUDA autocast (convolutions in
-        bfloat16; FFTs and the complex algebra stay in complex64, which autocast leaves alone);
-        refused on CPU before the run starts (:func:`mrbench.runner.select_device`)."""
+        """``train.precision = "bf16"``: the training step under autocast on the run's device
+        (convolutions in bfloat16; FFTs and the complex algebra stay in complex64, which autocast
+        leaves alone); on a CPU without bfloat16 instructions it is refused before the run starts
+        (:func:`mrbench.runner.select_device`). Evaluation stays in fp32."""
         if self.cfg.train.precision == "bf16":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _loaded_batches(self, sampler: TaskSampler, phase: Phase, used: int):
