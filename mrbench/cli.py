@@ -392,6 +392,10 @@ def _print_sweep_summary(exp, result) -> None:
         + (f"{diverged} diverged, " if diverged else "")
         + f"{result.count('skipped')} skipped (already done) in {result.wall_seconds:.0f} s"
     )
+    runs, train, evaluate = result.time_split()
+    if runs:
+        click.echo(f"  time in the {runs} finished runs: {train:.0f} s training, {evaluate:.0f} s evaluating "
+                   f"({100 * evaluate / max(train + evaluate, 1e-9):.0f} %; each run's own clock, summed)")
     for o in result.outcomes:
         if o.status == "failed":
             click.echo(f"  failed: {o.run_dir.name}: {o.message}")

@@ -254,6 +254,21 @@ class SweepResult:
     def ok(self) -> bool:
         return self.count("failed") == 0 and not self.slice_problems
 
+    def time_split(self) -> tuple[int, float, float]:
+        """(runs, training seconds, evaluation seconds) over the runs this sweep finished, from
+        their manifests (each run's own clock: ``train_seconds`` from start-up to the end of
+        training, the rest of ``wall_seconds`` evaluation and writing) — where a sweep's time went."""
+        runs, train, total = 0, 0.0, 0.0
+        for o in self.outcomes:
+            if o.status != "done":
+                continue
+            try:
+                m = RunStore(o.run_dir).read_json("manifest.json")
+                train, total, runs = train + float(m["train_seconds"]), total + float(m["wall_seconds"]), runs + 1
+            except (OSError, ValueError, KeyError):
+                continue
+        return runs, train, total - train
+
 
 def cores() -> int:
     try:

@@ -94,6 +94,7 @@ def test_a_sweep_goes_on_past_a_diverged_cell(data_root, tmp_path):
     res = CliRunner().invoke(main, ["sweep", str(exp), "--quiet", *sets])
     assert res.exit_code == 0, res.output
     assert "1 done, 0 failed, 1 diverged" in res.output
+    assert "time in the 1 finished runs:" in res.output  # the diverged run is not counted
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbled"])

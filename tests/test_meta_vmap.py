@@ -114,3 +114,27 @@ def test_maml_run_with_vmap(tmp_path):
     for name, ctx in runs["false"]["contexts"].items():
         assert runs["true"]["contexts"][name]["steps"]["0"]["mean"]["psnr"] == pytest.approx(
             ctx["steps"]["0"]["mean"]["psnr"], abs=0.05)
+
+
+@pytest.mark.parametrize("method", ["kmmaml", "metadrop"])
+def test_other_meta_learners_refuse_vmap(method):
+    from mrbench.methods import METHODS
+
+    cfg = load_config(None, ["meta.vmap=true"], method=method)
+    tasks = [TaskData(c.name, c, ()) for c in context_grid(["C0", "C1"], ["equispaced"], [4.0])]
+    with pytest.raises(MrbenchError, match=f"meta.vmap: only maml.*{method}"):
+        METHODS[method](cfg, tasks, [False, False], lambda: UNetRecon(4, 2))
+
+
+def test_learned_inner_rates_get_the_loops_meta_gradient():
+    """Meta-SGD (meta.inner_lr = "learned"): the rates' gradients match too."""
+    grads = {}
+    for vmap in (False, True):
+        method = maml("unet", 1, vmap)
+        cfg = method.cfg
+        cfg.meta.inner_lr = "learned"
+        method = MAML(cfg, method.tasks, [False] * T, lambda: (torch.manual_seed(0), UNetRecon(4, 2))[1])
+        meta_gradient(method)
+        grads[vmap] = method.models["inner_lr"].rates.grad.clone()
+    assert grads[False].abs().max() > 0
+    assert torch.allclose(grads[True], grads[False], rtol=1e-3, atol=1e-6 * float(grads[False].abs().max()))

@@ -109,6 +109,10 @@ def test_sweep_runs_skips_resumes_and_reports_failures(tmp_path, data_root):
     assert (out / "exp" / "logs" / "broken-s0-seed0.log").exists()
     assert not result.ok and result.slice_problems == []
     assert "2 at a time × 1 threads" in lines[0]
+    runs, train, evaluate = result.time_split()  # the 4 finished runs' own clocks
+    manifests = [json.loads((o.run_dir / "manifest.json").read_text()) for o in result.outcomes if o.status == "done"]
+    assert runs == 4 and train == pytest.approx(sum(m["train_seconds"] for m in manifests))
+    assert evaluate == pytest.approx(sum(m["wall_seconds"] - m["train_seconds"] for m in manifests)) and evaluate > 0
     for name in ("stl-small-s0-seed0", "stl-small-s1-seed0"):
         assert RunStore(out / "exp" / name).is_done()
     # the two levels really differ in the scarce task's slices, and agree across methods

@@ -77,6 +77,7 @@ from ..errors import MrbenchError
 from .base import Method, Phase, StepResult, finetune_path
 from .meta import (
     MetaOptions,
+    refuse_vmap,
     episode_phase,
     episode_slices,
     episode_step,
@@ -142,6 +143,7 @@ class KMMAML(Method):
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)
+        refuse_vmap(self)
         from ..models.km_unet import KMUNet
 
         self.models["net"] = KMUNet(**kmunet_kwargs(cfg))

@@ -212,6 +212,14 @@ def inner_loop(
     return fast
 
 
+def refuse_vmap(method) -> None:
+    """``meta.vmap`` is MAML's option (the section is shared by every meta-learner): another
+    meta-learner given it says so rather than ignore it."""
+    if getattr(method.cfg.meta, "vmap", False):
+        raise MrbenchError(f"meta.vmap: only maml vectorises its inner loop over tasks; {method.name} has no "
+                           "vectorised step (set meta.vmap = false)")
+
+
 def sgd_step(fast: dict, grads: Mapping[str, torch.Tensor | None], lr, order: int) -> None:
     """One inner SGD step in place on the dict ``fast``: φ_n ← φ_n − α_n g_n (the gradient
     detached for first order; a ``None`` gradient — a parameter that does not touch the loss —

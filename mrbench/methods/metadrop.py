@@ -62,7 +62,7 @@ from torch import nn
 from ..data.contexts import Context
 from ..errors import MrbenchError
 from .base import Method, Phase, StepResult, image
-from .meta import MetaOptions, episode_phase, meta_support, task_draw_weights
+from .meta import MetaOptions, episode_phase, meta_support, refuse_vmap, task_draw_weights
 
 RULES: dict[str, Callable[[Context, Context], bool]] = {
     "other-contrast": lambda a, b: b.contrast != a.contrast,
@@ -214,6 +214,7 @@ class MetaDrop(Method):
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)
+        refuse_vmap(self)
         if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "notes":
             raise MrbenchError('meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number')
         self.candidates, self.fallback = meta_candidates([t.context for t in self.tasks], cfg.meta.meta_context)
