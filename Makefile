@@ -21,11 +21,15 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/mrbench demo
 
+# The suite runs in TEST_JOBS pytest-xdist workers: one per core, at most 4 (each worker
+# imports torch, ~0.4 GiB); 0 = in this process. `make test TEST_JOBS=0` for a serial run.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); if [ $$n -gt 4 ]; then n=4; fi; if [ $$n -lt 2 ]; then n=0; fi; echo $$n)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) -m "not slow"
 
 # torchopt and higher are benchmark-only (bench_meta.py times the same MAML step with them)
 bench: $(STAMP)

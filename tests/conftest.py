@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from mrbench.data.fastmri_format import write_volume
 from mrbench.fourier import fft2c, ifft2c, rss
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one worker per core) each worker gets its share of
+    the cores as torch threads, so the workers do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def blob_volume(rng: np.random.Generator, slices: int, h: int, w: int, coils: int = 1):
