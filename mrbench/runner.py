@@ -292,6 +292,9 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
                                               "diverged": div.info, "retries": retries, "contexts": {}})
             store.mark_diverged()
             raise RunDiverged(div.info, store.path) from None
+        except BaseException:
+            writer.close()  # its flush thread must not outlive a run directory the caller removes
+            raise
         finally:
             bar.close()
     if retries:

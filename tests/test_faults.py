@@ -241,6 +241,9 @@ def test_bad_input_found_late_leaves_no_half_made_run_directory(data_root, tmp_p
     with pytest.raises(MrbenchError, match="NaN"):
         execute(cfg, quiet=True)
     assert not cfg.run_dir.exists()
+    import threading  # the run's TensorBoard writer was closed, not left writing into the removed directory
+
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread" and t.is_alive()]
     monkeypatch.undo()
     assert execute(cfg, quiet=True).is_done()  # the repaired start needs no --overwrite
 
