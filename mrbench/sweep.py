@@ -264,9 +264,10 @@ class SweepResult:
                 continue
             try:
                 m = RunStore(o.run_dir).read_json("manifest.json")
-                train, total, runs = train + float(m["train_seconds"]), total + float(m["wall_seconds"]), runs + 1
-            except (OSError, ValueError, KeyError):
+                run_train, run_total = float(m["train_seconds"]), float(m["wall_seconds"])
+            except (MrbenchError, KeyError, TypeError, ValueError):  # unreadable: left out of the sum
                 continue
+            train, total, runs = train + run_train, total + run_total, runs + 1
         return runs, train, total - train
 
 

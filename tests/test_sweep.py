@@ -260,3 +260,25 @@ seeds = [0, 1]
     assert load_config(f, [], None, method="stl").train.budget == 900
     r = CliRunner().invoke(main, ["run", "stl", "--config", f, "--profile", "gpu"])
     assert r.exit_code == 2 and "--profile gpu" in r.output and "(valid: cpu)" in r.output
+
+
+def test_time_split_sums_readable_manifests_of_finished_runs(tmp_path):
+    """A garbled or missing manifest is left out of the summary's sums, not a traceback."""
+    from mrbench.sweep import Outcome, SweepResult
+
+    def run(name, status, manifest):
+        d = tmp_path / name
+        d.mkdir()
+        if manifest is not None:
+            (d / "manifest.json").write_text(manifest)
+        return Outcome(None, d, status)
+
+    result = SweepResult([
+        run("a", "done", json.dumps({"train_seconds": 10.0, "wall_seconds": 16.0})),
+        run("b", "done", json.dumps({"train_seconds": 4.0, "wall_seconds": 5.5})),
+        run("garbled", "done", '{"train_sec'),
+        run("missing", "done", None),
+        run("no-keys", "done", "{}"),
+        run("failed", "failed", json.dumps({"train_seconds": 99.0, "wall_seconds": 99.0})),
+    ], 30.0, [])
+    assert result.time_split() == (2, pytest.approx(14.0), pytest.approx(7.5))
