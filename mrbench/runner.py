@@ -256,47 +256,42 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
     manifest = _manifest(cfg, data, device, started)
     store.write_json("manifest.json", manifest)
     volumes = VolumeStore.from_config(cfg.data)
-    writer = _writer(store)
-    if plan is not None:
-        plan.send(train=True, resume=resume_state is not None, retries=len(retries))
-    while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
-        run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
-        train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes,
-                             targets_optional=self_supervised(cfg))
-        val = SliceDataset(data.val, train=False, store=volumes)
-        method = build_method(run_cfg, data, device)
-        bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
-        try:
-            trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
-            if method.learned:
-                with _stop_on_signals(trainer):
-                    trainer.fit(resume_state)
-            train_seconds = time.perf_counter() - t0
-            previews: list[dict] = []
-            metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
-            break
-        except Preempted as stop:
-            writer.close()
-            raise RunStopped(stop.args[0], store.path) from None
-        except Interrupted as sig:
-            writer.close()
-            raise RunInterrupted(sig.signum, sig.slices, store.path) from None
-        except Diverged as div:
-            retries.append(div.info)
-            if cfg.train.on_divergence == "retry-lower-lr" and len(retries) <= MAX_RETRIES:
-                store.write_json("retries.json", retries)  # a resume continues at the lowered lr
-                resume_state = None
-                continue
-            writer.close()
-            store.write_json("metrics.json", {"run": cfg.run_name, "method": cfg.method, "status": "diverged",
-                                              "diverged": div.info, "retries": retries, "contexts": {}})
-            store.mark_diverged()
-            raise RunDiverged(div.info, store.path) from None
-        except BaseException:
-            writer.close()  # its flush thread must not outlive a run directory the caller removes
-            raise
-        finally:
-            bar.close()
+    # closed on every way out: a failed run's flush thread must not outlive a directory the caller removes
+    with _writer(store) as writer:
+        if plan is not None:
+            plan.send(train=True, resume=resume_state is not None, retries=len(retries))
+        while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
+            run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
+            train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes,
+                                 targets_optional=self_supervised(cfg))
+            val = SliceDataset(data.val, train=False, store=volumes)
+            method = build_method(run_cfg, data, device)
+            bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
+            try:
+                trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
+                if method.learned:
+                    with _stop_on_signals(trainer):
+                        trainer.fit(resume_state)
+                train_seconds = time.perf_counter() - t0
+                previews: list[dict] = []
+                metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
+                break
+            except Preempted as stop:
+                raise RunStopped(stop.args[0], store.path) from None
+            except Interrupted as sig:
+                raise RunInterrupted(sig.signum, sig.slices, store.path) from None
+            except Diverged as div:
+                retries.append(div.info)
+                if cfg.train.on_divergence == "retry-lower-lr" and len(retries) <= MAX_RETRIES:
+                    store.write_json("retries.json", retries)  # a resume continues at the lowered lr
+                    resume_state = None
+                    continue
+                store.write_json("metrics.json", {"run": cfg.run_name, "method": cfg.method, "status": "diverged",
+                                                  "diverged": div.info, "retries": retries, "contexts": {}})
+                store.mark_diverged()
+                raise RunDiverged(div.info, store.path) from None
+            finally:
+                bar.close()
     if retries:
         metrics["retries"] = retries  # the lr each attempt diverged at; the run ended at run_cfg's
         metrics["lr_final"] = run_cfg.train.lr
@@ -315,7 +310,6 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
     manifest["train_seconds"] = round(train_seconds, 2)
     manifest["threads"] = torch.get_num_threads()
     store.write_json("manifest.json", manifest)
-    writer.close()
     store.mark_done()
     return store
 
