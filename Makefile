@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/mrbench demo
 
 # The suite runs in TEST_JOBS pytest-xdist workers: one per core, at most 4 (each worker
-# imports torch, ~0.4 GiB); 0 = in this process. `make test TEST_JOBS=0` for a serial run.
+# holds ~0.3 GiB once torch and mrbench are imported); 0 = in this process. `make test TEST_JOBS=0` for a serial run.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); if [ $$n -gt 4 ]; then n=4; fi; if [ $$n -lt 2 ]; then n=0; fi; echo $$n)
 
 test: $(STAMP)
