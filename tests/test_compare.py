@@ -207,3 +207,21 @@ def test_report_has_verdicts_with_intervals(report, runs):
     v = results.verdicts(results.records(runs), "joint-varnet", "psnr")
     assert len(v) and set(v["verdict"]) <= {"better", "worse", "tie"}
     assert "Single seed" in text  # the fixture runs one seed: the report says what its intervals leave out
+
+
+def test_seed_volume_matrix_equals_pandas_pivot_table():
+    """The numpy seeds × volumes matrix is the frame pandas' pivot_table gives: repeats are
+    averaged, NaN values left out, all-NaN seeds and volumes dropped, both axes sorted."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    n = 60
+    g = pd.DataFrame({"seed": rng.integers(0, 4, n), "volume": rng.choice(["v3", "v1", "v2", "v0"], n),
+                      "psnr": rng.normal(30, 2, n)})
+    g.loc[rng.random(n) < 0.2, "psnr"] = np.nan
+    g.loc[g["volume"] == "v2", "psnr"] = np.nan      # an all-NaN volume
+    g.loc[g["seed"] == 3, "psnr"] = np.nan           # an all-NaN seed
+    got = results._seed_volume_matrix(g, "psnr")
+    want = g.pivot_table(index="seed", columns="volume", values="psnr", aggfunc="mean")
+    assert list(got.index) == [0, 1, 2] and list(got.columns) == ["v0", "v1", "v3"]
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)

@@ -78,6 +78,7 @@ class ReportData:
     """Everything the panels draw from, computed once from the runs."""
 
     runs: list[Run]
+    records: pd.DataFrame  # results.records(runs): one row per run × context × volume × steps
     summary: pd.DataFrame  # results.summarise(records(runs)): one row per label × context × level × steps
     final: pd.DataFrame  # the compared rows: seen contexts, unseen ones at each run's chosen step count (steps = -1)
     costs: pd.DataFrame
@@ -113,7 +114,8 @@ def prepare(
         raise MrbenchError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     if not runs:
         raise MrbenchError("no finished runs to report (a run is finished when it has DONE and metrics.json)")
-    summary = results.summarise(results.records(runs))
+    records = results.records(runs)
+    summary = results.summarise(records)
     if summary.empty:
         raise MrbenchError("no finished runs with test metrics to report (metrics.json lists no contexts)")
     methods = dict(zip(summary["label"], summary["method"]))
@@ -127,10 +129,11 @@ def prepare(
     seen = set(summary.loc[summary["seen"], "context"])
     contexts = _in_run_order(runs)  # summarise sorts contexts by name; keep the config's task order
     # the curves and the heat map compare what the tables do (results.at_compared_steps)
-    final = results.summarise(results.at_compared_steps(results.records(runs))).astype({"seen": bool})
+    final = results.summarise(results.at_compared_steps(records)).astype({"seen": bool})
     legends = labels + (_baseline_legends(baselines) if baselines is not None else [])
     return ReportData(
         runs=list(runs),
+        records=records,
         summary=summary,
         final=final.reset_index(drop=True),
         costs=results.costs(runs),
@@ -185,6 +188,11 @@ def build_layout(
     """The report's Bokeh layout (what :func:`write_report` renders); separate so tests can inspect it."""
     data = prepare(runs, baselines=baselines, reference=reference, metric=metric,
                    reference_required=reference_required)
+    return layout_of(data, title)
+
+
+def layout_of(data: ReportData, title: str) -> LayoutDOM:
+    """The panels of :func:`build_layout` for already prepared data."""
     panels = [header_div(data, title), scarcity_panel(data), budget_panel(data), heatmap_panel(data),
               verdict_panel(data), unseen_panel(data), support_panel(data), viewer_panel(data), cost_panel(data)]
     return column(*[p for p in panels if p is not None])
@@ -205,11 +213,11 @@ def write_report(
     path = Path(out)
     if path.is_dir():
         raise MrbenchError(f"{path} is a directory; give the report's file name (e.g. {path / 'report.html'})")
-    layout = build_layout(runs, baselines=baselines, reference=reference, metric=metric, title=title,
-                          reference_required=reference_required)
-    atomic.write_text(path, file_html(layout, resources=INLINE, title=title))
+    data = prepare(runs, baselines=baselines, reference=reference, metric=metric,
+                   reference_required=reference_required)
+    atomic.write_text(path, file_html(layout_of(data, title), resources=INLINE, title=title))
     # the numbers behind the report, in the long form baselines/ holds and --baselines reads
-    results.write_summary_csv(results.summarise(results.records(runs)), path.with_name("summary.csv"))
+    results.write_summary_csv(data.summary, path.with_name("summary.csv"))
     return path
 
 
@@ -461,8 +469,7 @@ def verdict_panel(data: ReportData) -> LayoutDOM:
                        "is a tie within noise.")
     if data.reference is None:
         return column(heading, Div(text="<p>No reference method among the runs: no verdicts.</p>"))
-    df = results.records(data.runs)
-    v = results.verdicts(df, data.reference, data.metric)
+    v = results.verdicts(data.records, data.reference, data.metric)
     if v.empty:
         return column(heading, Div(text="<p>No cell shared with the reference.</p>"))
     seeds = int(v["seeds"].max())
@@ -535,8 +542,7 @@ def budget_panel(data: ReportData) -> LayoutDOM | None:
     """Seen-context metric against the training budget for a budget ladder (``[sweep]
     budgets``), mean ± std over seeds: whether a ranking was read off an unconverged budget.
     None (no panel) when every run had one budget."""
-    rec = results.records(data.runs)
-    rec = rec[rec["seen"]]
+    rec = data.records[data.records["seen"]]
     if rec.empty or rec["budget"].nunique() < 2:
         return None
     per_run = rec.groupby(["label", "context", "scarcity", "budget", "seed"])[data.metric].mean().reset_index()
