@@ -12,12 +12,19 @@ from mrbench.data.fastmri_format import write_volume
 from mrbench.fourier import fft2c, ifft2c, rss
 
 
-def pytest_configure(config):
-    """Under pytest-xdist (``make test`` runs one worker per core) each worker gets its share of
-    the cores as torch threads, so the workers do not oversubscribe the machine."""
+def worker_threads() -> int:
+    """This test process's share of the cores: all of them serially, ``cores // workers`` under
+    pytest-xdist (``make test`` runs one worker per core). Runs a test starts take it as
+    ``train.threads``: two 2-thread runs on 2 cores oversubscribe them and ran ~2× slower."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores as torch threads, so the
+    workers do not oversubscribe the machine."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0) > 1:
+        torch.set_num_threads(worker_threads())
 
 
 def blob_volume(rng: np.random.Generator, slices: int, h: int, w: int, coils: int = 1):

@@ -9,6 +9,8 @@ from mrbench.cli import main
 from mrbench.data.synth.build import SynthSpec
 from mrbench.sweep import load_experiment
 
+from conftest import worker_threads
+
 TOY = [
     "train.budget=8", "train.val_every=8", "train.batch=4", "data.val_volumes=1",
     "model.cascades=2", "model.blocks=IV", "model.chans=2", "model.sens_chans=2", "model.sens_pools=1",
@@ -43,7 +45,7 @@ def test_demo_experiment_file_is_packaged_and_complete():
 def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_SYNTH", SynthSpec(subjects=6, size=32, slices=3))
     out, data = tmp_path / "runs", tmp_path / "data"
-    args = ["demo", "--out", str(out), "--data", str(data), "--jobs", "2", "--quiet", "--seeds", "0",
+    args = ["demo", "--out", str(out), "--data", str(data), "--jobs", str(worker_threads()), "--quiet", "--seeds", "0",
             *sum((["--set", s] for s in TOY), [])]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output

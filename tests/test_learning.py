@@ -5,7 +5,7 @@ import pytest
 from mrbench.config import load_config
 from mrbench.runner import execute
 
-from conftest import write_tiny_root
+from conftest import worker_threads, write_tiny_root
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_learned_method_beats_zero_filled(tmp_path, method, backbone):
             "train.budget=480",
             "train.val_every=120",
             "train.lr=2e-3",
-            "train.threads=2",
+            f"train.threads={worker_threads()}",
         ],
         method=method,
     )

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import set_args, tiny_run_settings
+from conftest import set_args, tiny_run_settings, worker_threads
 from mrbench.data.fastmri_format import ISMRMRD_NS, read_meta, write_volume
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_a_16_coil_640x368_run_trains_with_bounded_memory(tmp_path):
     assert (meta.padding_left, meta.padding_right) == (LEFT, LEFT + ACQUIRED) and meta.num_coils == COILS
     sets = tiny_run_settings(root, tmp_path / "runs", "train.budget=4", "train.batch=2", "train.val_every=4",
                              "model.cascades=1", "model.chans=2", "model.sens_chans=2", "data.unseen=[]",
-                             "eval.adapt_steps=0", "eval.support=1", "data.cache_gb=0", "train.threads=2")
+                             "eval.adapt_steps=0", "eval.support=1", "data.cache_gb=0", f"train.threads={worker_threads()}")
     code = ("import resource, sys; from mrbench.cli import main\n"
             "try:\n    main(sys.argv[1:], prog_name='mrbench')\nexcept SystemExit as e:\n"
             "    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); raise\n")
