@@ -65,3 +65,15 @@ def test_the_run_gets_the_environment_it_is_given(tmp_path, monkeypatch):
         assert launch([sys.executable, "-m", "mrbench", "run", "--help"], log, env) == 0
         widths[columns] = max(len(line) for line in log.read_text().splitlines())
     assert widths["50"] <= 52 < widths["200"]
+
+
+def test_warm_lists_every_module_but_the_cli_entry_and_imports_them():
+    """``python -m mrbench.warm`` (the Makefile's bytecode step) must import mrbench's modules
+    without running the CLI: ``mrbench.__main__`` would parse sys.argv and exit."""
+    from mrbench import warm
+
+    names = warm.modules()
+    assert "mrbench.__main__" not in names and "mrbench.warm" not in names
+    assert {"mrbench.runner", "mrbench.reports.compare", "mrbench.methods.maml", "torch._dynamo"} <= set(names)
+    imported, missing = warm.warm()
+    assert imported >= len(names) - len(warm.OPTIONAL) and not set(missing) - set(warm.OPTIONAL)
