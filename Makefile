@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # --no-compile: pip byte-compiles every file it installs (torch's thousands included), half of
 # the install's time; instead one import of what mrbench and its tests load writes the
 # bytecode of those modules only (PYTHONDONTWRITEBYTECODE cleared for that one process).
-# Measured: install 75-95 s -> 36-46 s, + ~19 s for the warming import (README, "Measured").
+# Measured: install 75-95 s -> 36-46 s, + 14-19 s for the warming import (README, "Measured").
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --no-compile -c constraints.txt -e ".[test]"

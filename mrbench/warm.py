@@ -4,7 +4,7 @@ Why: ``pip install`` byte-compiles every file of every package it installs — f
 thousands of modules that is half of a fresh install's time (75–95 s → 36–46 s without,
 issue 15). The Makefile installs with ``--no-compile`` and then runs this module with
 bytecode writing on, so only the modules that are really imported get their ``.pyc``
-(written once, ~19 s here), and later processes — every sweep run, test worker and CLI call —
+(written once, 14–19 s on the 2-core VM), and later processes — every sweep run, test worker and CLI call —
 start from bytecode even where ``PYTHONDONTWRITEBYTECODE`` is set.
 
 Optional packages (the test extras, fastMRI's reader) are imported when present.
@@ -17,9 +17,12 @@ import pkgutil
 import sys
 import time
 
-#: imported inside functions by mrbench (so not reached by importing its modules) or by the tests
+from .launcher import PRELOAD
+
+#: imported inside functions by mrbench (so not reached by importing its modules) or by the
+#: tests, after what the sweep's forkserver preloads
 LAZY = [
-    "torch._dynamo",
+    *PRELOAD,
     "torch.func",
     "torch.distributed.run",
     "torch.utils.tensorboard",

@@ -12,18 +12,22 @@ from mrbench.data.fastmri_format import write_volume
 from mrbench.fourier import fft2c, ifft2c, rss
 
 
+def _xdist_workers() -> int:
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+
+
 def worker_threads() -> int:
     """This test process's share of the cores: all of them serially, ``cores // workers`` under
     pytest-xdist (``make test`` runs one worker per core). Runs a test starts take it as
-    ``train.threads``: two 2-thread runs on 2 cores oversubscribe them and ran ~2× slower."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    ``train.threads``: 2-thread runs beside another worker on 2 cores oversubscribed them
+    (test_learning's cases took 19–35 s; 2–5 s at the worker's share)."""
+    return max(1, (os.cpu_count() or 1) // max(1, _xdist_workers()))
 
 
 def pytest_configure(config):
     """Under pytest-xdist each worker gets its share of the cores as torch threads, so the
     workers do not oversubscribe the machine."""
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0) > 1:
+    if _xdist_workers() > 1:
         torch.set_num_threads(worker_threads())
 
 
