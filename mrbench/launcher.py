@@ -37,9 +37,10 @@ def _forkserver():
     return ctx
 
 
-def _run_cli(argv: list[str], log: str, env: dict) -> None:
+def _run_cli(argv: list[str], log: str, env: dict, status=None) -> None:
     """In the forked process: the run's environment, its log as stdout and stderr, then the
-    CLI (whose ``sys.exit`` code becomes the process's exit status)."""
+    CLI (whose ``sys.exit`` code becomes the process's exit status, and is sent on ``status``,
+    see :func:`launch`)."""
     os.environ.clear()
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
@@ -52,7 +53,13 @@ def _run_cli(argv: list[str], log: str, env: dict) -> None:
     sys.argv = ["mrbench", *argv]
     from mrbench.cli import main
 
-    main(args=argv, prog_name="mrbench")
+    try:
+        main(args=argv, prog_name="mrbench")
+    except SystemExit as done:
+        if status is not None:
+            code = done.code
+            status.send(code if isinstance(code, int) else (0 if code is None else 1))
+        raise
 
 
 def launch(command: list[str], log: Path, env: dict) -> int:
@@ -62,7 +69,19 @@ def launch(command: list[str], log: Path, env: dict) -> int:
     if ctx is None or command[1:3] != ["-m", "mrbench"]:
         with open(log, "a") as f:
             return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    proc = ctx.Process(target=_run_cli, args=(command[3:], str(log), dict(env)), daemon=False)
+    # The forkserver relays each child's exit status over a pipe of its own; under load that
+    # relay was seen to lose it (multiprocessing then reports 255 for a run that had finished and
+    # written DONE: 1 in 8 sweeps with 4 test processes on 2 cores). The CLI's own exit code,
+    # sent by the child on this pipe, is the status; the relayed one counts only when none came
+    # (a run killed by a signal, or a crash outside the CLI).
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_run_cli, args=(command[3:], str(log), dict(env), send), daemon=False)
     proc.start()
+    send.close()
     proc.join()
-    return proc.exitcode
+    try:
+        return int(receive.recv()) if receive.poll() else proc.exitcode
+    except EOFError:
+        return proc.exitcode
+    finally:
+        receive.close()
