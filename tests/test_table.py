@@ -1,4 +1,4 @@
-"""Results aggregation, statistics (Wilcoxon, Holm, win rate) and `mrbench table`."""
+"""Results aggregation, statistics (crossed-model tests, Holm, win rate) and `mrbench table`."""
 
 import io
 import json
@@ -7,20 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_1samp
 
 from mrbench.cli import main
 from mrbench.errors import MrbenchError
 from mrbench.reports import results as R
+from mrbench.reports import statistics as S
 from mrbench.reports.table import build_tables, render
-
-
-def test_holm_matches_hand_computation():
-    p = [0.01, 0.04, 0.03, float("nan")]
-    # sorted 0.01, 0.03, 0.04 → ×3, ×2, ×1 = 0.03, 0.06, 0.04 → running max 0.03, 0.06, 0.06
-    np.testing.assert_allclose(R.holm(p)[:3], [0.03, 0.06, 0.06])
-    assert np.isnan(R.holm(p)[3])
-    np.testing.assert_allclose(R.holm([0.5, 0.9]), [1.0, 1.0])
 
 
 def _frame(values: dict, steps=0, seen=True, context="AXT2"):
@@ -34,26 +27,27 @@ def _frame(values: dict, steps=0, seen=True, context="AXT2"):
     return pd.DataFrame(rows)
 
 
-def test_paired_wilcoxon_against_reference():
+def test_asterisks_come_from_the_crossed_model_holm_corrected_per_column():
     ref = [30.0, 31.0, 29.5, 30.2, 30.8, 29.9]
     better = [r + d for r, d in zip(ref, [0.5, 0.7, 0.2, 0.9, 0.4, 0.6])]
     mixed = [r + d for r, d in zip(ref, [0.5, -0.7, 0.2, -0.9, 0.4, -0.6])]
     df = _frame({"joint": ref, "a": better, "b": mixed})
-    t = R.paired_tests(df, "joint", "psnr").set_index("label")
-    assert t.loc["a", "n"] == 6 and t.loc["a", "better"]
-    assert t.loc["a", "p"] == pytest.approx(wilcoxon(better, ref).pvalue) == pytest.approx(2 / 64)
-    assert t.loc["b", "p"] == pytest.approx(wilcoxon(mixed, ref).pvalue)
-    np.testing.assert_allclose(t["p_holm"], R.holm(t["p"]))  # one column: one Holm family
+    t = R.verdicts(df, "joint", "psnr").set_index("label")
+    d = np.subtract(better, ref)  # one seed: a one-sample t over the volumes
+    assert t.loc["a", "volumes"] == 6 and t.loc["a", "verdict"] == "better"
+    assert t.loc["a", "p"] == pytest.approx(ttest_1samp(d, 0).pvalue)
+    assert t.loc["b", "p"] == pytest.approx(ttest_1samp(np.subtract(mixed, ref), 0).pvalue)
+    np.testing.assert_allclose(t["p_holm"], S.holm(t["p"]))  # one column: one Holm family
     # NMSE: smaller is better, so "a" is better there too
-    assert R.paired_tests(df, "joint", "nmse").set_index("label").loc["a", "better"]
+    assert R.verdicts(df, "joint", "nmse").set_index("label").loc["a", "verdict"] == "better"
     # identical values: p = 1, not an exception
-    same = R.paired_tests(_frame({"joint": ref, "c": ref}), "joint", "psnr")
-    assert same["p"].tolist() == [1.0]
+    same = R.verdicts(_frame({"joint": ref, "c": ref}), "joint", "psnr")
+    assert same["p"].tolist() == [1.0] and same["verdict"].tolist() == ["tie"]
     # two columns: Holm within each, not across
     two = pd.concat([df, _frame({"joint": ref, "a": better}, context="AXT1")])
-    t2 = R.paired_tests(two, "joint", "psnr")
+    t2 = R.verdicts(two, "joint", "psnr")
     axt1 = t2[t2.context == "AXT1"]
-    assert axt1["p_holm"].tolist() == pytest.approx([2 / 64])  # alone in its column: uncorrected
+    assert axt1["p_holm"].tolist() == pytest.approx(axt1["p"].tolist())  # alone in its column: uncorrected
 
 
 def test_summarise_and_win_rate():
@@ -97,7 +91,7 @@ def test_markdown_table_values_order_and_marks(finished_experiment):
     for col in range(2, 8):
         assert sum("**" in line.split(" | ")[col] for line in lines[1:]) == 1
     assert "(ref.)" in lines[3]
-    assert "Holm-corrected over the methods of each column" in md and "over ≤ 3 test volumes" in md
+    assert "Holm-corrected over the methods of each column" in md and "(≤ 3 volumes)" in md and "crossed seeds × volumes" in md
 
 
 def test_csv_and_latex(finished_experiment):
@@ -180,13 +174,14 @@ def test_verdicts_say_tie_when_the_difference_is_within_seed_noise():
     assert steady.loc["gap", "verdict"] == "better"
 
 
-def test_hierarchical_interval_widens_with_seed_noise():
+def test_interval_widens_with_seed_noise():
     flat = np.zeros((3, 8)) + np.arange(8) * 0.01
-    lo1, hi1 = R.hierarchical_bootstrap(flat)
+    lo1, hi1 = S.one_cell(flat).interval()
     seeded = flat + np.array([[-1.0], [0.0], [1.0]])
-    lo2, hi2 = R.hierarchical_bootstrap(seeded)
+    lo2, hi2 = S.one_cell(seeded).interval()
     assert (hi2 - lo2) > 10 * (hi1 - lo1)
-    assert R.hierarchical_bootstrap(np.array([[2.0]])) == (2.0, 2.0)
+    # three seeds one dB apart: t at ~2 df, wider than the spread of the seed means
+    assert hi2 - lo2 > 2.0
 
 
 def test_single_seed_table_says_so_and_prints_verdicts(finished_experiment):
@@ -222,7 +217,7 @@ def test_budget_ladder_marks_cells_that_moved_when_the_budget_doubled():
     tables = build_tables(runs, metrics=["psnr"])
     md = render(tables, "md")
     rows = {line.split(" | ")[0].strip("| "): line for line in md.split("difference from")[0].splitlines() if line.startswith("| ")}
-    assert "30.00 ± 0.82 †" in rows["stl-varnet"] and "†" not in rows["joint-varnet"]  # the largest budget, marked
+    assert "30.00 ± 0.82\\* †" in rows["stl-varnet"] and "†" not in rows["joint-varnet"]  # the largest budget, marked
     assert "not converged" in md
     frame = pd.read_csv(io.StringIO(render(tables, "csv")))
     assert set(frame.loc[frame.label == "stl-varnet", "converged"]) == {False}

@@ -465,8 +465,8 @@ def verdict_panel(data: ReportData) -> LayoutDOM:
     with the noise that says which of them are real (:func:`results.verdicts`)."""
     heading = _heading("Verdicts against the reference",
                        "Δ = method − reference, mean over seeds × test volumes (paired by seed and volume); "
-                       "95 % interval by bootstrap over seeds and volumes; a difference whose interval contains 0 "
-                       "is a tie within noise.")
+                       "95 % interval from the crossed seeds × volumes model (training and test-volume noise, "
+                       "docs/design.md §6); a difference whose interval contains 0 is a tie within noise.")
     if data.reference is None:
         return column(heading, Div(text="<p>No reference method among the runs: no verdicts.</p>"))
     v = results.verdicts(data.records, data.reference, data.metric)

@@ -7,15 +7,13 @@ adaptation step count × test volume). Everything the reports show is a
 function of that frame, so a report can always be redrawn from the run
 directories alone (benchopt's rule: results carry everything the plot needs).
 
-Statistics (docs/design.md §6): mean ± std over test volumes (pooled over seeds when
-there are several), a 95 % bootstrap CI of the mean (``scipy.stats.bootstrap``),
-a paired Wilcoxon signed-rank test of each method against a reference method
-over the same test volumes (``scipy.stats.wilcoxon``; seeds averaged per
-volume first), Holm's step-down correction over the methods of one column
-(context × scarcity level), and
-the *win rate*: the share of unseen contexts where a method's mean beats the
-reference's (the form of KM-MAML's "generalises to 80 % / 92 % of unseen
-contexts").
+Statistics (docs/design.md §6, :mod:`.statistics`): mean ± std over test volumes (pooled over
+seeds when there are several); every interval, test and verdict comes from one model of a
+paired difference's two crossed noise sources — training randomness (seed) and test-volume
+sampling (volume) — with a t quantile at conservative Satterthwaite df; Holm's step-down
+correction over the methods of one column (context × scarcity level) for the tables'
+asterisks; and the *win rate*: the share of unseen contexts where a method's mean beats the
+reference's (the form of KM-MAML's "generalises to 80 % / 92 % of unseen contexts").
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ import pandas as pd
 
 from ..errors import MrbenchError
 from ..store import RunStore
+from . import statistics as S
 
 METRICS = ("psnr", "ssim", "nmse")
 #: larger is better for these; NMSE is better when smaller
@@ -309,7 +308,8 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, statistic=np.mean) -> tuple[
 
 def summarise(df: pd.DataFrame, metrics: Sequence[str] = METRICS, ci: bool = False) -> pd.DataFrame:
     """Per (label, context, scarcity, steps): mean, std and n of each metric over volumes × seeds,
-    the training slices of the context and the runs behind the cell; ``ci`` adds bootstrap bounds."""
+    the training slices of the context and the runs behind the cell; ``ci`` adds the 95 % interval
+    of the mean under the crossed seeds × volumes model (:mod:`.statistics`)."""
     if df.empty:
         return pd.DataFrame(columns=[*_CELL, "n", "seeds", "train_slices", "runs"])
     out = []
@@ -324,7 +324,7 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str] = METRICS, ci: bool = Fal
             row[f"{m}_mean"] = float(vals.mean())
             row[f"{m}_std"] = float(vals.std())
             if ci:  # over seeds × volumes, volumes shared by the seeds
-                row[f"{m}_lo"], row[f"{m}_hi"] = hierarchical_bootstrap(_seed_volume_matrix(g, m).to_numpy())
+                row[f"{m}_lo"], row[f"{m}_hi"] = S.one_cell(_seed_volume_matrix(g, m).to_numpy()).interval()
         out.append(row)
     return pd.DataFrame(out)
 
@@ -340,59 +340,6 @@ def resolve_reference(labels: Iterable[str], methods: dict[str, str], reference:
     if len(of_method) > 1:
         raise MrbenchError(f"--reference {reference!r} is ambiguous: {', '.join(of_method)}; name one of them")
     return None
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaNs stay NaN and are not counted)."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    if len(ok) == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    adjusted = np.maximum.accumulate([(m - i) * p[j] for i, j in enumerate(order)])
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
-
-
-def paired_tests(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
-    """Wilcoxon signed-rank p-values of every label against ``reference`` per
-    (context, scarcity, steps), paired by test volume (seed means), Holm-corrected within
-    each (context, scarcity, steps) column: the family is the methods compared with the
-    reference on the same test volumes, as in a paper's table with one column per dataset.
-
-    Columns: label, context, scarcity, steps, n, p, p_holm, better (mean difference favours the label).
-    A cell with fewer than 2 pairs, or identical values, gets p = NaN / 1."""
-    from scipy.stats import wilcoxon
-
-    per_volume = df.groupby(["label", "context", "scarcity", "steps", "volume"], sort=True)[metric].mean()
-    rows = []
-    for (label, context, scarcity, steps), x in per_volume.groupby(level=[0, 1, 2, 3]):
-        if label == reference:
-            continue
-        try:
-            y = per_volume.loc[(reference, context, scarcity, steps)]
-        except KeyError:
-            continue
-        x = x.droplevel([0, 1, 2, 3])
-        common = x.index.intersection(y.index)
-        xa, ya = x.loc[common].to_numpy(), y.loc[common].to_numpy()
-        diff = xa - ya
-        if len(common) < 2:
-            p = float("nan")
-        elif np.all(diff == 0):
-            p = 1.0
-        else:
-            p = float(wilcoxon(xa, ya).pvalue)
-        sign = 1 if HIGHER_IS_BETTER[metric] else -1
-        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps,
-                     "n": len(common), "p": p, "better": bool(sign * diff.mean() > 0) if len(common) else False})
-    out = pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "n", "p", "better"])
-    out["p_holm"] = np.nan
-    for _, idx in out.groupby(["context", "scarcity", "steps"]).groups.items():
-        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
-    return out
 
 
 def _seed_volume_matrix(g: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -415,50 +362,47 @@ def _seed_volume_matrix(g: pd.DataFrame, metric: str) -> pd.DataFrame:
     return out.dropna(axis=0, how="all").dropna(axis=1, how="all")
 
 
-def bootstrap_means(matrix: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
-    """Means of a seeds × volumes matrix under ``n_resamples`` resamplings of seeds and volumes,
-    independently with replacement (the same volumes for every seed: a volume's difficulty is
-    shared by all seeds, so the pairing by volume is kept)."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.size == 1 or np.ptp(m) == 0:
-        return np.full(1, float(m.mean()))
-    rng = np.random.default_rng(seed)
-    s, v = m.shape
-    si = rng.integers(0, s, size=(n_resamples, s))
-    vi = rng.integers(0, v, size=(n_resamples, v))
-    return m[si[:, :, None], vi[:, None, :]].mean(axis=(1, 2))
+def paired_matrix(x: pd.DataFrame, y: pd.DataFrame) -> pd.DataFrame | None:
+    """``x − y`` for two seeds × volumes matrices of one metric, on the volumes both have.
+
+    Rows: the seeds both have when they share two or more (or both are single-seed); else a
+    single-seed side (a deterministic zero-filled run) is set against every seed of the other;
+    else the seeds are paired in sorted order (independent seeds are exchangeable), as many
+    as the smaller side has. None when no volume is shared."""
+    vols = x.columns.intersection(y.columns)
+    if len(vols) == 0:
+        return None
+    shared = x.index.intersection(y.index)
+    if len(shared) >= 2 or (len(x) == 1 and len(y) == 1 and len(shared) == 1):
+        d = x.loc[shared, vols].to_numpy() - y.loc[shared, vols].to_numpy()
+        index = shared
+    elif len(y) == 1 or len(x) == 1:
+        d = x.loc[:, vols].to_numpy() - y.loc[:, vols].to_numpy()  # broadcasts the single row
+        index = x.index if len(x) > 1 else y.index
+    else:
+        n = min(len(x), len(y))
+        d = x.loc[:, vols].to_numpy()[:n] - y.loc[:, vols].to_numpy()[:n]
+        index = pd.RangeIndex(n, name="rank")
+    return pd.DataFrame(d, index=index, columns=vols)
 
 
-def hierarchical_bootstrap(matrix: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean of a seeds × volumes matrix (:func:`bootstrap_means`).
-    With one seed it is the bootstrap over volumes alone — the interval then leaves out
-    seed-to-seed noise."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(bootstrap_means(m, n_resamples, seed), [2.5, 97.5])
-    return float(lo), float(hi)
+def cell_estimate(d: pd.DataFrame) -> S.Estimate:
+    """The crossed model's estimate (:func:`statistics.one_cell`) of a paired difference matrix."""
+    return S.one_cell(d.to_numpy(), list(d.columns))
 
 
 def paired_difference(x: pd.DataFrame, y: pd.DataFrame) -> dict | None:
-    """``x − y`` for two seeds × volumes matrices of one metric, paired by seed (by the seed
-    means per volume when no seed is shared) and by volume: the mean, its 95 % hierarchical
-    bootstrap interval (:func:`hierarchical_bootstrap`) and how many seeds and volumes stand
-    behind it; None when no volume is shared."""
-    seeds = x.index.intersection(y.index)
-    if len(seeds) == 0:
-        x, y = x.mean().to_frame().T, y.mean().to_frame().T
-        x.index = y.index = seeds = pd.Index([0])
-    vols = x.columns.intersection(y.columns)
-    d = (x.loc[seeds, vols] - y.loc[seeds, vols]).to_numpy()
-    if d.size == 0:
+    """``x − y`` (:func:`paired_matrix`): the mean, its 95 % interval under the crossed seeds ×
+    volumes model (docs/design.md §6), its standard error, df, two-sided p, minimum detectable
+    difference (80 % power) and how many seeds and volumes stand behind it; None when no
+    volume is shared."""
+    d = paired_matrix(x, y)
+    if d is None or d.size == 0:
         return None
-    means = bootstrap_means(d)
-    lo, hi = (float(q) for q in np.percentile(means, [2.5, 97.5]))
-    delta = float(d.mean())
-    # how often a resampling of seeds and volumes would order the two the other way
-    p_flip = float(np.mean(np.sign(means) != np.sign(delta))) if delta != 0 else 1.0
-    return {"delta": delta, "lo": lo, "hi": hi, "seeds": len(seeds), "volumes": len(vols), "p_flip": p_flip}
+    e = cell_estimate(d)
+    lo, hi = e.interval()
+    return {"delta": e.delta, "lo": lo, "hi": hi, "se": e.se, "df": e.df, "p": e.p_two_sided(), "mde": e.mde(),
+            "seeds": e.seeds, "volumes": e.volumes}
 
 
 def interval_verdict(lo: float, hi: float, metric: str, words=("better", "worse", "tie")) -> str:
@@ -472,16 +416,19 @@ def interval_verdict(lo: float, hi: float, metric: str, words=("better", "worse"
     return words[2]
 
 
+VERDICT_COLUMNS = ["label", "context", "scarcity", "steps", "delta", "lo", "hi", "se", "df", "p", "p_holm", "mde",
+                   "seeds", "volumes", "verdict"]
+
+
 def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     """Every label against ``reference`` per (context, scarcity, steps): the paired difference
-    of ``metric`` (label − reference) averaged over seeds × volumes, its 95 % interval and the
-    verdict (:func:`paired_difference`, :func:`interval_verdict`). A difference smaller than
-    the seed-to-seed and volume-to-volume spread is a tie, however the means order.
+    of ``metric`` (label − reference) over seeds × volumes with its 95 % interval under the
+    crossed model (:func:`paired_difference`) and the verdict (:func:`interval_verdict`). A
+    difference smaller than the seed-to-seed and volume-to-volume noise is a tie, however the
+    means order. ``p_holm``: the two-sided p Holm-corrected over the labels of one column
+    (context × level × steps), the family of a paper table's column — the tables' asterisks.
 
-    ``p_flip``: the share of seed × volume resamplings in which the two would rank the other
-    way round — the probability that the ranking flips.
-
-    Columns: label, context, scarcity, steps, delta, lo, hi, seeds, volumes, p_flip, verdict."""
+    Columns: :data:`VERDICT_COLUMNS`."""
     rows = []
     cells = df.groupby(["label", "context", "scarcity", "steps"], sort=True)
     ref_cells = {k[1:]: g for k, g in cells if k[0] == reference}
@@ -494,8 +441,10 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
             continue
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, **diff,
                      "verdict": interval_verdict(diff["lo"], diff["hi"], metric)})
-    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "delta", "lo", "hi", "seeds", "volumes",
-                                       "p_flip", "verdict"])
+    out = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    for _, idx in out.groupby(["context", "scarcity", "steps"]).groups.items():
+        out.loc[idx, "p_holm"] = S.holm(out.loc[idx, "p"].to_numpy(dtype=np.float64))
+    return out
 
 
 def adaptation_gains(runs: Sequence[Run], metric: str = "psnr", df: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -4,13 +4,11 @@ Rows are method variants (zero-filled, "no learning", first), columns are
 contexts × scarcity levels (seen contexts first; unseen ones after the largest
 adaptation step count unless ``steps`` is given). A cell is mean ± std over
 test volumes (pooled over seeds); the best mean of a column is bold; ``*``
-marks a cell whose paired Wilcoxon signed-rank test against the reference
-method has p < 0.05 after Holm's correction over the methods of its column
-(docs/design.md §6). The last column is the win rate over unseen contexts.
-
-With few test volumes a Wilcoxon test cannot reach p < 0.05 at all (two-sided,
-its smallest p is 2/2ⁿ for n pairs, before the correction multiplies it by up
-to the number of methods): the table says how many pairs it had.
+marks a cell whose paired difference from the reference method has p < 0.05
+under the crossed seeds × volumes model (:mod:`.statistics`: the same model as
+the verdicts' intervals, so seed-to-seed noise counts) after Holm's correction
+over the methods of its column (docs/design.md §6). The last column is the win
+rate over unseen contexts.
 """
 
 from __future__ import annotations
@@ -119,19 +117,14 @@ def build_tables(
         sign = 1 if R.HIGHER_IS_BETTER[m] else -1
         best = cells.groupby(["context", "scarcity", "steps"])["mean"].transform(lambda v: (sign * v).max())
         cells["best"] = np.isclose(sign * cells["mean"], best, rtol=0, atol=1e-12)
-        max_pairs = 0
-        if ref is not None:
-            t = R.paired_tests(df, ref, m)
-            max_pairs = int(t["n"].max()) if len(t) else 0
-            cells = cells.merge(t[["label", "context", "scarcity", "steps", "p_holm"]], how="left",
-                                on=["label", "context", "scarcity", "steps"])
+        rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
+        v = R.verdicts(df, ref, m) if ref is not None else None
+        max_pairs = int(v["volumes"].max()) if v is not None and len(v) else 0
+        if v is not None:
+            cells = cells.merge(v.drop(columns=["seeds", "volumes"]), how="left", on=["label", "context", "scarcity", "steps"])
         else:
             cells["p_holm"] = np.nan
         cells["significant"] = cells["p_holm"] < 0.05
-        rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
-        v = R.verdicts(df, ref, m) if ref is not None else None
-        if v is not None:
-            cells = cells.merge(v.drop(columns=["seeds", "volumes"]), how="left", on=["label", "context", "scarcity", "steps"])
         cells = cells.merge(conv[["label", "context", "scarcity", "steps", "change_db", "converged"]], how="left",
                             on=["label", "context", "scarcity", "steps"])
         out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(runs), v,
@@ -161,8 +154,8 @@ def _legend(t: Table, tables: Tables) -> str:
         parts.insert(0, "SINGLE SEED: intervals and tests cover test-volume noise only, not seed-to-seed noise (run ≥ 3 seeds)")
     if t.reference:
         parts.append(
-            f"* p < 0.05, paired Wilcoxon signed-rank vs {t.reference} over ≤ {t.max_pairs} test volumes, "
-            f"Holm-corrected over the methods of each column"
+            f"* p < 0.05 vs {t.reference}, paired by seed and test volume (≤ {t.max_pairs} volumes), crossed seeds × volumes "
+            f"model (t at conservative Satterthwaite df), Holm-corrected over the methods of each column"
         )
         parts.append(f"win rate: share of unseen context × level cells beating {t.reference}")
     if (t.cells["converged"] == False).any():  # noqa: E712 (NaN-safe)
@@ -220,7 +213,7 @@ def _adaptation_markdown(a: pd.DataFrame) -> str:
     for r in a.itertuples(index=False):
         buf.write(f"| {r.label} | {r.context} (s{r.scarcity}) | {r.choices} | {r.gain:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] "
                   f"| {r.seeds} × {r.volumes} | {r.verdict} | {r.gain_max:+.3f} at {r.max_steps} [{r.lo_max:+.3f}, {r.hi_max:+.3f}] |\n")
-    buf.write("\nPaired by seed and volume; interval by bootstrap over seeds and volumes; a run that chose 0 steps "
+    buf.write("\nPaired by seed and volume; 95 % interval from the crossed seeds × volumes model; a run that chose 0 steps "
               "has Δ = 0 by construction. The last column reads the test set at the largest step count — what more "
               "adaptation would have done, shown as a diagnostic and never used to choose.\n\n")
     return buf.getvalue()
@@ -253,15 +246,15 @@ def _verdict_markdown(t: Table) -> str:
                 continue
             r = hit.iloc[0]
             row.append(f"{r['delta']:+.{d}f} [{r['lo']:+.{d}f}, {r['hi']:+.{d}f}] {_MARK[r['verdict']]}"
-                       + (f", flip {100 * r['p_flip']:.0f} %" if seeds_of(v) > 1 else ""))
+                       + f", mde {r['mde']:.{d}f}")
         buf.write("| " + " | ".join(row) + " |\n")
     seeds, vols = int(v["seeds"].max()), int(v["volumes"].max())
     buf.write(
         f"\nΔ = mean over seeds × test volumes of (method − {t.reference}), runs paired by seed and volumes by name; "
-        f"95 % interval: bootstrap resampling seeds and volumes ({seeds} seed(s) × ≤ {vols} volumes); "
-        "better / worse when the interval excludes 0, otherwise a tie within noise"
-        + ("; flip: how often a resampling of seeds and volumes ranks the two the other way" if seeds > 1 else "")
-        + (" — single seed: seed-to-seed noise (up to ~1 dB in the demo) is not in these intervals" if seeds == 1 else "")
+        f"95 % interval from the crossed seeds × volumes model ({seeds} seed(s) × ≤ {vols} volumes; t at conservative "
+        "Satterthwaite df, docs/design.md §6); better / worse when the interval excludes 0, otherwise a tie within noise; "
+        "mde: the smallest difference this cell would detect with 80 % power at its seeds and volumes"
+        + (" — SINGLE SEED: the interval omits training (seed-to-seed) noise" if seeds == 1 else "")
         + ".\n\n"
     )
     return buf.getvalue()
