@@ -444,19 +444,24 @@ def compare_cmd(paths, out, baselines, reference, metric, title):
 @click.option("--steps", type=int, default=None, help="Adaptation steps shown for unseen contexts (default: the largest).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--claims", "claims_file", type=click.Path(dir_okay=False),
-              help="Instead: the claims ledger of this experiment file's [[claims]] (held / did not hold / within noise).")
-def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file):
+              help="Instead: the claims ledger of this experiment file's [[claims]] "
+                   "(supported / refuted / inconclusive / not assessable).")
+@click.option("--resolve", type=float, default=None, metavar="DELTA",
+              help="Also say how many seeds would detect a difference of DELTA (80 % power) in each verdict.")
+def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, resolve):
     """Paper-style table of the finished runs in PATHS (experiment or run directories)."""
     from . import atomic
     from .reports import results as R
     from .reports.table import build_tables, render
 
+    if resolve is not None and not resolve > 0:
+        raise MrbenchError(f"--resolve must be a difference > 0 in the metric's units, got {resolve}")
     if claims_file:
         from .reports import claims as C
 
         claims = C.read_claims(claims_file)  # a bad claims file is reported before the runs are read
         runs = R.load_runs(paths)
-        table = C.ledger(claims, runs, R.diverged_runs(paths), C.experiment_names(runs))
+        table = C.ledger(claims, runs, R.diverged_runs(paths), C.experiment_names(runs), resolve=resolve)
         text = C.to_markdown(table) if fmt == "md" else table.to_csv(index=False)
         if out:
             atomic.write_text(out, text)
@@ -467,7 +472,7 @@ def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file):
     runs = R.load_runs(paths)
     tables = build_tables(
         runs, reference=reference or "joint", reference_required=reference is not None,
-        metrics=_csv(metrics), steps=steps, diverged=R.diverged_runs(paths),
+        metrics=_csv(metrics), steps=steps, diverged=R.diverged_runs(paths), resolve=resolve,
     )
     text = render(tables, fmt)
     if out:

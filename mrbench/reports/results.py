@@ -186,6 +186,7 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
     """
     rows = []
     for run in runs:
+        per_run = run_facts(run)
         for ctx_name, ctx in (run.metrics or {}).get("contexts", {}).items():
             c = ctx.get("context", {})
             for steps, res in ctx.get("steps", {}).items():
@@ -207,12 +208,36 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
                         "volume": volume,
                         "train_slices": int(ctx.get("train_slices", 0)),
                         "chosen_steps": float(ctx.get("chosen_steps", float("nan"))),
-                        "budget": int(run.config.get("train", {}).get("budget", 0)),
+                        **per_run,
                         **{k: float(m[k]) for k in METRICS},
                     })
-    columns = ["label", "method", "run", "experiment", "scarcity", "seed", "context", "contrast", "mask",
-               "acceleration", "seen", "scarce", "steps", "volume", "train_slices", "chosen_steps", "budget", *METRICS]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+
+
+#: the per-volume records: what a table, a claim and the report read, and what ``baselines/``
+#: stores (``records.csv.gz``) so that anyone can recompute them
+RECORD_COLUMNS = ["label", "method", "run", "experiment", "scarcity", "seed", "context", "contrast", "mask",
+                  "acceleration", "seen", "scarce", "steps", "volume", "train_slices", "chosen_steps", "budget",
+                  "budget_rule", "parameters", "loss", "adaptation", "setting", *METRICS]
+
+
+def run_facts(run: Run) -> dict:
+    """The run-level columns of its records: budget (and how a multi-network method spends it),
+    parameters, training loss, the adaptation chosen on seen validation and the row's setting text."""
+    train = run.config.get("train", {})
+    loss = str(train.get("loss", "sup"))
+    if run.config.get("data", {}).get("self_supervised"):
+        loss += f"+{train.get('ssl_loss', 'ei')}-on-{'+'.join(run.config['data']['self_supervised'])}"
+    choice = (run.metrics or {}).get("adaptation") or {}
+    adapted = choice.get("rule") not in (None, "none")
+    return {
+        "budget": int(train.get("budget", 0)),
+        "budget_rule": str(train.get("budget_per", "run")),
+        "parameters": int((run.metrics or {}).get("cost", {}).get("parameters", 0)),
+        "loss": "none" if run.method == "zero-filled" else loss,
+        "adaptation": f"{choice['rule']}×{choice['steps']}" if adapted else "",
+        "setting": " · ".join(_setting_parts(run).values()) if run.method != "zero-filled" else "",
+    }
 
 
 def support_records(runs: Sequence[Run]) -> pd.DataFrame:
@@ -229,39 +254,51 @@ def support_records(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "scarcity", "seed", "context", "support", "steps", *METRICS])
 
 
-def row_settings(runs: Sequence[Run]) -> dict[str, str]:
+def _setting_parts(run: Run) -> dict[str, str]:
+    params = int((run.metrics or {}).get("cost", {}).get("parameters", 0))
+    parts = {
+        "backbone": str(run.config.get("model", {}).get("backbone", "?")),
+        "params": (f"{params / 1e3:.0f}k" if params < 10**6 else f"{params / 1e6:.2f}M") + " params",
+        "sampling": str(run.config.get("train", {}).get("sampling", "?")),
+        "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}" + (
+            f" + {run.config['train'].get('ssl_loss', 'ei')} on {'/'.join(run.config['data']['self_supervised'])}"
+            if run.config.get("data", {}).get("self_supervised") else ""),
+    }
+    if run.lr_search:
+        parts["lr"] = f"lr {float(run.config['train']['lr']):g} of {'/'.join(f'{lr:g}' for lr in sorted(run.lr_search))}"
+    choice = (run.metrics or {}).get("adaptation")
+    if choice and choice.get("rule") not in (None, "none"):
+        lr = f" {choice['lr']:g}" if choice.get("lr") else ""
+        parts["adapt"] = f"adapt {choice['rule']}{lr} ×{choice['steps']}"
+    return parts
+
+
+def _part_key(i: int, part: str) -> str | int:
+    """A setting part's key when read back from its text: the named parts by their first word."""
+    word = part.split(" ", 1)[0]
+    return word if word in ("loss", "lr", "adapt") else i
+
+
+def row_settings(runs: Sequence[Run] | pd.DataFrame) -> dict[str, str]:
     """What each table row (label) was trained with, so like is seen to be compared with like:
     backbone, parameter count, task-sampling rule, training loss and the test-time adaptation chosen on
     seen validation (rule, lr, steps; ``–`` for zero-filled). Values that differ between a
-    label's runs (levels, seeds) are joined with ``/``."""
+    label's runs (levels, seeds) are joined with ``/``. From runs, or from their :func:`records`
+    (the ``setting`` column)."""
+    if isinstance(runs, pd.DataFrame):
+        texts = runs.drop_duplicates("run")[["label", "setting"]].fillna("").itertuples(index=False)
+        per_run = [(label, {_part_key(i, p): p for i, p in enumerate(str(t).split(" · "))} if t else {})
+                   for label, t in texts]
+    else:
+        per_run = [(run.label, {} if run.method == "zero-filled" else
+                    {_part_key(i, p): p for i, p in enumerate(_setting_parts(run).values())}) for run in runs]
     seen: dict[str, dict[str, list[str]]] = {}
-    for run in runs:
-        if run.method == "zero-filled":
-            seen.setdefault(run.label, {})
-            continue
-        params = int((run.metrics or {}).get("cost", {}).get("parameters", 0))
-        parts = {
-            "backbone": str(run.config.get("model", {}).get("backbone", "?")),
-            "params": f"{params / 1e3:.0f}k" if params < 10**6 else f"{params / 1e6:.2f}M",
-            "sampling": str(run.config.get("train", {}).get("sampling", "?")),
-            "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}" + (
-                f" + {run.config['train'].get('ssl_loss', 'ei')} on {'/'.join(run.config['data']['self_supervised'])}"
-                if run.config.get("data", {}).get("self_supervised") else ""),
-        }
-        if run.lr_search:
-            parts["lr"] = f"lr {float(run.config['train']['lr']):g} of {'/'.join(f'{lr:g}' for lr in sorted(run.lr_search))}"
-        choice = (run.metrics or {}).get("adaptation")
-        if choice and choice.get("rule") not in (None, "none"):
-            lr = f" {choice['lr']:g}" if choice.get("lr") else ""
-            parts["adapt"] = f"adapt {choice['rule']}{lr} ×{choice['steps']}"
-        row = seen.setdefault(run.label, {})
+    for label, parts in per_run:
+        row = seen.setdefault(label, {})
         for k, v in parts.items():
             if v not in row.setdefault(k, []):
                 row[k].append(v)
-    return {
-        label: " · ".join("/".join(vals) + (" params" if k == "params" else "") for k, vals in row.items()) or "–"
-        for label, row in seen.items()
-    }
+    return {label: " · ".join("/".join(vals) for vals in row.values()) or "–" for label, row in seen.items()}
 
 
 def costs(runs: Sequence[Run]) -> pd.DataFrame:
@@ -391,18 +428,22 @@ def cell_estimate(d: pd.DataFrame) -> S.Estimate:
     return S.one_cell(d.to_numpy(), list(d.columns))
 
 
-def paired_difference(x: pd.DataFrame, y: pd.DataFrame) -> dict | None:
+def paired_difference(x: pd.DataFrame, y: pd.DataFrame, resolve: float | None = None) -> dict | None:
     """``x − y`` (:func:`paired_matrix`): the mean, its 95 % interval under the crossed seeds ×
     volumes model (docs/design.md §6), its standard error, df, two-sided p, minimum detectable
-    difference (80 % power) and how many seeds and volumes stand behind it; None when no
-    volume is shared."""
+    difference (80 % power) and how many seeds and volumes stand behind it — with ``resolve``,
+    also ``seeds_needed``: the seeds that would detect a difference of that size (NaN: a
+    single seed, or more than 100); None when no volume is shared."""
     d = paired_matrix(x, y)
     if d is None or d.size == 0:
         return None
     e = cell_estimate(d)
     lo, hi = e.interval()
-    return {"delta": e.delta, "lo": lo, "hi": hi, "se": e.se, "df": e.df, "p": e.p_two_sided(), "mde": e.mde(),
-            "seeds": e.seeds, "volumes": e.volumes}
+    out = {"delta": e.delta, "lo": lo, "hi": hi, "se": e.se, "df": e.df, "p": e.p_two_sided(), "mde": e.mde(),
+           "seeds": e.seeds, "volumes": e.volumes}
+    if resolve is not None:
+        out["seeds_needed"] = float(S.seeds_to_resolve(e, resolve) or float("nan"))
+    return out
 
 
 def interval_verdict(lo: float, hi: float, metric: str, words=("better", "worse", "tie")) -> str:
@@ -420,7 +461,7 @@ VERDICT_COLUMNS = ["label", "context", "scarcity", "steps", "delta", "lo", "hi",
                    "seeds", "volumes", "verdict"]
 
 
-def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
+def verdicts(df: pd.DataFrame, reference: str, metric: str, resolve: float | None = None) -> pd.DataFrame:
     """Every label against ``reference`` per (context, scarcity, steps): the paired difference
     of ``metric`` (label − reference) over seeds × volumes with its 95 % interval under the
     crossed model (:func:`paired_difference`) and the verdict (:func:`interval_verdict`). A
@@ -428,7 +469,8 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     means order. ``p_holm``: the two-sided p Holm-corrected over the labels of one column
     (context × level × steps), the family of a paper table's column — the tables' asterisks.
 
-    Columns: :data:`VERDICT_COLUMNS`."""
+    Columns: :data:`VERDICT_COLUMNS`, and ``seeds_needed`` with ``resolve``
+    (:func:`paired_difference`)."""
     rows = []
     cells = df.groupby(["label", "context", "scarcity", "steps"], sort=True)
     ref_cells = {k[1:]: g for k, g in cells if k[0] == reference}
@@ -436,12 +478,12 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
         ref = ref_cells.get((context, scarcity, steps))
         if label == reference or ref is None:
             continue
-        diff = paired_difference(_seed_volume_matrix(g, metric), _seed_volume_matrix(ref, metric))
+        diff = paired_difference(_seed_volume_matrix(g, metric), _seed_volume_matrix(ref, metric), resolve)
         if diff is None:
             continue
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, **diff,
                      "verdict": interval_verdict(diff["lo"], diff["hi"], metric)})
-    out = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    out = pd.DataFrame(rows, columns=VERDICT_COLUMNS + (["seeds_needed"] if resolve is not None else []))
     for _, idx in out.groupby(["context", "scarcity", "steps"]).groups.items():
         out.loc[idx, "p_holm"] = S.holm(out.loc[idx, "p"].to_numpy(dtype=np.float64))
     return out
@@ -503,25 +545,34 @@ CHOSEN = -1
 
 
 #: a cell is *not converged* when doubling the budget moved its mean PSNR by more than this
+#: (or than the half-width of its 95 % interval, when that is smaller)
 CONVERGENCE_DB = 0.2
 
 
 def convergence(df: pd.DataFrame) -> pd.DataFrame:
     """For runs of a budget ladder (``[sweep] budgets``): per (label, context, scarcity, steps)
-    at its largest budget B, the change of mean PSNR from B/2 to B and whether it is within
-    :data:`CONVERGENCE_DB` (``converged``); NaN / True where there is no B/2 rung.
+    at its largest budget B, the change of mean PSNR from B/2 to B and whether it stays within
+    min(:data:`CONVERGENCE_DB`, the half-width of the cell's 95 % interval at B, crossed model)
+    (``converged``): a move larger than either would change what the cell says. NaN / True
+    where there is no B/2 rung.
 
-    Columns: label, context, scarcity, steps, budget, change_db, converged."""
+    Columns: label, context, scarcity, steps, budget, change_db, threshold, converged."""
     rows = []
-    means = df.groupby(["label", "context", "scarcity", "steps", "budget"])["psnr"].mean()
-    for (label, context, scarcity, steps), g in means.groupby(level=[0, 1, 2, 3]):
-        by_budget = g.droplevel([0, 1, 2, 3])
+    for (label, context, scarcity, steps), g in df.groupby(["label", "context", "scarcity", "steps"]):
+        by_budget = g.groupby("budget")["psnr"].mean()
         top = int(by_budget.index.max())
         half = top // 2
-        change = float(by_budget[top] - by_budget[half]) if half in by_budget.index else float("nan")
+        rung = 0 < half < top and half in by_budget.index
+        change = float(by_budget[top] - by_budget[half]) if rung else float("nan")
+        threshold = CONVERGENCE_DB
+        if rung:
+            lo, hi = S.one_cell(_seed_volume_matrix(g[g["budget"] == top], "psnr").to_numpy()).interval()
+            if np.isfinite(hi - lo):
+                threshold = min(CONVERGENCE_DB, (hi - lo) / 2)
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "budget": top,
-                     "change_db": change, "converged": bool(not abs(change) > CONVERGENCE_DB)})
-    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "budget", "change_db", "converged"])
+                     "change_db": change, "threshold": threshold, "converged": bool(not abs(change) > threshold)})
+    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "budget", "change_db", "threshold",
+                                       "converged"])
 
 
 def win_rates(summary: pd.DataFrame, reference: str, metric: str, steps: int | None = None) -> dict[str, float]:

@@ -52,6 +52,7 @@ class Tables:
     note: str = ""
     adaptation: pd.DataFrame | None = None  # results.adaptation_gains: does adaptation help, per method
     diverged: set = field(default_factory=set)  # (label, scarcity) with a diverged run
+    resolve: float | None = None  # --resolve: the difference whose seeds-needed the verdict table gives
 
 
 def _column_title(context: str, seen: bool, scarcity: int, steps: int) -> str:
@@ -67,6 +68,7 @@ def build_tables(
     metrics: Sequence[str] = ("psnr", "ssim"),
     steps: int | None = None,
     diverged: Sequence[R.Run] = (),
+    resolve: float | None = None,
 ) -> Tables:
     """Aggregate ``runs`` into one :class:`Table` per metric; ``diverged`` runs are named in
     the legend and their cells say *diverged* — never averaged in."""
@@ -110,7 +112,7 @@ def build_tables(
         names = ", ".join(sorted(r.name for r in diverged))
         note = "; ".join(filter(None, [note, f"diverged (stored as such, not averaged in): {names}"]))
     out = Tables(reference=ref, runs=len(runs), note=note, adaptation=R.adaptation_gains(runs, df=all_records),
-                 diverged={(r.label, r.scarcity) for r in diverged})
+                 diverged={(r.label, r.scarcity) for r in diverged}, resolve=resolve)
     for m in metrics:
         cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
         cells.columns = ["label", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std"]
@@ -118,10 +120,11 @@ def build_tables(
         best = cells.groupby(["context", "scarcity", "steps"])["mean"].transform(lambda v: (sign * v).max())
         cells["best"] = np.isclose(sign * cells["mean"], best, rtol=0, atol=1e-12)
         rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
-        v = R.verdicts(df, ref, m) if ref is not None else None
+        v = R.verdicts(df, ref, m, resolve) if ref is not None else None
         max_pairs = int(v["volumes"].max()) if v is not None and len(v) else 0
         if v is not None:
-            cells = cells.merge(v.drop(columns=["seeds", "volumes"]), how="left", on=["label", "context", "scarcity", "steps"])
+            cells = cells.merge(v.drop(columns=["seeds", "volumes", "seeds_needed"], errors="ignore"), how="left",
+                                on=["label", "context", "scarcity", "steps"])
         else:
             cells["p_holm"] = np.nan
         cells["significant"] = cells["p_holm"] < 0.05
@@ -159,7 +162,8 @@ def _legend(t: Table, tables: Tables) -> str:
         )
         parts.append(f"win rate: share of unseen context × level cells beating {t.reference}")
     if (t.cells["converged"] == False).any():  # noqa: E712 (NaN-safe)
-        parts.append(f"† not converged: doubling the budget moved the mean PSNR by > {R.CONVERGENCE_DB} dB — "
+        parts.append(f"† not converged: doubling the budget moved the mean PSNR by more than min({R.CONVERGENCE_DB} dB, "
+                     "the cell's 95 % half-width) — "
                      "do not read a ranking off this cell")
     if tables.note:
         parts.append(tables.note)
@@ -197,7 +201,7 @@ def to_markdown(tables: Tables) -> str:
             buf.write("| " + " | ".join(row) + " |\n")
         buf.write(f"\n{_legend(t, tables)}\n\n")
         if t.verdicts is not None and len(t.verdicts):
-            buf.write(_verdict_markdown(t))
+            buf.write(_verdict_markdown(t, tables))
     if tables.adaptation is not None and len(tables.adaptation):
         buf.write(_adaptation_markdown(tables.adaptation))
     return buf.getvalue()
@@ -226,12 +230,14 @@ def seeds_of(v: pd.DataFrame) -> int:
     return int(v["seeds"].max()) if len(v) else 0
 
 
-def _verdict_markdown(t: Table) -> str:
+def _verdict_markdown(t: Table, tables: Tables) -> str:
     """Δ vs the reference with its 95 % interval and the verdict, one cell per table cell."""
     d = _DIGITS[t.metric]
     v = t.verdicts
     buf = io.StringIO()
-    head = ["vs " + str(t.reference), *[_column_title(*c) for c in t.columns]]
+    resolve = tables.resolve
+    head = ["vs " + str(t.reference), *[_column_title(*c) for c in t.columns]] + (
+        [f"seeds to resolve ±{resolve:g} in every cell"] if resolve is not None else [])
     buf.write(f"**{_NAMES[t.metric]}: difference from {t.reference}, 95 % CI, verdict**\n\n")
     buf.write("| " + " | ".join(head) + " |\n")
     buf.write("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|\n")
@@ -247,6 +253,10 @@ def _verdict_markdown(t: Table) -> str:
             r = hit.iloc[0]
             row.append(f"{r['delta']:+.{d}f} [{r['lo']:+.{d}f}, {r['hi']:+.{d}f}] {_MARK[r['verdict']]}"
                        + f", mde {r['mde']:.{d}f}")
+        if resolve is not None:
+            need = v.loc[v["label"] == label, "seeds_needed"]
+            row.append("unknown (one seed)" if seeds_of(v) < 2 else
+                       "> 100 (volume-bound)" if need.isna().any() else f"{int(need.max())}")
         buf.write("| " + " | ".join(row) + " |\n")
     seeds, vols = int(v["seeds"].max()), int(v["volumes"].max())
     buf.write(
