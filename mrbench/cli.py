@@ -446,9 +446,11 @@ def compare_cmd(paths, out, baselines, reference, metric, title):
 @click.option("--claims", "claims_file", type=click.Path(dir_okay=False),
               help="Instead: the claims ledger of this experiment file's [[claims]] "
                    "(supported / refuted / inconclusive / not assessable).")
+@click.option("--ladder", "ladders", multiple=True, type=click.Path(),
+              help="With --claims: a budget ladder's runs (e.g. runs/demo-ladder); their 2x rungs gate the claims' cells.")
 @click.option("--resolve", type=float, default=None, metavar="DELTA",
               help="Also say how many seeds would detect a difference of DELTA (80 % power) in each verdict.")
-def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, resolve):
+def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, resolve):
     """Paper-style table of the finished runs in PATHS (experiment or run directories)."""
     from . import atomic
     from .reports import results as R
@@ -461,7 +463,8 @@ def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, resolve):
 
         claims = C.read_claims(claims_file)  # a bad claims file is reported before the runs are read
         runs = R.load_runs(paths)
-        table = C.ledger(claims, runs, R.diverged_runs(paths), C.experiment_names(runs), resolve=resolve)
+        ladder = R.load_runs(ladders) if ladders else None
+        table = C.ledger(claims, runs, R.diverged_runs(paths), C.experiment_names(runs), resolve=resolve, ladder=ladder)
         text = C.to_markdown(table) if fmt == "md" else table.to_csv(index=False)
         if out:
             atomic.write_text(out, text)

@@ -66,6 +66,8 @@ class DataConfig:
 
 #: task-sampling rules (docs/design.md §5.9); the first is the default, which run names leave out
 SAMPLING = ("stratified", "uniform")
+#: how a method with several networks spends train.budget; the first is the default (run names leave it out)
+BUDGET_PER = ("run", "network")
 
 
 def sampling_suffix(sampling: str) -> str:
@@ -81,12 +83,16 @@ def training_suffix(cfg) -> str:
         loss += f"-{cfg.train.ssl_loss}-on-{'+'.join(cfg.data.self_supervised)}"
         if cfg.train.ssl_weight != 1.0:
             loss += f"-x{cfg.train.ssl_weight:g}"
-    return loss + sampling_suffix(cfg.train.sampling)
+    from .methods import METHODS
+
+    several = METHODS[cfg.method].several_networks if cfg.method in METHODS else False
+    return loss + sampling_suffix(cfg.train.sampling) + ("-pernet" if several and cfg.train.budget_per == "network" else "")
 
 
 @dataclass
 class TrainConfig:
     budget: int = 2000  # slices through forward+backward, equal for every method
+    budget_per: str = "run"  # run: budget is the run's, split between a method's networks (equal compute) | network: each network's (equal steps)
     batch: int = 4
     lr: float = 3e-3  # measured best of {1e-3, 3e-3} for CPU-sized budgets (README)
     seed: int = 0
@@ -107,6 +113,7 @@ class TrainConfig:
 
     def check(self, key):
         _require(self.budget > 0, key("budget"), f"must be > 0, got {self.budget}")
+        _require(self.budget_per in BUDGET_PER, key("budget_per"), f"must be {' or '.join(BUDGET_PER)}, got {self.budget_per!r}")
         _require(self.batch > 0, key("batch"), f"must be > 0, got {self.batch}")
         _require(self.lr > 0, key("lr"), f"must be > 0, got {self.lr}")
         _require(self.schedule in ("cosine", "constant"), key("schedule"), f"must be cosine or constant, got {self.schedule!r}")

@@ -1,13 +1,13 @@
 """``mrbench demo``: the main job on the built-in data, end to end.
 
-synth (if missing) → sweep of the packaged ``experiments/demo.toml`` (14 method variants ×
+synth (if missing) → sweep of the packaged ``experiments/demo.toml`` (15 method variants ×
 scarcity levels 0–2 × seeds 0–2 on AXT1 abundant + AXFLAIR scarce, AXT2 and AXPD under a
 random 6× mask unseen) → Bokeh report → tables with verdicts. The experiment file ships
 inside the package (``evaluate/demo.toml`` in the repository links to it) so an installed
 mrbench can run its demo anywhere.
 
 Its size (:data:`DEMO_SYNTH`, the experiment file's budget) is what two CPU cores train
-in 38–62 min for 126 runs (README, "Measured"); issue 15's 15-minute target for three seeds
+in 38–62 min for 126 runs (README, "Measured"; 135 since STL at equal steps per network joined); issue 15's 15-minute target for three seeds
 is not met. The time is in convolutions already at oneDNN's speed, so meeting it would mean
 smaller images or a shorter budget; the budget ladder (``baselines/demo-ladder``) shows 1200
 slices is already short of convergence, so the demo keeps its size.

@@ -152,6 +152,12 @@ def test_unconverged_cells_make_a_claim_not_assessable_unless_it_is_about_that_b
     assert row["verdict"] == "not assessable" and "unconverged" in row["convergence"]
     assert "1200 slices per run" in row["budget"]
     assert verdict(claim(at_budget=True), ladder(0.8))["verdict"] == "supported"
+    # the claim read at the main runs' budget (600), gated by a separate ladder's 2× rung
+    rs = ladder(0.8)
+    main_runs, rung = [r for r in rs if "-b600-" in r.name], [r for r in rs if "-b1200-" in r.name]
+    row = C.ledger([claim()], main_runs, [], "exp", ladder=rung).iloc[0]
+    assert row["verdict"] == "not assessable" and "600→1200" in row["convergence"] and "600 slices" in row["budget"]
+    assert C.ledger([claim()], main_runs, [], "exp").iloc[0]["verdict"] == "supported"  # no ladder: not gated
     assert verdict(claim(), runs(new=(1.0,), ref=(0.0,)))["convergence"].startswith("not measured")
 
 

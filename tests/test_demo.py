@@ -22,7 +22,7 @@ def test_demo_experiment_file_is_packaged_and_complete():
     exp = load_experiment(demo.demo_experiment_file())
     methods = {c.entry.method for c in exp.cells}
     assert methods == {"zero-filled", "stl", "joint", "transfer", "mtl", "maml", "metadrop", "kmmaml", "conditioned"}
-    assert exp.scarcity == [0, 1, 2] and exp.seeds == [0, 1, 2] and len(exp.cells) == 126
+    assert exp.scarcity == [0, 1, 2] and exp.seeds == [0, 1, 2] and len(exp.cells) == 135
     # MoDL rows, supervised and self-supervised (equivariant imaging)
     ei = [cfg for cfg in exp.configs.values() if cfg.train.loss == "ei"]
     assert ei and all(cfg.model.backbone == "modl" and cfg.run_name.startswith("stl-modl-ei-") for cfg in ei)
@@ -50,18 +50,18 @@ def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     exp = out / "demo"
-    assert "42 done, 0 failed, 0 skipped" in res.output
-    assert "training slice lists identical per scarcity level (level 0: 14 runs, level 1: 14 runs, level 2: 14 runs)" in res.output
+    assert "45 done, 0 failed, 0 skipped" in res.output
+    assert "training slice lists identical per scarcity level (level 0: 15 runs, level 1: 15 runs, level 2: 15 runs)" in res.output
     html = (exp / "report.html").read_text()
     assert "kmmaml-km-unet" in html and "cdn.bokeh.org" not in html
     md = (exp / "table.md").read_text()
     rows = [line for line in md.split("difference from")[0].splitlines() if line.startswith("| ")]
-    assert rows[1].startswith("| zero-filled-none") and len(rows) == 1 + 14  # the PSNR table: every label
+    assert rows[1].startswith("| zero-filled-none") and len(rows) == 1 + 15  # the PSNR table: every label
     assert "difference from joint-varnet, 95 % CI, verdict" in md
     assert res.output.startswith("**PSNR (dB)**")
     summary = pd.read_csv(exp / "summary.csv")
-    assert set(summary["scarcity"]) == {0, 1, 2} and summary["label"].nunique() == 14
+    assert set(summary["scarcity"]) == {0, 1, 2} and summary["label"].nunique() == 15
     assert (exp / "table.tex").read_text().startswith("\\begin{table}")
     # a second demo synthesises nothing and trains nothing
     res2 = CliRunner().invoke(main, args)
-    assert res2.exit_code == 0 and "0 done, 0 failed, 42 skipped" in res2.output
+    assert res2.exit_code == 0 and "0 done, 0 failed, 45 skipped" in res2.output

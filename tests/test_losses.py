@@ -224,7 +224,7 @@ def test_weighted_ssdu_weighs_sparsely_sampled_kspace_more():
     torch.manual_seed(0)
     b = ssdu(zero_filled, batch)
     w = wssdu.weights(batch)
-    assert (w >= 1).all()
+    assert (w >= 1 - 1e-6).all()  # = 1 where P = 1 (the ACS band), to float rounding (0.99999994 on some CPUs)
     pm = float(outer.mean())
     expected = ((1 - 0.6 * pm) / (pm * 0.4)) ** 0.5  # P̃ = 1 − split_ratio = 0.6
     assert torch.allclose(a / b, torch.full_like(a, expected), rtol=0.15)

@@ -378,8 +378,8 @@ def test_experiment_file_parses():
 
     sweep = tomllib.loads(path.read_text())["sweep"]
     assert sweep["scarcity"] == [0, 1, 2, 3]
-    names = {e["name"] for e in sweep["methods"]}
-    assert {"stl", "joint", "transfer"} <= names and len(names) == len(sweep["methods"]) == 9
+    names = {e["name"] + ("-pernet" if "train.budget_per=network" in e.get("set", []) else "") for e in sweep["methods"]}
+    assert {"stl", "stl-pernet", "joint", "transfer"} <= names and len(names) == len(sweep["methods"]) == 10
     for entry in sweep["methods"]:
         c = load_config(path, entry.get("set", []), method=entry["method"])
         assert c.method == entry["method"]

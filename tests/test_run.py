@@ -170,3 +170,34 @@ def test_scarcity_level_leaving_no_volume_is_a_cli_error(data_root, tmp_path):
     assert res.exit_code == 2
     assert "scarcity level 3 leaves no training volume of AXT2 (4 volumes; the highest level is 2)" in res.output
     assert not (tmp_path / "default" / "stl-varnet-s3-seed0").exists()  # nothing written
+
+
+def test_budget_per_network_gives_each_network_the_whole_budget(data_root, tmp_path):
+    """Issue 30 item 4: ``train.budget_per`` chooses equal compute (the run's budget split
+    between STL's task networks, transfer's two phases) or equal steps per network (Liu et
+    al.'s protocol); it is in the run name, and it changes what the networks learn."""
+    from mrbench.reports import results as R
+
+    per_run = execute(run_cfg(data_root, tmp_path, "stl"), quiet=True)
+    per_net = execute(run_cfg(data_root, tmp_path, "stl", "train.budget_per=network"), quiet=True)
+    assert per_net.path.name == "stl-varnet-pernet-s0-seed0" and per_run.path.name == "stl-varnet-s0-seed0"
+    run_slices = per_run.read_json("metrics.json")["cost"]["trained_slices"]
+    net_slices = per_net.read_json("metrics.json")["cost"]["trained_slices"]
+    assert run_slices == 32 and net_slices == 64  # two task networks × the whole budget
+    a = per_run.read_json("metrics.json")["contexts"]["AXT1/equispaced/4x"]["steps"]["0"]["mean"]["psnr"]
+    b = per_net.read_json("metrics.json")["contexts"]["AXT1/equispaced/4x"]["steps"]["0"]["mean"]["psnr"]
+    assert a != b
+    # the setting column and the records say which rule a row used
+    runs = R.load_runs([tmp_path / "default"])
+    settings = R.row_settings(runs)
+    assert "budget 32/network" in settings["stl-varnet-pernet"] and "budget 32/run" in settings["stl-varnet"]
+    assert set(R.records(runs)["budget_rule"]) == {"run", "network"}
+    # transfer: both phases get the whole budget at a 0.5 pre-training fraction
+    t = execute(run_cfg(data_root, tmp_path, "transfer", "train.budget_per=network"), quiet=True)
+    assert t.path.name == "transfer-varnet-pernet-s0-seed0"
+    assert t.read_json("metrics.json")["cost"]["trained_slices"] == 64
+    # a one-network method has nothing to split: same name, same budget
+    j = run_cfg(data_root, tmp_path, "joint", "train.budget_per=network")
+    assert j.run_name == "joint-varnet-s0-seed0"
+    with pytest.raises(Exception, match="train.budget_per: must be run or network"):
+        run_cfg(data_root, tmp_path, "stl", "train.budget_per=task")

@@ -85,7 +85,7 @@ def test_markdown_table_values_order_and_marks(finished_experiment):
     assert f"{mean:.2f} ± {std:.2f}" in stl_cells[5]
     # like with like, visible: each row says its backbone, parameter count and sampling rule
     params = json.loads((finished_experiment / "stl-varnet-s1-seed0" / "metrics.json").read_text())["cost"]["parameters"]
-    assert stl_cells[1].startswith(f"varnet · {params / 1e3:.0f}k params · stratified · loss sup · adapt finetune")
+    assert stl_cells[1].startswith(f"varnet · {params / 1e3:.0f}k params · stratified · loss sup · budget 32/run · adapt finetune")
     assert lines[1].split(" | ")[1] == "–"
     # exactly one bold cell per column
     for col in range(2, 8):

@@ -97,11 +97,16 @@ class Method:
       backbone, default ``varnet``); a conflicting explicit ``model.backbone`` is an error;
     * ``options``: config section → dataclass of its own keys, merged into
       :class:`~mrbench.config.Config` (e.g. ``{"meta": MetaOptions}``);
-    * :meth:`run_variant`: the part of the run name after the method.
+    * :meth:`run_variant`: the part of the run name after the method;
+    * ``several_networks``: it trains more than one network one after another (STL's one per
+      task, transfer's pre-trained and fine-tuned), so ``train.budget_per`` decides whether
+      ``train.budget`` is the run's (split between them: equal compute) or each network's
+      (equal steps, Liu et al. 2021's protocol); :meth:`network_budgets` applies it.
     """
 
     name: ClassVar[str] = "base"
     learned: ClassVar[bool] = True  # False: no training (zero-filled)
+    several_networks: ClassVar[bool] = False
     data_parallel: ClassVar[bool] = True  # trains under torchrun (mrbench.distributed): its phases use plain steps
     backbones: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, type]] = {}
@@ -130,6 +135,15 @@ class Method:
     # -- training
     def phases(self) -> list[Phase]:
         raise NotImplementedError
+
+    def network_budgets(self, shares: Sequence[float]) -> list[int] | None:
+        """With ``train.budget_per = "network"``: slices for networks trained one after another
+        in proportions ``shares`` — the largest share gets the whole budget, the others in
+        proportion (equal steps per network). None with ``"run"``: the method splits the run's
+        budget between them by its own rule (equal compute)."""
+        if self.cfg.train.budget_per != "network":
+            return None
+        return [max(1, round(self.cfg.train.budget * s / max(shares))) for s in shares]
 
     def supervised_step(self, key: str) -> Callable[[Sample], StepResult]:
         """The standard step: the training loss of ``models[key]`` on a batch, per-task losses logged."""

@@ -1,7 +1,10 @@
 """stl: single-task learning, one network per task trained only on that task's (scarce) data.
 
-The budget is split equally between the tasks, so STL spends the same number of
-slices through forward+backward as every other method.
+``train.budget_per`` says how the budget is spent: ``"run"`` (the default) splits it
+equally between the task networks, so STL spends the same number of slices through
+forward+backward as every other method (equal compute); ``"network"`` gives each task
+network the whole budget (equal steps per network, Liu et al. 2021's protocol: every network
+trains for the same epochs). The run name says ``-pernet`` for the second.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from .base import Method, Phase
 
 class STL(Method):
     name = "stl"
+    several_networks = True
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)
@@ -18,9 +22,8 @@ class STL(Method):
             self.models[f"task{i}"] = make_backbone()
 
     def phases(self) -> list[Phase]:
-        n = len(self.tasks)
-        budget = self.cfg.train.budget
-        shares = [budget // n + (1 if i < budget % n else 0) for i in range(n)]
+        n, budget = len(self.tasks), self.cfg.train.budget
+        shares = self.network_budgets([1.0] * n) or [budget // n + (1 if i < budget % n else 0) for i in range(n)]
         return [
             Phase(
                 name=f"stl:{t.name}",

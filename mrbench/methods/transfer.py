@@ -1,7 +1,9 @@
 """transfer: pre-train on the abundant task(s), fine-tune on the scarce task(s).
 
 Both phases count against the budget: ``train.pretrain_fraction`` of it
-pre-trains, the rest fine-tunes at ``lr × train.finetune_lr_factor``. The
+pre-trains, the rest fine-tunes at ``lr × train.finetune_lr_factor``. With
+``train.budget_per = "network"`` the longer phase gets the whole budget and the other its
+proportion (equal steps per network; run name ``-pernet``). The
 fine-tuned network reconstructs the scarce tasks; the pre-trained one the
 abundant tasks it was trained on.
 """
@@ -30,6 +32,7 @@ class TransferOptions:
 
 class Transfer(Method):
     name = "transfer"
+    several_networks = True
     options = {"train": TransferOptions}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
@@ -44,14 +47,16 @@ class Transfer(Method):
 
     def phases(self) -> list[Phase]:
         train = self.cfg.train
-        pre = max(1, round(train.budget * train.pretrain_fraction))
+        per_network = self.network_budgets([train.pretrain_fraction, 1 - train.pretrain_fraction])
+        pre = per_network[0] if per_network else max(1, round(train.budget * train.pretrain_fraction))
+        rest = per_network[1] if per_network else train.budget - pre
         abundant = [i for i, s in enumerate(self.scarce) if not s]
         scarce = [i for i, s in enumerate(self.scarce) if s]
         return [
             Phase("pretrain", pre, train.lr, ["pretrained"], abundant, self.supervised_step("pretrained"), sampling=train.sampling),
             Phase(
                 "finetune",
-                train.budget - pre,
+                rest,
                 train.lr * train.finetune_lr_factor,
                 ["finetuned"],
                 scarce,

@@ -294,11 +294,13 @@ def _convergence(claim: Claim, conv: pd.DataFrame, labels: Sequence[str], cells:
     if c.empty:
         return "not measured (no budget ladder)", False
     bad = c[~c["converged"]]
+    rungs = "/".join(sorted({f"{int(min(b, o))}→{int(max(b, o))}" for b, o in zip(c["budget"], c["compared"])}))
+    of = f"{len(c)} of {len(cells) * len(labels)} label × cells with a rung ({rungs} slices)"
     if bad.empty:
-        return f"converged: ×2 budget moved ≤ {c['change_db'].abs().max():.2f} dB", False
+        return f"converged: ×2 budget moved ≤ {c['change_db'].abs().max():.2f} dB; {of}", False
     worst = bad.loc[bad["change_db"].abs().idxmax()]
-    text = (f"{len(bad)} of {len(c)} cells unconverged (×2 budget moved {worst['label']} on {worst['context']} "
-            f"s{int(worst['scarcity'])} by {worst['change_db']:+.2f} dB)")
+    text = (f"{len(bad)} unconverged: ×2 budget moved {worst['label']} on {worst['context']} "
+            f"s{int(worst['scarcity'])} by {worst['change_db']:+.2f} dB; {of}")
     return text, not claim.at_budget
 
 
@@ -421,7 +423,7 @@ def check(claim: Claim, df: pd.DataFrame, diverged: Sequence[R.Run] = (), *, con
     missing = [n for n in needed if n not in labels]
     if missing:
         return [{**row, "measured": f"no finished run of {', '.join(missing)}", "verdict": "not assessable"}]
-    conv = R.convergence(R.at_compared_steps(df)) if conv is None else conv
+    conv = convergence_gate(df) if conv is None else conv
     read = _at_largest_budget(df)
     row["budget"] = _budget_text(read, needed)
     if claim.kind == "ranking":
@@ -529,12 +531,24 @@ LEDGER_COLUMNS = ["paper", "claim", "experiment", "test", "measured", "cells", "
 
 
 def ledger(claims: Sequence[Claim], df: pd.DataFrame | Sequence[R.Run], diverged: Sequence[R.Run], experiment: str,
-           *, resolve: float | None = None) -> pd.DataFrame:
-    """One row per claim (two for a claim with a control), from the runs or their records."""
+           *, resolve: float | None = None, ladder: pd.DataFrame | Sequence[R.Run] | None = None) -> pd.DataFrame:
+    """One row per claim (two for a claim with a control), from the runs or their records.
+    ``ladder``: the runs (or records) of a budget ladder of the same experiment — each label is
+    read at its budget B in ``df`` and the ladder's rungs at 2B (or B/2) gate its cells."""
     df = df if isinstance(df, pd.DataFrame) else R.records(df)
-    conv = R.convergence(R.at_compared_steps(df))
+    conv = convergence_gate(df, ladder)
     rows = [{"experiment": experiment, **r} for c in claims for r in check(c, df, diverged, conv=conv, resolve=resolve)]
     return pd.DataFrame(rows, columns=LEDGER_COLUMNS)
+
+
+def convergence_gate(df: pd.DataFrame, ladder: pd.DataFrame | Sequence[R.Run] | None = None) -> pd.DataFrame:
+    """:func:`results.convergence` of the records a claim reads (each label at its largest
+    budget in ``df``), with the rungs of ``ladder`` beside them."""
+    read = df.groupby("label")["budget"].max().to_dict()
+    if ladder is not None:
+        ladder = ladder if isinstance(ladder, pd.DataFrame) else R.records(ladder)
+        df = pd.concat([df, ladder], ignore_index=True)
+    return R.convergence(R.at_compared_steps(df), read)
 
 
 def to_markdown(table: pd.DataFrame) -> str:

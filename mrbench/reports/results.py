@@ -264,6 +264,8 @@ def _setting_parts(run: Run) -> dict[str, str]:
             f" + {run.config['train'].get('ssl_loss', 'ei')} on {'/'.join(run.config['data']['self_supervised'])}"
             if run.config.get("data", {}).get("self_supervised") else ""),
     }
+    train = run.config.get("train", {})
+    parts["budget"] = f"budget {int(train.get('budget', 0))}/{train.get('budget_per', 'run')}"
     if run.lr_search:
         parts["lr"] = f"lr {float(run.config['train']['lr']):g} of {'/'.join(f'{lr:g}' for lr in sorted(run.lr_search))}"
     choice = (run.metrics or {}).get("adaptation")
@@ -276,7 +278,7 @@ def _setting_parts(run: Run) -> dict[str, str]:
 def _part_key(i: int, part: str) -> str | int:
     """A setting part's key when read back from its text: the named parts by their first word."""
     word = part.split(" ", 1)[0]
-    return word if word in ("loss", "lr", "adapt") else i
+    return word if word in ("loss", "budget", "lr", "adapt") else i
 
 
 def row_settings(runs: Sequence[Run] | pd.DataFrame) -> dict[str, str]:
@@ -549,30 +551,35 @@ CHOSEN = -1
 CONVERGENCE_DB = 0.2
 
 
-def convergence(df: pd.DataFrame) -> pd.DataFrame:
+def convergence(df: pd.DataFrame, read: dict[str, int] | None = None) -> pd.DataFrame:
     """For runs of a budget ladder (``[sweep] budgets``): per (label, context, scarcity, steps)
-    at its largest budget B, the change of mean PSNR from B/2 to B and whether it stays within
-    min(:data:`CONVERGENCE_DB`, the half-width of the cell's 95 % interval at B, crossed model)
-    (``converged``): a move larger than either would change what the cell says. NaN / True
-    where there is no B/2 rung.
+    read at budget B (``read[label]``, default the label's largest), the change of mean PSNR
+    when the budget doubles — from B to 2B where a 2B rung exists (is B enough?), else from B/2
+    to B (was it still learning into B?) — and whether it stays within min(:data:`CONVERGENCE_DB`,
+    the half-width of the cell's 95 % interval at B, crossed model) (``converged``): a move
+    larger than either would change what the cell says. NaN / True without such a rung.
 
-    Columns: label, context, scarcity, steps, budget, change_db, threshold, converged."""
+    Columns: label, context, scarcity, steps, budget, compared (the other rung), change_db,
+    threshold, converged."""
     rows = []
     for (label, context, scarcity, steps), g in df.groupby(["label", "context", "scarcity", "steps"]):
         by_budget = g.groupby("budget")["psnr"].mean()
-        top = int(by_budget.index.max())
-        half = top // 2
-        rung = 0 < half < top and half in by_budget.index
-        change = float(by_budget[top] - by_budget[half]) if rung else float("nan")
+        top = int(read.get(label, by_budget.index.max())) if read else int(by_budget.index.max())
+        if top not in by_budget.index:
+            continue
+        other = 2 * top if 2 * top in by_budget.index else top // 2 if 0 < top // 2 < top else 0
+        rung = other in by_budget.index and other != top
+        change = float(by_budget[max(top, other)] - by_budget[min(top, other)]) if rung else float("nan")
         threshold = CONVERGENCE_DB
         if rung:
             lo, hi = S.one_cell(_seed_volume_matrix(g[g["budget"] == top], "psnr").to_numpy()).interval()
             if np.isfinite(hi - lo):
                 threshold = min(CONVERGENCE_DB, (hi - lo) / 2)
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "budget": top,
-                     "change_db": change, "threshold": threshold, "converged": bool(not abs(change) > threshold)})
-    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "budget", "change_db", "threshold",
-                                       "converged"])
+                     "compared": other if rung else 0, "change_db": change, "threshold": threshold,
+                     "converged": bool(not abs(change) > threshold)})
+    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "budget", "compared", "change_db",
+                                       "threshold", "converged"])
 
 
 def win_rates(summary: pd.DataFrame, reference: str, metric: str, steps: int | None = None) -> dict[str, float]:
