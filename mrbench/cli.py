@@ -450,21 +450,41 @@ def compare_cmd(paths, out, baselines, reference, metric, title):
               help="With --claims: a budget ladder's runs (e.g. runs/demo-ladder); their 2x rungs gate the claims' cells.")
 @click.option("--resolve", type=float, default=None, metavar="DELTA",
               help="Also say how many seeds would detect a difference of DELTA (80 % power) in each verdict.")
-def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, resolve):
-    """Paper-style table of the finished runs in PATHS (experiment or run directories)."""
+@click.option("--save-records", "save_records", type=click.Path(dir_okay=False),
+              help="Also write the runs' per-volume records to this file (records.csv.gz: what baselines/ publishes).")
+def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, resolve, save_records):
+    """Paper-style table of the finished runs in PATHS (experiment or run directories, or
+    records.csv.gz files / directories holding one, as baselines/ keeps them)."""
     from . import atomic
     from .reports import results as R
+    from .reports.record_file import read_records, records_path, write_records
     from .reports.table import build_tables, render
 
     if resolve is not None and not resolve > 0:
         raise MrbenchError(f"--resolve must be a difference > 0 in the metric's units, got {resolve}")
-    if claims_file:
-        from .reports import claims as C
 
-        claims = C.read_claims(claims_file)  # a bad claims file is reported before the runs are read
-        runs = R.load_runs(paths)
-        ladder = R.load_runs(ladders) if ladders else None
-        table = C.ledger(claims, runs, R.diverged_runs(paths), C.experiment_names(runs), resolve=resolve, ladder=ladder)
+    def load(where, save=None):
+        """Records and diverged runs of run directories or of records files."""
+        if where and all(records_path(p) for p in where):
+            return read_records(where)
+        if any(records_path(p) for p in where):
+            raise MrbenchError("PATHS mixes records files and run directories; give one kind")
+        runs = R.load_runs(where)
+        if not runs:
+            raise MrbenchError("no finished runs (directories with DONE and metrics.json) to tabulate")
+        diverged = R.diverged_runs(where)
+        if save:
+            write_records(runs, diverged, save)
+        return R.records(runs), diverged
+
+    from .reports import claims as C
+
+    claims = C.read_claims(claims_file) if claims_file else None  # a bad claims file is reported before the runs are read
+    records, diverged = load(paths, save_records)
+    if claims:
+        ladder = load(ladders)[0] if ladders else None
+        names = ", ".join(sorted(set(records["experiment"]))) or "?"
+        table = C.ledger(claims, records, diverged, names, resolve=resolve, ladder=ladder)
         text = C.to_markdown(table) if fmt == "md" else table.to_csv(index=False)
         if out:
             atomic.write_text(out, text)
@@ -472,10 +492,9 @@ def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, 
         else:
             click.echo(text, nl=False)
         return
-    runs = R.load_runs(paths)
     tables = build_tables(
-        runs, reference=reference or "joint", reference_required=reference is not None,
-        metrics=_csv(metrics), steps=steps, diverged=R.diverged_runs(paths), resolve=resolve,
+        records, reference=reference or "joint", reference_required=reference is not None,
+        metrics=_csv(metrics), steps=steps, diverged=diverged, resolve=resolve,
     )
     text = render(tables, fmt)
     if out:

@@ -311,3 +311,37 @@ def test_adaptation_gain_is_chosen_minus_zero_steps_with_a_verdict():
     assert g["choices"] == "finetune×3"
     flat = R.adaptation_gains([run(s, [30.0, 31.0], [30.0, 31.0]) for s in range(3)]).iloc[0]
     assert flat["gain"] == 0 and flat["verdict"] == "within noise"
+
+
+def test_records_file_reproduces_tables_and_ledger(finished_experiment, tmp_path):
+    """Issue 30 item 7: what baselines/ publishes (records.csv.gz) is enough to regenerate the
+    tables and the ledger rows, byte for byte, without the run directories."""
+    from mrbench.reports import claims as C
+    from mrbench.reports.record_file import read_records
+
+    rec = tmp_path / "baseline" / "records.csv.gz"
+    cli = CliRunner()
+    from_runs = cli.invoke(main, ["table", str(finished_experiment), "--save-records", str(rec), "--metrics", "psnr,ssim,nmse"])
+    assert from_runs.exit_code == 0, from_runs.output
+    df, diverged = read_records([rec])
+    assert {"label", "seed", "context", "scarcity", "steps", "volume", "psnr", "ssim", "nmse", "budget",
+            "parameters"} <= set(df.columns) and not diverged
+    pd.testing.assert_frame_equal(df[R.RECORD_COLUMNS], R.records(R.load_runs([finished_experiment])), check_dtype=False)
+    for args in ([], ["--format", "csv"], ["--format", "latex"]):
+        a = cli.invoke(main, ["table", str(finished_experiment), "--metrics", "psnr,ssim,nmse", *args])
+        b = cli.invoke(main, ["table", str(rec.parent), "--metrics", "psnr,ssim,nmse", *args])
+        assert b.exit_code == 0 and a.output == b.output, args
+    claims = tmp_path / "c.toml"
+    claims.write_text('[[claims]]\npaper = "P"\nclaim = "stl not worse than joint"\nmethod = "stl-varnet"\n'
+                      'reference = "joint-varnet"\nexpect = "not worse"\nmargin = 0.5\n')
+    a = cli.invoke(main, ["table", str(finished_experiment), "--claims", str(claims)])
+    b = cli.invoke(main, ["table", str(rec), "--claims", str(claims)])
+    assert a.exit_code == 0 and a.output == b.output and "stl-varnet − joint-varnet" in b.output
+    # a garbled records file is one line, exit 2
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(b"not gzip")
+    r = cli.invoke(main, ["table", str(bad)])
+    assert r.exit_code == 2 and "not a readable records file" in r.output
+    mixed = cli.invoke(main, ["table", str(rec), str(finished_experiment)])
+    assert mixed.exit_code == 2 and "mixes records files and run directories" in mixed.output
+    assert C.read_claims(claims)

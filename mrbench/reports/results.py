@@ -491,12 +491,13 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str, resolve: float | Non
     return out
 
 
-def adaptation_gains(runs: Sequence[Run], metric: str = "psnr", df: pd.DataFrame | None = None) -> pd.DataFrame:
+def adaptation_gains(runs: Sequence[Run] | pd.DataFrame, metric: str = "psnr", df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Whether test-time adaptation helps, per (label, unseen context, level): ``metric``
     after each run's chosen step count minus at 0 steps, paired by seed and volume, with the
     verdicts' 95 % interval — ``helps`` / ``hurts`` when it excludes 0, else ``within
-    noise`` — and the rule × steps each seed chose on seen validation. ``df``: the runs'
-    :func:`records`, when the caller has them already.
+    noise`` — and the rule × steps each seed chose on seen validation (the records'
+    ``adaptation`` column). ``runs``: runs or their :func:`records`; ``df``: the records, when
+    the caller has them already.
 
     ``gain_max`` (with ``lo_max``, ``hi_max``) is the same difference at the largest step
     count evaluated: what more adaptation would have done on the test set — a diagnostic
@@ -504,13 +505,12 @@ def adaptation_gains(runs: Sequence[Run], metric: str = "psnr", df: pd.DataFrame
 
     Columns: label, context, scarcity, choices, gain, lo, hi, seeds, volumes, verdict,
     max_steps, gain_max, lo_max, hi_max."""
-    df = records(runs) if df is None else df
+    df = (runs if isinstance(runs, pd.DataFrame) else records(runs)) if df is None else df
     unseen = df[~df["seen"] & df["chosen_steps"].notna()]
-    chosen_by = {}
-    for run in runs:
-        c = (run.metrics or {}).get("adaptation") or {}
-        if c.get("rule") not in (None, "none"):
-            chosen_by.setdefault((run.label, run.scarcity), set()).add(f"{c['rule']}×{c['steps']}")
+    chosen_by: dict[tuple, set] = {}
+    for (label, level, choice), _ in df.groupby(["label", "scarcity", "adaptation"]):
+        if choice:
+            chosen_by.setdefault((label, level), set()).add(choice)
     rows = []
     for (label, context, level), g in unseen.groupby(["label", "context", "scarcity"]):
         if (label, level) not in chosen_by:

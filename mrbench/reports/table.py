@@ -61,7 +61,7 @@ def _column_title(context: str, seen: bool, scarcity: int, steps: int) -> str:
 
 
 def build_tables(
-    runs: Sequence[R.Run],
+    runs: Sequence[R.Run] | pd.DataFrame,
     *,
     reference: str | None = "joint",
     reference_required: bool = False,
@@ -70,14 +70,15 @@ def build_tables(
     diverged: Sequence[R.Run] = (),
     resolve: float | None = None,
 ) -> Tables:
-    """Aggregate ``runs`` into one :class:`Table` per metric; ``diverged`` runs are named in
-    the legend and their cells say *diverged* — never averaged in."""
-    if not runs:
+    """Aggregate ``runs`` (or their :func:`~mrbench.reports.results.records`, e.g. a
+    baseline's ``records.csv.gz``) into one :class:`Table` per metric; ``diverged`` runs are
+    named in the legend and their cells say *diverged* — never averaged in."""
+    if not len(runs):
         raise MrbenchError("no finished runs (directories with DONE and metrics.json) to tabulate")
     for m in metrics:
         if m not in R.METRICS:
             raise MrbenchError(f"--metrics: unknown metric {m!r}; valid: {', '.join(R.METRICS)}")
-    df = R.records(runs)
+    df = runs if isinstance(runs, pd.DataFrame) else R.records(runs)
     if df.empty:
         raise MrbenchError("the runs hold no per-volume metrics")
     methods = dict(zip(df["label"], df["method"]))
@@ -111,7 +112,7 @@ def build_tables(
     if diverged:
         names = ", ".join(sorted(r.name for r in diverged))
         note = "; ".join(filter(None, [note, f"diverged (stored as such, not averaged in): {names}"]))
-    out = Tables(reference=ref, runs=len(runs), note=note, adaptation=R.adaptation_gains(runs, df=all_records),
+    out = Tables(reference=ref, runs=int(all_records["run"].nunique()), note=note, adaptation=R.adaptation_gains(all_records),
                  diverged={(r.label, r.scarcity) for r in diverged}, resolve=resolve)
     for m in metrics:
         cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
@@ -130,7 +131,7 @@ def build_tables(
         cells["significant"] = cells["p_holm"] < 0.05
         cells = cells.merge(conv[["label", "context", "scarcity", "steps", "change_db", "converged"]], how="left",
                             on=["label", "context", "scarcity", "steps"])
-        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(runs), v,
+        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(all_records), v,
                                 int(cells["seeds"].max())))
     return out
 
