@@ -332,7 +332,7 @@ def _echo_err(line: str) -> None:
 @click.option("--threads", default=0, type=int, help="torch threads per run (default: cores / jobs).")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="local: subprocesses here; slurm: write (and submit, if sbatch exists) an array job.")
-@click.option("--profile", help="Merge the file's [profile.NAME] over it (e.g. cpu, gpu).")
+@click.option("--profile", help="Merge the file's [profile.NAME] over it (e.g. cpu, gpu; several comma-separated, in order: cpu,ladder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run.")
 @click.option("--partition", default="", help="slurm: #SBATCH --partition.")
 @click.option("--time", "time_limit", default="", help="slurm: #SBATCH --time per run (e.g. 04:00:00).")

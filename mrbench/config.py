@@ -463,17 +463,21 @@ def read_experiment(path: Path, profile: str | None = None, what: str = "config 
 
     A profile is a partial copy of the file, e.g. ``[profile.cpu.train] budget = 1500`` or
     ``[profile.cpu.sweep] seeds = [0, 1, 2]``: it sizes one experiment for a machine while
-    the claim's structure stays in one place. The ``profile`` tables themselves are dropped."""
+    the claim's structure stays in one place. Several profiles, comma-separated (``cpu,ladder``),
+    are merged in that order: the convergence ladder of a CPU-sized grid. The ``profile`` tables
+    themselves are dropped."""
     values = read_toml(path, what)
     profiles = values.pop("profile", {})
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise MrbenchError(f"{what} {path}: [profile.<name>] entries must be tables")
     if profile is None:
         return values
-    if profile not in profiles:
-        valid = ", ".join(sorted(profiles)) or "none defined"
-        raise MrbenchError(f"--profile {profile}: {path} has no [profile.{profile}] (valid: {valid})")
-    return _deep_merge(values, profiles[profile])
+    for name in profile.split(","):
+        if name not in profiles:
+            valid = ", ".join(sorted(profiles)) or "none defined"
+            raise MrbenchError(f"--profile {profile}: {path} has no [profile.{name}] (valid: {valid})")
+        values = _deep_merge(values, profiles[name])
+    return values
 
 
 def load_config(

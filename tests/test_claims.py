@@ -242,3 +242,27 @@ def test_ranking_claims_are_checked_when_read(tmp_path):
     f.write_text('[[claims]]\npaper = "P"\nclaim = "c"\nmethod = "a"\nkind = "ranking"\nmethods = ["a"]\n')
     with pytest.raises(MrbenchError, match="ranking claim needs methods"):
         C.read_claims(f)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "evaluate").glob("*.toml")))
+def test_every_experiment_with_claims_has_a_convergence_ladder(name):
+    """Issue 30 item 5: a ladder profile at twice the grid's budget, the same seeds, holding
+    every row its claims compare (zero-filled trains nothing and needs none)."""
+    import tomllib
+
+    from mrbench.reports.results import _SUFFIX
+    from mrbench.sweep import load_experiment
+
+    path = Path(__file__).resolve().parents[1] / "evaluate" / name
+    base_profile = "cpu" if "cpu" in tomllib.loads(path.read_text()).get("profile", {}) else None
+    base = load_experiment(path, profile=base_profile)
+    ladder = load_experiment(path, profile=",".join(filter(None, [base_profile, "ladder"])))
+    learned = [c for c in ladder.configs.values() if c.method != "zero-filled"]
+    budgets = {c.train.budget for c in base.configs.values() if c.method != "zero-filled"}
+    assert {c.train.budget for c in learned} == {2 * b for b in budgets}
+    assert ladder.seeds == base.seeds and ladder.directory != base.directory
+    labels = {_SUFFIX.sub("", c.run_dir.name) for c in learned}
+    zero = {_SUFFIX.sub("", c.run_dir.name) for c in base.configs.values() if c.method == "zero-filled"}
+    for c in C.read_claims(path):
+        for label in {c.method, c.reference, *c.methods} - {""} - zero:
+            assert label in labels, f"{name}: claim {c.claim!r} compares {label}, which the ladder lacks"
