@@ -207,6 +207,7 @@ def test_report_has_verdicts_with_intervals(report, runs):
     v = results.verdicts(results.records(runs), "joint-varnet", "psnr")
     assert len(v) and set(v["verdict"]) <= {"better", "worse", "tie"}
     assert "Single seed" in text  # the fixture runs one seed: the report says what its intervals leave out
+    assert "mde (80 % power)" in text and "budget \\u00d72" in text  # JSON-escaped in the document
 
 
 def test_seed_volume_matrix_equals_pandas_pivot_table():

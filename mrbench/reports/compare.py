@@ -473,6 +473,8 @@ def verdict_panel(data: ReportData) -> LayoutDOM:
     if v.empty:
         return column(heading, Div(text="<p>No cell shared with the reference.</p>"))
     seeds = int(v["seeds"].max())
+    conv = results.convergence(data.records)
+    moved = {(r.label, r.context, r.scarcity, r.steps): r for r in conv.itertuples(index=False) if r.change_db == r.change_db}
     note = ("<p><b>Single seed</b>: the intervals hold test-volume noise only; seeds moved demo cells by up to "
             "~1 dB, so run ≥ 3 seeds before reading a ranking.</p>" if seeds == 1 else "")
     rows = []
@@ -482,11 +484,22 @@ def verdict_panel(data: ReportData) -> LayoutDOM:
         rows.append(
             f"<tr><td>{html.escape(r.label)}</td><td>{html.escape(r.context)} (s{r.scarcity}{steps})</td>"
             f"<td>{_fmt(r.delta, data.metric, '+')}</td><td>[{_fmt(r.lo, data.metric, '+')}, {_fmt(r.hi, data.metric, '+')}]</td>"
-            f"<td>{r.seeds} × {r.volumes}</td><td style='color:{colour}'>{'tie (within noise)' if r.verdict == 'tie' else r.verdict}</td></tr>"
+            f"<td>{r.seeds} × {r.volumes}</td><td style='color:{colour}'>{'tie (within noise)' if r.verdict == 'tie' else r.verdict}</td>"
+            f"<td>{_fmt(r.mde, data.metric, '')}</td><td>{_moved(moved.get((r.label, r.context, r.scarcity, r.steps)))}</td></tr>"
         )
     table = ("<table><tr><th>method</th><th>context (level)</th><th>Δ</th><th>95 % interval</th>"
-             "<th>seeds × volumes</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
+             "<th>seeds × volumes</th><th>verdict</th><th>mde (80 % power)</th><th>budget ×2</th></tr>"
+             + "".join(rows) + "</table>")
     return column(heading, Div(text=note + table, width=900))
+
+
+def _moved(c) -> str:
+    """A verdict cell's convergence mark: † when doubling the budget moved it (the method's mean
+    PSNR) by more than its threshold, – without a budget ladder rung."""
+    if c is None:
+        return "–"
+    mark = "† not converged" if not c.converged else "converged"
+    return f"{mark} ({c.change_db:+.2f} dB, {int(min(c.budget, c.compared))}→{int(max(c.budget, c.compared))})"
 
 
 def _ink(values: np.ndarray, mapper: LinearColorMapper) -> list[str]:
@@ -566,7 +579,8 @@ def budget_panel(data: ReportData) -> LayoutDOM | None:
     return column(
         _heading(f"{_UNITS[data.metric]} vs training budget on seen contexts",
                  "The budget ladder: a line still rising at the largest budget is not converged "
-                 f"(the tables mark a move > {results.CONVERGENCE_DB} dB from B/2 to B); mean ± std over seeds."),
+                 f"(the tables and verdicts mark † a move > min({results.CONVERGENCE_DB} dB, the cell's 95 % half-width) "
+                 "when the budget doubles); mean ± std over seeds."),
         gridplot(figs, ncols=min(3, len(figs)), toolbar_location="right"),
     )
 
