@@ -72,7 +72,11 @@ def run_demo(
     exp = load_experiment(demo_experiment_file(), [f"data.root={data_root}", f"run.out={out}", *overrides], seeds=seeds,
                           profile=profile)
     jobs = jobs or min(cores(), len(exp.configs))
-    sweep = run_sweep(exp, jobs, threads=max(1, cores() // jobs), report=report)
+    try:
+        sweep = run_sweep(exp, jobs, threads=max(1, cores() // jobs), report=report)
+    except KeyboardInterrupt:
+        report(interrupted_table(exp.directory))
+        raise
     runs = R.load_runs([exp.directory])
     directory = exp.directory
     title = "mrbench demo: synth-brain, AXT1 abundant, AXFLAIR scarce, AXT2 and AXPD (random 6x) unseen"
@@ -83,3 +87,20 @@ def run_demo(
     for f, fmt in zip(files, ("md", "csv", "latex")):
         atomic.write_text(f, md if fmt == "md" else render(tables, fmt))
     return DemoOutcome(exp, sweep, path, md, files, time.perf_counter() - t0)
+
+
+def interrupted_table(directory: Path) -> str:
+    """What an interrupted demo has to show: the verdict tables of the cells finished so far
+    (the sweep resumes from them: run it again to finish)."""
+    from .reports import results as R
+    from .reports.table import build_tables, render
+
+    runs = R.load_runs([directory]) if directory.exists() and any(directory.rglob("DONE")) else []
+    if not runs:
+        return "interrupted before any run finished: nothing to tabulate (run the demo again to resume)"
+    try:
+        tables = build_tables(runs, reference=DEMO_REFERENCE, metrics=["psnr"])
+    except Exception as exc:  # a partial grid may lack the reference: say so rather than hide the interrupt
+        return f"interrupted; {len(runs)} runs finished, no table ({exc})"
+    return (f"interrupted: the verdicts of the {len(runs)} finished runs (the demo resumes from them)\n\n"
+            + render(tables, "md"))

@@ -343,6 +343,7 @@ def run_sweep(
     report(f"{exp.path}: {total} runs ({len(exp.entries)} methods × {len(exp.scarcity)} levels × {len(exp.seeds)} seeds); "
            f"{total - len(todo)} already done, {len(todo)} to run, {jobs} at a time × {threads} threads")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    progress = Progress(len(todo), jobs, t0)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_run_cell, exp, cell, threads, env) for cell in todo]
         try:
@@ -350,7 +351,7 @@ def run_sweep(
                 o = fut.result()
                 outcomes.append(o)
                 what = ("resumed, " if o.resumed else "") + f"{o.seconds:.0f} s"
-                line = f"[{len(outcomes)}/{total}] {o.status:6s} {o.run_dir.name} ({what})"
+                line = f"[{len(outcomes)}/{total}] {o.status:6s} {o.run_dir.name} ({what}) · {progress.finished(o)}"
                 report(line + (f"\n    {o.message}" if o.status == "failed" else ""))
         except KeyboardInterrupt:
             for fut in futures:
@@ -360,6 +361,34 @@ def run_sweep(
     order = {cell: i for i, cell in enumerate(exp.configs)}
     outcomes.sort(key=lambda o: order[o.cell])
     return SweepResult(outcomes, time.perf_counter() - t0, problems)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """The sweep's one progress figure: runs done of those to run, elapsed, and an ETA from the
+    finished runs' own times — remaining runs × their mean time ÷ the runs in parallel. Plain
+    text on each finished run (no terminal control codes), so it reads the same in a terminal
+    and in a CI log."""
+
+    def __init__(self, todo: int, jobs: int, t0: float):
+        self.todo, self.jobs, self.t0 = todo, jobs, t0
+        self.seconds: list[float] = []  # of the runs that trained (a run skipped as locked took none)
+        self.done = 0
+
+    def finished(self, outcome: "Outcome") -> str:
+        self.done += 1
+        if outcome.status != "skipped":
+            self.seconds.append(outcome.seconds)
+        done, elapsed = self.done, time.perf_counter() - self.t0
+        left = self.todo - done
+        if not left or not self.seconds:
+            return f"{done}/{self.todo} run, elapsed {_clock(elapsed)}"
+        eta = left * (sum(self.seconds) / len(self.seconds)) / min(self.jobs, left)
+        return f"{done}/{self.todo} run, elapsed {_clock(elapsed)}, ETA {_clock(eta)}"
 
 
 def check_slice_lists(exp: Experiment) -> list[str]:

@@ -65,3 +65,23 @@ def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     # a second demo synthesises nothing and trains nothing
     res2 = CliRunner().invoke(main, args)
     assert res2.exit_code == 0 and "0 done, 0 failed, 45 skipped" in res2.output
+
+
+def test_an_interrupted_demo_prints_the_verdicts_of_its_finished_cells(finished_experiment, tmp_path, monkeypatch):
+    """Issue 31 item 4: Ctrl-C during the demo shows what is finished (and the sweep resumes)."""
+    text = demo.interrupted_table(finished_experiment)
+    assert text.startswith("interrupted: the verdicts of the 6 finished runs")
+    assert "difference from joint-varnet, 95 % CI, verdict" in text
+    assert "nothing to tabulate" in demo.interrupted_table(tmp_path / "empty")
+    lines = []
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_sweep", interrupted)
+    monkeypatch.setattr(demo, "is_up_to_date", lambda spec, root: True)
+    monkeypatch.setattr(demo, "load_experiment", lambda *a, **k: type("E", (), {"directory": finished_experiment,
+                                                                                 "configs": {1: None}})())
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out=str(tmp_path), data_root=str(tmp_path / "d"), report=lines.append)
+    assert any(line.startswith("interrupted: the verdicts of the 6 finished runs") for line in lines)

@@ -3,6 +3,7 @@ slice-list consistency, the slurm array script."""
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -282,3 +283,19 @@ def test_time_split_sums_readable_manifests_of_finished_runs(tmp_path):
         run("failed", "failed", json.dumps({"train_seconds": 99.0, "wall_seconds": 99.0})),
     ], 30.0, [])
     assert result.time_split() == (2, pytest.approx(14.0), pytest.approx(7.5))
+
+
+def test_progress_line_counts_runs_and_estimates_the_time_left():
+    """Issue 31 item 4: done/total, elapsed and an ETA from the finished runs' own times."""
+    import time as _time
+
+    from mrbench.sweep import Outcome, Progress
+
+    p = Progress(todo=5, jobs=2, t0=_time.perf_counter() - 30)
+    line = p.finished(Outcome(None, Path("a"), "done", seconds=20.0))
+    assert line.startswith("1/5 run, elapsed 0:30, ETA ") and line.endswith("0:40")  # 4 left × 20 s ÷ 2 jobs
+    p.finished(Outcome(None, Path("b"), "skipped"))  # locked elsewhere: counted, no time
+    line = p.finished(Outcome(None, Path("c"), "done", seconds=40.0))
+    assert line.startswith("3/5 run") and line.endswith("ETA 0:30")  # 2 left × 30 s mean ÷ 2 jobs
+    p.finished(Outcome(None, Path("d"), "failed", seconds=10.0))
+    assert "ETA" not in p.finished(Outcome(None, Path("e"), "done", seconds=10.0))
