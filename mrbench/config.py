@@ -189,6 +189,7 @@ class EvalConfig:
     adapt_batch: int = 0  # support slices per adaptation step (a fixed cyclic minibatch order), 0 = the whole set
     select: str = "seen-val"  # seen-val: rule, lr and steps chosen on seen contexts' validation data | fixed
     max_volumes: int = 0  # test volumes per context, 0 = all
+    curve: bool = False  # score unseen test volumes at every adapt_steps count (the diagnostic curve); default: 0 and the chosen count only
 
     def check(self, key):
         _require(all(s >= 0 for s in self.adapt_steps), key("adapt_steps"), "must be ≥ 0")

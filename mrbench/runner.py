@@ -424,10 +424,17 @@ def evaluate(
     writer=None,
     previews: list | None = None,
 ) -> dict:
-    """Seen test tasks (no adaptation) and unseen contexts after 0…k adaptation steps.
+    """Seen test tasks (no adaptation) and unseen contexts after adaptation: scored at 0 steps
+    and at the step count chosen on seen validation — what the tables, claims and report read —
+    or, with ``eval.curve`` or explicit ``adapt_steps`` (``mrbench evaluate --adapt-steps``),
+    at every step count (the diagnostic curve). The choice itself is made over all of
+    ``eval.adapt_steps`` either way, and one adaptation trajectory serves every count, so the
+    scores at the chosen count do not depend on the curve (issue 31: the curve was ~a third
+    of a demo run's evaluation).
 
     ``previews``, when given, receives one middle slice of the first test volume per
     context (and per adaptation step count) for the report's reconstruction viewer."""
+    curve = cfg.eval.curve or adapt_steps is not None
     adapt_steps = sorted(set([0, *(adapt_steps if adapt_steps is not None else cfg.eval.adapt_steps)]))
     for m in method.models.values():
         m.eval()
@@ -458,12 +465,13 @@ def evaluate(
             def predict(recon, t=t):
                 return predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
 
-            by_steps = adapted_volumes(method, task.context, support, choice, adapt_steps, predict)
+            scored = adapt_steps if curve else sorted({0, int(choice["steps"])})
+            by_steps = adapted_volumes(method, task.context, support, choice, scored, predict)
             steps_out = {}
             for steps, vols in by_steps.items():
                 steps_out[str(steps)] = score_volumes(vols)
                 _keep_preview(previews, task.name, steps, vols)
-                if steps == adapt_steps[-1]:
+                if steps == scored[-1]:
                     _log_volume(writer, f"unseen/{task.name}/steps{steps}", vols)
             out["contexts"][task.name] = {
                 "seen": False,

@@ -277,7 +277,7 @@ def test_kmmaml_picks_its_backbone_unless_a_conflicting_one_is_set(data_root, tm
 
 @pytest.mark.parametrize("mode", ["hyper", "on-the-fly"])
 def test_kmmaml_run_end_to_end(data_root, tmp_path, mode):
-    store = execute(tiny_cfg(data_root, tmp_path, f"meta.test_mode={mode}"), quiet=True)
+    store = execute(tiny_cfg(data_root, tmp_path, f"meta.test_mode={mode}", "eval.curve=true"), quiet=True)
     m = store.read_json("metrics.json")
     assert (store.path / "DONE").exists() and store.path.name == "kmmaml-km-unet-s0-seed0"
     assert m["cost"]["trained_slices"] == 48  # 6 episodes × 2 tasks × (2 support + 2 query)

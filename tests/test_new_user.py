@@ -92,7 +92,7 @@ def test_data_info_applies_the_checks_run_applies(data_root, tmp_path):
 
 def test_adapt_steps_print_in_numeric_order_and_a_note_without_unseen(data_root, tmp_path):
     r = CliRunner()
-    sets = tiny_run_settings(data_root, tmp_path, "train.budget=16", "eval.adapt_steps=[0,2,10]")
+    sets = tiny_run_settings(data_root, tmp_path, "train.budget=16", "eval.adapt_steps=[0,2,10]", "eval.curve=true")
     res = r.invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
     assert res.exit_code == 0, res.output
     steps = [int(line.split("unseen, ")[1].split()[0]) for line in res.output.splitlines() if "unseen, " in line]

@@ -501,7 +501,8 @@ def adaptation_gains(runs: Sequence[Run] | pd.DataFrame, metric: str = "psnr", d
 
     ``gain_max`` (with ``lo_max``, ``hi_max``) is the same difference at the largest step
     count evaluated: what more adaptation would have done on the test set — a diagnostic
-    that was not used for choosing.
+    that was not used for choosing; NaN when the runs were scored at the chosen count only
+    (``eval.curve`` off, the default).
 
     Columns: label, context, scarcity, choices, gain, lo, hi, seeds, volumes, verdict,
     max_steps, gain_max, lo_max, hi_max."""
@@ -518,9 +519,11 @@ def adaptation_gains(runs: Sequence[Run] | pd.DataFrame, metric: str = "psnr", d
         zero = _seed_volume_matrix(g[g["steps"] == 0], metric)
         gain = paired_difference(_seed_volume_matrix(g[g["steps"] == g["chosen_steps"]], metric), zero)
         k = int(g["steps"].max())
-        most = paired_difference(_seed_volume_matrix(g[g["steps"] == k], metric), zero)
-        if gain is None or most is None:
+        curve = bool((g["steps"] > g["chosen_steps"]).any())  # scored past the choice: the diagnostic curve
+        most = paired_difference(_seed_volume_matrix(g[g["steps"] == k], metric), zero) if curve else None
+        if gain is None or (curve and most is None):
             continue
+        most = most or {"delta": float("nan"), "lo": float("nan"), "hi": float("nan")}
         rows.append({"label": label, "context": context, "scarcity": int(level),
                      "choices": ", ".join(sorted(chosen_by[(label, level)])), "gain": gain["delta"],
                      "lo": gain["lo"], "hi": gain["hi"], "seeds": gain["seeds"], "volumes": gain["volumes"],

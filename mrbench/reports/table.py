@@ -217,7 +217,9 @@ def _adaptation_markdown(a: pd.DataFrame) -> str:
     buf.write("|---|---|---|---:|---:|---:|---|---:|\n")
     for r in a.itertuples(index=False):
         buf.write(f"| {r.label} | {r.context} (s{r.scarcity}) | {r.choices} | {r.gain:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] "
-                  f"| {r.seeds} × {r.volumes} | {r.verdict} | {r.gain_max:+.3f} at {r.max_steps} [{r.lo_max:+.3f}, {r.hi_max:+.3f}] |\n")
+                  f"| {r.seeds} × {r.volumes} | {r.verdict} | "
+                  + (f"{r.gain_max:+.3f} at {r.max_steps} [{r.lo_max:+.3f}, {r.hi_max:+.3f}]" if r.gain_max == r.gain_max
+                     else "– (eval.curve off)") + " |\n")
     buf.write("\nPaired by seed and volume; 95 % interval from the crossed seeds × volumes model; a run that chose 0 steps "
               "has Δ = 0 by construction. The last column reads the test set at the largest step count — what more "
               "adaptation would have done, shown as a diagnostic and never used to choose.\n\n")
