@@ -20,9 +20,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m mrbench.warm
 	touch $(STAMP)
 
-# The main job: synthesise the built-in data (if missing), train every method at
-# scarcity levels 0-2, write runs/demo/report.html and print the table. Re-running
-# skips finished runs (the sweep resumes; see README).
+# The main job: synthesise the built-in data (if missing), train every method (the quick look:
+# level 0, the scarcity claims' rows at 0 and 2, 600 slices, 3 seeds), write
+# runs/demo-quick/report.html and print the table. Re-running skips finished runs (the sweep
+# resumes; see README). The whole grid: .venv/bin/mrbench demo --profile full (~1 h).
 demo: $(STAMP)
 	$(BIN)/mrbench demo
 

@@ -506,16 +506,18 @@ def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, 
 
 @main.command("demo")
 @click.option("--jobs", default=0, type=int, help="Runs in parallel (default: one per core, one thread each).")
-@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False), help="Runs root (writes <out>/demo/).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False), help="Runs root (writes <out>/demo-quick/; --profile full: <out>/demo/).")
 @click.option("--data", "data_root", default="data/synth-brain-demo", show_default=True, type=click.Path(file_okay=False),
               help="Where the demo's synth-brain lives (synthesised if missing).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run (e.g. train.device=cuda).")
 @click.option("--seeds", default=None, help="Comma-separated seeds instead of the demo's 0,1,2 (e.g. 0 for a quick single-seed look).")
-@click.option("--profile", help="The demo file's [profile.NAME] (gpu: CUDA at a GPU budget).")
+@click.option("--profile", help="The demo file's [profile.NAME] (full: the 135-run grid, ~1 h; gpu: CUDA at a GPU budget; "
+                                "several comma-separated, e.g. full,gpu).")
 @click.option("--quiet", is_flag=True)
 def demo_cmd(jobs, out, data_root, overrides, seeds, profile, quiet):
     """The main job: synthesise the built-in data, train every method at scarcity levels
-    0–2, write <out>/demo/report.html and print the table."""
+    0 (the scarcity claims' rows at 0 and 2; --profile full: the whole grid at 0–2), write
+    <out>/demo-quick/report.html and print the table."""
     from .demo import run_demo
 
     if jobs < 0:

@@ -54,6 +54,7 @@ class Entry:
     method: str
     name: str = ""
     overrides: tuple[str, ...] = ()
+    scarcity: tuple[int, ...] = ()  # the levels this entry runs at ((): every [sweep] scarcity level)
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,9 @@ def _entries(value, key: str) -> list[Entry]:
             item = {"method": item}
         if not isinstance(item, dict):
             raise MrbenchError(f"{k}: expected a method name or a table {{method = ..., name = ..., set = [...]}}")
-        extra = set(item) - {"method", "name", "set"}
+        extra = set(item) - {"method", "name", "set", "scarcity"}
         if extra:
-            raise MrbenchError(f"{k}: unknown key(s) {', '.join(sorted(extra))} (valid: method, name, set)")
+            raise MrbenchError(f"{k}: unknown key(s) {', '.join(sorted(extra))} (valid: method, name, set, scarcity)")
         if not isinstance(item.get("method"), str):
             raise MrbenchError(f"{k}: needs method = \"<name>\"")
         name = item.get("name", "")
@@ -162,7 +163,8 @@ def _entries(value, key: str) -> list[Entry]:
             sets = [sets]
         if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
             raise MrbenchError(f"{k}.set: expected a list of \"key=value\" strings")
-        out.append(Entry(item["method"], name, tuple(sets)))
+        levels = _int_list(item["scarcity"], f"{k}.scarcity") if "scarcity" in item else []
+        out.append(Entry(item["method"], name, tuple(sets), tuple(levels)))
     return out
 
 
@@ -202,7 +204,13 @@ def load_experiment(
     dirs: dict[Path, Cell] = {}
     cells = [(i, e, lv, sd, sm, b, lr) for i, e in enumerate(entries) for sm in samplings for b in budgets
              for lr in lrs for lv in scarcity for sd in seeds]
+    for entry in entries:
+        if set(entry.scarcity) - set(scarcity):
+            raise MrbenchError(f"{p}: sweep.methods entry {entry.name or entry.method}: scarcity {list(entry.scarcity)} "
+                               f"must be among the sweep's levels {scarcity}")
     for i, entry, level, seed, sampling, budget, lr in cells:
+        if entry.scarcity and level not in entry.scarcity:
+            continue  # this entry runs at some of the levels only
         learned = getattr(METHODS.get(entry.method), "learned", True)  # an unknown name fails in load_config
         if (sampling != samplings[0] or budget != budgets[0] or lr != lrs[0]) and not learned:
             continue  # zero-filled trains nothing: one run, not one per rule, budget or lr
@@ -340,7 +348,9 @@ def run_sweep(
         else:
             todo.append(cell)
     total = len(exp.configs)
-    report(f"{exp.path}: {total} runs ({len(exp.entries)} methods × {len(exp.scarcity)} levels × {len(exp.seeds)} seeds); "
+    some = any(e.scarcity and len(e.scarcity) < len(exp.scarcity) for e in exp.entries)
+    levels = f"{'≤ ' if some else ''}{len(exp.scarcity)} levels"
+    report(f"{exp.path}: {total} runs ({len(exp.entries)} methods × {levels} × {len(exp.seeds)} seeds); "
            f"{total - len(todo)} already done, {len(todo)} to run, {jobs} at a time × {threads} threads")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     progress = Progress(len(todo), jobs, t0)

@@ -19,10 +19,24 @@ TOY = [
 
 
 def test_demo_experiment_file_is_packaged_and_complete():
+    from mrbench.sweep import RUN_SUFFIX
+
     exp = load_experiment(demo.demo_experiment_file())
     methods = {c.entry.method for c in exp.cells}
     assert methods == {"zero-filled", "stl", "joint", "transfer", "mtl", "maml", "metadrop", "kmmaml", "conditioned"}
-    assert exp.scarcity == [0, 1, 2] and exp.seeds == [0, 1, 2] and len(exp.cells) == 135
+    assert exp.scarcity == [0, 2] and exp.seeds == [0, 1, 2] and len(exp.cells) == 60  # the quick look (issue 31)
+    assert exp.directory.name == "demo-quick"
+    # every regime at level 0; the scarcity claims' rows at levels 0 and 2
+    levels = {}
+    for cell, cfg in exp.configs.items():
+        levels.setdefault(RUN_SUFFIX.sub("", cfg.run_name), set()).add(cell.scarcity)
+    assert {k for k, v in levels.items() if v == {0, 2}} == {"zero-filled-none", "stl-varnet", "stl-varnet-pernet",
+                                                           "joint-varnet", "mtl-IIVV-uncert"}
+    assert all(v in ({0}, {0, 2}) for v in levels.values()) and len(levels) == 15
+    full = load_experiment(demo.demo_experiment_file(), profile="full")  # the grid before issue 31
+    assert full.scarcity == [0, 1, 2] and len(full.cells) == 135 and full.directory.name == "demo"
+    assert {c.train.budget for c in full.configs.values()} == {1200}
+    assert {RUN_SUFFIX.sub("", c.run_name) for c in full.configs.values()} == set(levels)
     # MoDL rows, supervised and self-supervised (equivariant imaging)
     ei = [cfg for cfg in exp.configs.values() if cfg.train.loss == "ei"]
     assert ei and all(cfg.model.backbone == "modl" and cfg.run_name.startswith("stl-modl-ei-") for cfg in ei)
@@ -49,9 +63,9 @@ def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
             *sum((["--set", s] for s in TOY), [])]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    exp = out / "demo"
-    assert "45 done, 0 failed, 0 skipped" in res.output
-    assert "training slice lists identical per scarcity level (level 0: 15 runs, level 1: 15 runs, level 2: 15 runs)" in res.output
+    exp = out / "demo-quick"
+    assert "20 done, 0 failed, 0 skipped" in res.output
+    assert "training slice lists identical per scarcity level (level 0: 15 runs, level 2: 5 runs)" in res.output
     html = (exp / "report.html").read_text()
     assert "kmmaml-km-unet" in html and "cdn.bokeh.org" not in html
     md = (exp / "table.md").read_text()
@@ -60,11 +74,11 @@ def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert "difference from joint-varnet, 95 % CI, verdict" in md
     assert res.output.startswith("**PSNR (dB)**")
     summary = pd.read_csv(exp / "summary.csv")
-    assert set(summary["scarcity"]) == {0, 1, 2} and summary["label"].nunique() == 15
+    assert set(summary["scarcity"]) == {0, 2} and summary["label"].nunique() == 15
     assert (exp / "table.tex").read_text().startswith("\\begin{table}")
     # a second demo synthesises nothing and trains nothing
     res2 = CliRunner().invoke(main, args)
-    assert res2.exit_code == 0 and "0 done, 0 failed, 45 skipped" in res2.output
+    assert res2.exit_code == 0 and "0 done, 0 failed, 20 skipped" in res2.output
 
 
 def test_an_interrupted_demo_prints_the_verdicts_of_its_finished_cells(finished_experiment, tmp_path, monkeypatch):

@@ -299,3 +299,19 @@ def test_progress_line_counts_runs_and_estimates_the_time_left():
     assert line.startswith("3/5 run") and line.endswith("ETA 0:30")  # 2 left × 30 s mean ÷ 2 jobs
     p.finished(Outcome(None, Path("d"), "failed", seconds=10.0))
     assert "ETA" not in p.finished(Outcome(None, Path("e"), "done", seconds=10.0))
+
+
+def test_an_entry_can_run_at_some_of_the_levels(tmp_path):
+    """Issue 31: the quick demo runs most regimes at one level; an entry's `scarcity` limits it,
+    and a level outside the sweep's is an error."""
+    from mrbench.errors import MrbenchError
+    from mrbench.sweep import load_experiment
+
+    f = tmp_path / "e.toml"
+    f.write_text('[sweep]\nscarcity = [0, 2]\nseeds = [0, 1]\nmethods = ["joint", { method = "stl", scarcity = [0] }]\n')
+    exp = load_experiment(f)
+    cells = sorted((c.entry.method, c.scarcity, c.seed) for c in exp.configs)
+    assert cells == [("joint", 0, 0), ("joint", 0, 1), ("joint", 2, 0), ("joint", 2, 1), ("stl", 0, 0), ("stl", 0, 1)]
+    f.write_text('[sweep]\nscarcity = [0, 2]\nmethods = [{ method = "stl", scarcity = [1] }]\n')
+    with pytest.raises(MrbenchError, match=r"scarcity \[1\] must be among the sweep's levels \[0, 2\]"):
+        load_experiment(f)
