@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench claims gpu clean
+.PHONY: demo test test-fast bench bench-demo claims gpu clean
 
 # --no-compile: pip byte-compiles every file it installs (torch's thousands included), half of
 # the install's time; instead one import of what mrbench and its tests load writes the
@@ -40,7 +40,12 @@ test-fast: $(STAMP)
 # torchopt and higher are benchmark-only (bench_meta.py times the same MAML step with them)
 bench: $(STAMP)
 	$(BIN)/pip install -q -c constraints.txt torchopt higher
-	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b; done
+	@for b in benchmarks/bench_*.py; do [ $$b = benchmarks/bench_demo.py ] || $(BIN)/python $$b; done
+
+# The demo from empty, timed (synthesis apart, install excluded): one JSON object. Not part of
+# `make bench`: it takes the demo's own time (README, "Measured"). PROFILE=full for the whole grid.
+bench-demo: $(STAMP)
+	$(BIN)/python benchmarks/bench_demo.py $(if $(PROFILE),--profile $(PROFILE))
 
 # The claims ledger from the finished runs of each paper experiment (those present in runs/):
 # baselines/claims.md, generated, never typed by hand.
