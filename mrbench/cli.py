@@ -396,6 +396,10 @@ def _print_sweep_summary(exp, result) -> None:
     if runs:
         click.echo(f"  time in the {runs} finished runs: {train:.0f} s training, {evaluate:.0f} s evaluating "
                    f"({100 * evaluate / max(train + evaluate, 1e-9):.0f} %; each run's own clock, summed)")
+    loaded, saved, trained = result.shared_split()
+    if loaded:
+        click.echo(f"  shared phases: {loaded} loaded from other cells instead of trained ({saved} slices, "
+                   f"{100 * saved / max(saved + trained, 1):.0f} % of the training the finished runs needed)")
     for o in result.outcomes:
         if o.status == "failed":
             click.echo(f"  failed: {o.run_dir.name}: {o.message}")

@@ -110,6 +110,7 @@ class TrainConfig:
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
     on_divergence: str = "stop"  # stop: store the run as diverged (exit 3) | retry-lower-lr: restart at lr/10, twice at most
     divergence_factor: float = 100.0  # a loss above this × its running median also counts as divergence (0 = off)
+    share_phases: bool = True  # load a phase another cell of the experiment already trained, byte for byte (mrbench.shared_phases)
 
     def check(self, key):
         _require(self.budget > 0, key("budget"), f"must be > 0, got {self.budget}")

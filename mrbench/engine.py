@@ -187,27 +187,51 @@ class Trainer:
         self.history: list[dict] = []
         self.stop_signal: int | None = None  # set by a signal handler: checkpoint and stop at the next step
         self._consumed: tuple | None = None  # (sampler, mask-generator) states after the last batch used (workers)
+        self.shared = None  # SharedPhases: phase outcomes other cells of the experiment trained (mrbench.shared_phases)
+        self.phase_keys: list[str] | None = None  # the content key of each phase's outcome
+        self.shared_log: list[dict] = []  # per shared phase: loaded or trained here
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume_state: dict | None = None) -> None:
         phases = self.method.phases()
         start_phase = 0
         if resume_state is not None:
-            self.method.load_state_dict(resume_state["models"])
-            start_phase = int(resume_state["phase"])
-            self.total_used = int(resume_state["total_used"])
-            self.history = json.loads(resume_state["history"])
-            self.train.set_rng_state(json.loads(resume_state["dataset_rng"]))
-            torch.set_rng_state(resume_state["torch_rng"])
-            self.progress(self.total_used, {"resumed": True})
+            start_phase = self._restore(resume_state)
             if not resume_state["optimizer"]:  # saved between phases: the next one starts afresh
                 resume_state = None
         for p_idx, phase in enumerate(phases):
             if p_idx < start_phase:
                 continue
-            self._run_phase(p_idx, phase, resume_state if p_idx == start_phase else None)
+            resume = resume_state if p_idx == start_phase else None
+            key = self.phase_keys[p_idx] if self.shared is not None and self.phase_keys and self.group is None else None
+            if key is None:
+                self._run_phase(p_idx, phase, resume)
+                continue
+            with self.shared.lock(key):
+                outcome = self.shared.path(key)
+                if resume is None and outcome.exists():  # trained by another cell: load its outcome (weights, RNGs, history)
+                    state = torch.load(outcome, map_location="cpu", weights_only=True)
+                    self._restore(state)
+                    self.store.save_checkpoint("last", state)  # this run's own between-phase checkpoint
+                    self.shared_log.append({"phase": phase.name, "key": key[:16], "slices": phase.budget, "loaded": True})
+                    continue
+                self._run_phase(p_idx, phase, resume)  # from scratch, or resumed mid-phase from this run's checkpoint
+                if self.is_main:
+                    self.shared.publish(key, self.store.checkpoint_path("last"))
+                self.shared_log.append({"phase": phase.name, "key": key[:16], "slices": phase.budget, "loaded": False})
         if self.is_main:
             self.store.save_checkpoint("best", {"models": self.method.state_dict()})
+
+    def _restore(self, state: dict) -> int:
+        """Take over a checkpoint's models, slice count, history and random states; the phase
+        it was saved in (between phases: the next one)."""
+        self.method.load_state_dict(state["models"])
+        self.total_used = int(state["total_used"])
+        self.history = json.loads(state["history"])
+        self.train.set_rng_state(json.loads(state["dataset_rng"]))
+        torch.set_rng_state(state["torch_rng"])
+        self.progress(self.total_used, {"resumed": True})
+        return int(state["phase"])
 
     @property
     def is_main(self) -> bool:

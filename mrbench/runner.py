@@ -31,6 +31,7 @@ from . import distributed
 from .methods import METHODS, Method
 from .models import build_backbone
 from .losses import self_supervised
+from .shared_phases import SHARED_DIR, SharedPhases, phase_keys
 from .store import RunStore, environment, file_digest, now, run_lock
 
 
@@ -269,6 +270,9 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
             bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
             try:
                 trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
+                if method.learned and method.shares_phases and cfg.train.share_phases and group is None:
+                    trainer.shared = SharedPhases(store.path.parent / SHARED_DIR)
+                    trainer.phase_keys = phase_keys(_identity(run_cfg.to_dict()), method.phases(), train, data.val, data.train)
                 if method.learned:
                     with _stop_on_signals(trainer):
                         trainer.fit(resume_state)
@@ -309,6 +313,8 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
     manifest["wall_seconds"] = round(time.perf_counter() - t0, 2)  # this process only (resumes add up)
     manifest["train_seconds"] = round(train_seconds, 2)
     manifest["threads"] = torch.get_num_threads()
+    if trainer.shared_log:
+        manifest["shared_phases"] = trainer.shared_log  # loaded: trained once by another cell, not here
     store.write_json("manifest.json", manifest)
     store.mark_done()
     return store
@@ -352,7 +358,7 @@ def _with_lr(cfg: Config, lr: float) -> Config:
 
 
 # operational keys: they may change between an interrupted run and its resumption
-_OPERATIONAL = ("stop_after", "threads", "device", "workers")  # how, not what: a run may resume with others
+_OPERATIONAL = ("stop_after", "threads", "device", "workers", "share_phases")  # how, not what: a run may resume with others
 
 
 def _normalised(stored: dict) -> dict:

@@ -278,6 +278,25 @@ class SweepResult:
             train, total, runs = train + run_train, total + run_total, runs + 1
         return runs, train, total - train
 
+    def shared_split(self) -> tuple[int, int, int]:
+        """(phases loaded, their slices, slices trained) over the runs this sweep finished: what
+        shared phases (:mod:`mrbench.shared_phases`) saved, from the manifests and metrics."""
+        loaded = slices = trained = 0
+        for o in self.outcomes:
+            if o.status != "done":
+                continue
+            try:
+                store = RunStore(o.run_dir)
+                log = store.read_json("manifest.json").get("shared_phases", [])
+                total = int(store.read_json("metrics.json").get("cost", {}).get("trained_slices", 0))
+            except (MrbenchError, TypeError, ValueError):
+                continue
+            saved = sum(int(e["slices"]) for e in log if e.get("loaded"))
+            loaded += sum(1 for e in log if e.get("loaded"))
+            slices += saved
+            trained += total - saved
+        return loaded, slices, trained
+
 
 def cores() -> int:
     try:

@@ -116,6 +116,10 @@ def test_sweep_runs_skips_resumes_and_reports_failures(tmp_path, data_root):
     assert evaluate == pytest.approx(sum(m["wall_seconds"] - m["train_seconds"] for m in manifests)) and evaluate > 0
     for name in ("stl-small-s0-seed0", "stl-small-s1-seed0"):
         assert RunStore(out / "exp" / name).is_done()
+    # STL's abundant-task phase is the same at both levels: trained by one cell, loaded by the
+    # other (they ran at the same time: the second waited on the phase's lock)
+    loaded, saved, trained = result.shared_split()
+    assert loaded == 1 and saved == 16 and trained == 32 + 16
     # the two levels really differ in the scarce task's slices, and agree across methods
     m0 = json.loads((out / "exp" / "stl-small-s0-seed0" / "manifest.json").read_text())["training_slices"]
     m1 = json.loads((out / "exp" / "stl-small-s1-seed0" / "manifest.json").read_text())["training_slices"]

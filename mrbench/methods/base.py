@@ -101,12 +101,15 @@ class Method:
     * ``several_networks``: it trains more than one network one after another (STL's one per
       task, transfer's pre-trained and fine-tuned), so ``train.budget_per`` decides whether
       ``train.budget`` is the run's (split between them: equal compute) or each network's
-      (equal steps, Liu et al. 2021's protocol); :meth:`network_budgets` applies it.
+      (equal steps, Liu et al. 2021's protocol); :meth:`network_budgets` applies it;
+    * ``shares_phases``: a phase's outcome depends only on the phases before it and their
+      tasks' data, so cells of an experiment that repeat it load it (:mod:`mrbench.shared_phases`).
     """
 
     name: ClassVar[str] = "base"
     learned: ClassVar[bool] = True  # False: no training (zero-filled)
     several_networks: ClassVar[bool] = False
+    shares_phases: ClassVar[bool] = False  # its phases may repeat across cells (mrbench.shared_phases)
     data_parallel: ClassVar[bool] = True  # trains under torchrun (mrbench.distributed): its phases use plain steps
     backbones: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, type]] = {}

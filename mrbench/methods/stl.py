@@ -15,6 +15,7 @@ from .base import Method, Phase
 class STL(Method):
     name = "stl"
     several_networks = True
+    shares_phases = True  # the abundant task's phase repeats at every scarcity level
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
         super().__init__(cfg, tasks, scarce, make_backbone)

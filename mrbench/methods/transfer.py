@@ -33,6 +33,7 @@ class TransferOptions:
 class Transfer(Method):
     name = "transfer"
     several_networks = True
+    shares_phases = True  # the abundant task's phase repeats at every scarcity level
     options = {"train": TransferOptions}
 
     def __init__(self, cfg, tasks, scarce, make_backbone):
