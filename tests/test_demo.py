@@ -73,6 +73,7 @@ def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     assert rows[1].startswith("| zero-filled-none") and len(rows) == 1 + 15  # the PSNR table: every label
     assert "difference from joint-varnet, 95 % CI, verdict" in md
     assert res.output.startswith("**PSNR (dB)**")
+    assert "convergence not measured here" in md and "Budget: 8 slices per run" in md  # what the budget supports
     summary = pd.read_csv(exp / "summary.csv")
     assert set(summary["scarcity"]) == {0, 2} and summary["label"].nunique() == 15
     assert (exp / "table.tex").read_text().startswith("\\begin{table}")
