@@ -226,11 +226,11 @@ class Trainer:
         """Take over a checkpoint's models, slice count, history and random states; the phase
         it was saved in (between phases: the next one)."""
         self.method.load_state_dict(state["models"])
-        self.total_used = int(state["total_used"])
+        before, self.total_used = self.total_used, int(state["total_used"])
         self.history = json.loads(state["history"])
         self.train.set_rng_state(json.loads(state["dataset_rng"]))
         torch.set_rng_state(state["torch_rng"])
-        self.progress(self.total_used, {"resumed": True})
+        self.progress(self.total_used - before, {"resumed": True})  # the slices the bar has not seen
         return int(state["phase"])
 
     @property

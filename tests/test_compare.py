@@ -210,7 +210,7 @@ def test_report_has_verdicts_with_intervals(report, runs):
     assert "mde (80 % power)" in text and "budget \\u00d72" in text  # JSON-escaped in the document
 
 
-def test_seed_volume_matrix_equals_pandas_pivot_table():
+def testseed_volume_matrix_equals_pandas_pivot_table():
     """The numpy seeds × volumes matrix is the frame pandas' pivot_table gives: repeats are
     averaged, NaN values left out, all-NaN seeds and volumes dropped, both axes sorted."""
     import pandas as pd
@@ -222,7 +222,7 @@ def test_seed_volume_matrix_equals_pandas_pivot_table():
     g.loc[rng.random(n) < 0.2, "psnr"] = np.nan
     g.loc[g["volume"] == "v2", "psnr"] = np.nan      # an all-NaN volume
     g.loc[g["seed"] == 3, "psnr"] = np.nan           # an all-NaN seed
-    got = results._seed_volume_matrix(g, "psnr")
+    got = results.seed_volume_matrix(g, "psnr")
     want = g.pivot_table(index="seed", columns="volume", values="psnr", aggfunc="mean")
     assert list(got.index) == [0, 1, 2] and list(got.columns) == ["v0", "v1", "v3"]
     pd.testing.assert_frame_equal(got, want, check_dtype=False)

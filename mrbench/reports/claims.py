@@ -176,7 +176,7 @@ def paired_cells(df: pd.DataFrame, method: str, reference: str, metric: str) -> 
         ref = groups.get((reference, *cell))
         if label != method or ref is None:
             continue
-        d = R.paired_matrix(R._seed_volume_matrix(g, metric), R._seed_volume_matrix(ref, metric))
+        d = R.paired_matrix(R.seed_volume_matrix(g, metric), R.seed_volume_matrix(ref, metric))
         if d is not None and d.size:
             out.append((tuple(cell), sign * d))
     return out
@@ -389,8 +389,8 @@ def _adaptation(claim: Claim, df: pd.DataFrame) -> dict:
     sign = _orient(claim.metric)
     cells = []
     for (context, level), c in g.groupby(["context", "scarcity"]):
-        zero = R._seed_volume_matrix(c[c["steps"] == 0], claim.metric)
-        chosen = R._seed_volume_matrix(c[c["steps"] == c["chosen_steps"]], claim.metric)
+        zero = R.seed_volume_matrix(c[c["steps"] == 0], claim.metric)
+        chosen = R.seed_volume_matrix(c[c["steps"] == c["chosen_steps"]], claim.metric)
         d = R.paired_matrix(chosen, zero)
         if d is not None and d.size:
             cells.append(((context, level, R.CHOSEN), sign * d))

@@ -363,7 +363,7 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str] = METRICS, ci: bool = Fal
             row[f"{m}_mean"] = float(vals.mean())
             row[f"{m}_std"] = float(vals.std())
             if ci:  # over seeds × volumes, volumes shared by the seeds
-                row[f"{m}_lo"], row[f"{m}_hi"] = S.one_cell(_seed_volume_matrix(g, m).to_numpy()).interval()
+                row[f"{m}_lo"], row[f"{m}_hi"] = S.one_cell(seed_volume_matrix(g, m).to_numpy()).interval()
         out.append(row)
     return pd.DataFrame(out)
 
@@ -381,7 +381,7 @@ def resolve_reference(labels: Iterable[str], methods: dict[str, str], reference:
     return None
 
 
-def _seed_volume_matrix(g: pd.DataFrame, metric: str) -> pd.DataFrame:
+def seed_volume_matrix(g: pd.DataFrame, metric: str) -> pd.DataFrame:
     """seeds × volumes of ``metric`` for one cell (mean if a (seed, volume) repeats).
 
     The same frame ``g.pivot_table(index="seed", columns="volume", values=metric,
@@ -480,7 +480,7 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str, resolve: float | Non
         ref = ref_cells.get((context, scarcity, steps))
         if label == reference or ref is None:
             continue
-        diff = paired_difference(_seed_volume_matrix(g, metric), _seed_volume_matrix(ref, metric), resolve)
+        diff = paired_difference(seed_volume_matrix(g, metric), seed_volume_matrix(ref, metric), resolve)
         if diff is None:
             continue
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, **diff,
@@ -516,11 +516,11 @@ def adaptation_gains(runs: Sequence[Run] | pd.DataFrame, metric: str = "psnr", d
     for (label, context, level), g in unseen.groupby(["label", "context", "scarcity"]):
         if (label, level) not in chosen_by:
             continue  # nothing adapts (zero-filled)
-        zero = _seed_volume_matrix(g[g["steps"] == 0], metric)
-        gain = paired_difference(_seed_volume_matrix(g[g["steps"] == g["chosen_steps"]], metric), zero)
+        zero = seed_volume_matrix(g[g["steps"] == 0], metric)
+        gain = paired_difference(seed_volume_matrix(g[g["steps"] == g["chosen_steps"]], metric), zero)
         k = int(g["steps"].max())
         curve = bool((g["steps"] > g["chosen_steps"]).any())  # scored past the choice: the diagnostic curve
-        most = paired_difference(_seed_volume_matrix(g[g["steps"] == k], metric), zero) if curve else None
+        most = paired_difference(seed_volume_matrix(g[g["steps"] == k], metric), zero) if curve else None
         if gain is None or (curve and most is None):
             continue
         most = most or {"delta": float("nan"), "lo": float("nan"), "hi": float("nan")}
@@ -575,7 +575,7 @@ def convergence(df: pd.DataFrame, read: dict[str, int] | None = None) -> pd.Data
         change = float(by_budget[max(top, other)] - by_budget[min(top, other)]) if rung else float("nan")
         threshold = CONVERGENCE_DB
         if rung:
-            lo, hi = S.one_cell(_seed_volume_matrix(g[g["budget"] == top], "psnr").to_numpy()).interval()
+            lo, hi = S.one_cell(seed_volume_matrix(g[g["budget"] == top], "psnr").to_numpy()).interval()
             if np.isfinite(hi - lo):
                 threshold = min(CONVERGENCE_DB, (hi - lo) / 2)
         rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "budget": top,

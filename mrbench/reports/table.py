@@ -114,6 +114,7 @@ def build_tables(
         note = "; ".join(filter(None, [note, f"diverged (stored as such, not averaged in): {names}"]))
     out = Tables(reference=ref, runs=int(all_records["run"].nunique()), note=note, adaptation=R.adaptation_gains(all_records),
                  diverged={(r.label, r.scarcity) for r in diverged}, resolve=resolve)
+    settings = R.row_settings(all_records)
     for m in metrics:
         cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
         cells.columns = ["label", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std"]
@@ -131,7 +132,7 @@ def build_tables(
         cells["significant"] = cells["p_holm"] < 0.05
         cells = cells.merge(conv[["label", "context", "scarcity", "steps", "change_db", "converged"]], how="left",
                             on=["label", "context", "scarcity", "steps"])
-        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, R.row_settings(all_records), v,
+        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, settings, v,
                                 int(cells["seeds"].max())))
     return out
 
