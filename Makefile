@@ -17,6 +17,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	# fastMRI's own reader, used by the tests only to prove our files load in it
 	# (--no-deps: its torchvision/lightning pins are not needed for mri_data.py)
 	$(BIN)/pip install -q --no-compile --no-deps fastmri==0.3.0
+	# the real Siemens raw file example_data/gre.dat ships only in twixtools' source distribution:
+	# fetched from the registry with the install (tests/test_import.py reads it; nothing downloads at run time)
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(VENV)/sdist twixtools==0.24
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m mrbench.warm
 	touch $(STAMP)
 

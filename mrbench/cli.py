@@ -128,6 +128,57 @@ def data_synth(out, contrasts, subjects, size, slices, coils, snr, seed, source,
     click.echo(f"wrote {n_files} volumes to {out} (train/val/test); contrast strip: {strip}")
 
 
+@data.command("import")
+@click.argument("src", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="A new (or empty) folder.")
+@click.option("--format", "fmt", default=None, help="nifti, dicom, ismrmrd or twix; guessed from the files when not given.")
+@click.option("--pattern", default=None, help="Path with {subject} and {contrast}, e.g. '{subject}-{contrast}.nii.gz'.")
+@click.option("--layout", "preset", default=None, help="A named pattern: ixi or brats.")
+@click.option("--contrast", "contrast_args", multiple=True, metavar="NAME=MATCH",
+              help="Contrast NAME is the part/SeriesDescription containing MATCH (=MATCH: equal); repeatable; selects.")
+@click.option("--split", "split_text", default="0.7,0.15,0.15", show_default=True, help="train,val,test fractions, by subject.")
+@click.option("--seed", default=0, show_default=True, type=int, help="The split's and the simulation's seed.")
+@click.option("--size", default=0, show_default=True, type=int, help="Magnitude sources: square matrix (0 = the source's).")
+@click.option("--slices", default=0, show_default=True, type=int, help="Slices per volume from its centre (0 = all).")
+@click.option("--plane", default="axial", show_default=True, type=click.Choice(["axial", "coronal", "sagittal", "acquired"]),
+              help="Slice orientation (acquired: the plane of the fewest slices).")
+@click.option("--fit", default="resample", show_default=True, type=click.Choice(["resample", "crop"]))
+@click.option("--frame", default=None, type=int, help="The frame of a 4-D volume.")
+@click.option("--phase/--no-phase", default=False, show_default=True, help="Magnitude sources: a smooth synthetic phase.")
+@click.option("--coils", default=0, show_default=True, type=int,
+              help="Magnitude: simulated coils (0 = single-coil); raw: SVD compression to N coils (0 = all).")
+@click.option("--snr", default=None, type=float, help="Magnitude sources: add complex noise at this SNR.")
+@click.option("--params", "params_args", multiple=True, metavar="CONTRAST=TR:TE:TI:FLIP[:B0]",
+              help="Sequence numbers (ms, ms, ms, degrees, T; empty = unknown) for sources without them; repeatable.")
+@click.option("--quiet", is_flag=True)
+def data_import(src, out, fmt, pattern, preset, contrast_args, split_text, seed, size, slices, plane, fit, frame,
+                phase, coils, snr, params_args, quiet):
+    """Import NIfTI, DICOM, ISMRMRD or Siemens twix files as a fastMRI-layout dataset."""
+    from tqdm import tqdm
+
+    from .data.importers.base import ImportOptions
+    from .data.importers.build import import_dataset, parse_params
+    from .data.importers.layout import Layout
+
+    try:
+        split = tuple(float(x) for x in _csv(split_text))
+    except ValueError:
+        raise MrbenchError(f"--split: expected three numbers train,val,test, got {split_text!r}") from None
+    options = ImportOptions(size=size, slices=slices, plane=plane, fit=fit, frame=frame, phase=phase, coils=coils,
+                            snr=snr, seed=seed, split=split, params=parse_params(params_args))
+    layout = Layout.build(pattern, preset, contrast_args)
+    with tqdm(desc="volumes", unit="vol", disable=quiet, file=sys.stderr) as bar:
+        report = import_dataset(src, out, fmt=fmt, layout=layout, options=options, progress=bar.update)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    counts = {}
+    for v in report.volumes:
+        counts[(v["split"], v["contrast"])] = counts.get((v["split"], v["contrast"]), 0) + 1
+    kinds = sorted({v["kspace_source"] for v in report.volumes})
+    summary = ", ".join(f"{split}/{c} {n}" for (split, c), n in sorted(counts.items()))
+    click.echo(f"wrote {len(report.volumes)} {report.format} volumes to {out} ({summary}); k-space {' and '.join(kinds)}")
+
+
 @data.command("info")
 @click.argument("directory", type=click.Path())
 @click.option("--no-check", is_flag=True, help="Skip scanning every k-space value for NaN/Inf.")

@@ -458,6 +458,7 @@ def evaluate(
                 "scarce": data.scarce[t],
                 "context": task.context.as_dict(),
                 "train_slices": train_counts[task.name]["slices"],
+                "kspace_source": kspace_sources(task),
                 "steps": {"0": score_volumes(vols)},
             }
     if contexts in ("unseen", "all") and data.unseen_test:
@@ -484,12 +485,19 @@ def evaluate(
                 "scarce": False,
                 "context": task.context.as_dict(),
                 "train_slices": 0,
+                "kspace_source": kspace_sources(task),
                 "support_slices": [list(s) for s in data.support_slices[task.name]],
                 "chosen_steps": choice["steps"],
                 "steps": steps_out,
             }
     out["summary"] = _summary(out["contexts"])
     return out
+
+
+def kspace_sources(task) -> str:
+    """Where a context's test k-space came from (``attrs["kspace_source"]`` of its volumes):
+    the tables and the ledger print "simulated from magnitude" beside results (issue 33)."""
+    return ", ".join(sorted({v.kspace_source for v in task.volumes} - {""}))
 
 
 def _summary(contexts: dict) -> dict:

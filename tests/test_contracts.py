@@ -132,3 +132,25 @@ def test_every_weighting_combines_backpropagates_and_checkpoints(name):
     clone = make_weighting(name, 2, None, task_sizes=[10, 5])
     clone.load_state_dict(w.state_dict())
     assert torch.equal(clone.task_weights(), w.task_weights())
+
+
+@pytest.mark.parametrize("name", sorted(__import__("mrbench.data.importers", fromlist=["IMPORTERS"]).IMPORTERS))
+def test_every_importer_is_named_declares_its_package_and_finds_nothing_in_foreign_files(name, tmp_path):
+    """The importer contract: its registry name, the package its extra installs, the file
+    endings that guess it, and discover() ignores files of another format (no crash, no source)."""
+    from mrbench.data.importers import IMPORTERS, guess_format
+    from mrbench.data.importers.base import ImportOptions
+    from mrbench.data.importers.layout import Layout
+
+    cls = IMPORTERS[name]
+    assert cls.name == name and cls.package and cls.suffixes
+    assert guess_format([tmp_path / f"x{cls.suffixes[0]}"]) == name
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    importer = cls(ImportOptions())
+    try:
+        importer.require()
+    except Exception:
+        pytest.skip(f"{cls.package} not installed")
+    assert importer.discover(tmp_path, [tmp_path / "notes.csv"], Layout()) == []
+    with pytest.raises(Exception, match=r"unknown format 'x'; valid: dicom, ismrmrd, nifti, twix"):
+        IMPORTERS.lookup("x")

@@ -71,6 +71,7 @@ class VolumeMeta:
     stored_mask: bool = False  # the file is already undersampled: its own `mask` (fastMRI's test layout)
     stored_low: int = 0  # its `num_low_frequencies` attribute (the ACS lines of the stored mask)
     acquisition: tuple = NO_ACQUISITION  # ACQUISITION_FIELDS, then the FAMILIES index of sequence_type; None where absent
+    kspace_source: str = ""  # attrs["kspace_source"] ("simulated from magnitude" for imported images), "synthetic", or ""
 
     @property
     def name(self) -> str:
@@ -84,16 +85,25 @@ class VolumeMeta:
 # ----------------------------------------------------------------------------- header
 
 
-def build_header(kspace_shape: tuple[int, int], recon_shape: tuple[int, int], acquisition: dict | None = None) -> str:
+def build_header(
+    kspace_shape: tuple[int, int],
+    recon_shape: tuple[int, int],
+    acquisition: dict | None = None,
+    *,
+    limits: tuple[int, int] | None = None,
+) -> str:
     """A minimal ISMRMRD header with the fields fastMRI parses.
 
     ``x`` is the read-out (H) and ``y`` the phase-encoding (W) size; the
-    encoding limits say every phase-encoding column is acquired (no padding).
+    encoding limits say every phase-encoding column is acquired (no padding) unless
+    ``limits = (center, maximum)`` of ``kspace_encoding_step_1`` say otherwise (a raw
+    acquisition whose lines do not fill the encoded matrix: fastMRI's padding columns).
     ``acquisition``: :data:`ACQUISITION_FIELDS` (and ``sequence_type``) → value; written where
     the ISMRMRD schema puts them (field strength before ``encoding``, the sequence after).
     """
     h, w = kspace_shape
     rh, rw = recon_shape
+    center, maximum = limits if limits is not None else (w // 2, w - 1)
     ns = ISMRMRD_NS
     acq = {k: v for k, v in (acquisition or {}).items() if v is not None}
     system = (
@@ -114,8 +124,8 @@ def build_header(kspace_shape: tuple[int, int], recon_shape: tuple[int, int], ac
         f"<reconSpace><matrixSize><x>{rh}</x><y>{rw}</y><z>1</z></matrixSize>"
         f"<fieldOfView_mm><x>{rh}</x><y>{rw}</y><z>1</z></fieldOfView_mm></reconSpace>"
         "<encodingLimits>"
-        f"<kspace_encoding_step_1><minimum>0</minimum><maximum>{w - 1}</maximum>"
-        f"<center>{w // 2}</center></kspace_encoding_step_1>"
+        f"<kspace_encoding_step_1><minimum>0</minimum><maximum>{maximum}</maximum>"
+        f"<center>{center}</center></kspace_encoding_step_1>"
         "</encodingLimits>"
         "</encoding>"
         + (f"<sequenceParameters>{seq}</sequenceParameters>" if seq else "")
@@ -250,6 +260,9 @@ def read_meta(path: str | os.PathLike) -> VolumeMeta:
         if stored_mask and tuple(hf["mask"].shape) not in ((w,), (h, w)):
             raise _fail(path, f"'mask' has shape {tuple(hf['mask'].shape)}, expected ({w},) or ({h}, {w})")
         stored_low = int(attrs.get("num_low_frequencies", 0))
+        kspace_source = _text(attrs.get("kspace_source", ""))
+        if not kspace_source and _text(attrs.get("generator", "")).startswith("mrbench synth"):
+            kspace_source = "synthetic"
     return VolumeMeta(
         path=path,
         contrast=str(contrast),
@@ -266,7 +279,12 @@ def read_meta(path: str | os.PathLike) -> VolumeMeta:
         stored_mask=stored_mask,
         stored_low=stored_low,
         acquisition=acquisition,
+        kspace_source=kspace_source,
     )
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def check_values(path: str | os.PathLike, chunk_slices: int = 4) -> None:
@@ -318,12 +336,16 @@ def read_volume(meta: VolumeMeta) -> tuple[np.ndarray, np.ndarray | None]:
 def write_volume(
     path: str | os.PathLike,
     kspace: np.ndarray,
-    target: np.ndarray,
+    target: np.ndarray | None,
     *,
     acquisition: str,
     patient_id: str,
     extra_attrs: dict | None = None,
     header_params: dict | None = None,
+    mask: np.ndarray | None = None,
+    num_low_frequencies: int = 0,
+    recon_shape: tuple[int, int] | None = None,
+    limits: tuple[int, int] | None = None,
 ) -> None:
     """Write one fastMRI-format volume atomically.
 
@@ -331,21 +353,33 @@ def write_volume(
     ``reconstruction_esc``) or ``(S, C, H, W)`` (multi-coil, target stored as
     ``reconstruction_rss``). ``max`` and ``norm`` follow fastMRI: the volume
     target's maximum and L2 norm. ``header_params``: the header's acquisition numbers (:func:`build_header`).
+
+    fastMRI's test layout (an undersampled acquisition): ``target=None`` with its ``mask``
+    ``(W,)`` and ``num_low_frequencies``; ``recon_shape`` then gives the header's reconSpace.
+    ``limits``: the header's ``kspace_encoding_step_1`` (center, maximum), when not every column is data.
     """
     kspace = np.asarray(kspace, dtype=np.complex64)
-    target = np.asarray(target, dtype=np.float32)
     if kspace.ndim not in (3, 4):
         raise ValueError(f"kspace must be 3-D or 4-D, got {kspace.shape}")
+    if target is None and mask is None:
+        raise ValueError("a volume without a target must carry its sampling mask (fastMRI's test layout)")
+    if target is not None:
+        target = np.asarray(target, dtype=np.float32)
+        recon_shape = target.shape[-2:]
     key = "reconstruction_esc" if kspace.ndim == 3 else "reconstruction_rss"
-    header = build_header(kspace.shape[-2:], target.shape[-2:], header_params)
+    header = build_header(kspace.shape[-2:], recon_shape or kspace.shape[-2:], header_params, limits=limits)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as hf:
             hf.create_dataset("kspace", data=kspace)
-            hf.create_dataset(key, data=target)
+            if target is not None:
+                hf.create_dataset(key, data=target)
+                hf.attrs["max"] = float(target.max())
+                hf.attrs["norm"] = float(np.linalg.norm(target))
+            if mask is not None:
+                hf.create_dataset("mask", data=np.asarray(mask, dtype=bool))
+                hf.attrs["num_low_frequencies"] = int(num_low_frequencies)
             hf.create_dataset("ismrmrd_header", data=header.encode())
             hf.attrs["acquisition"] = acquisition
-            hf.attrs["max"] = float(target.max())
-            hf.attrs["norm"] = float(np.linalg.norm(target))
             hf.attrs["patient_id"] = patient_id
             for k, v in (extra_attrs or {}).items():
                 hf.attrs[k] = v

@@ -537,6 +537,8 @@ def ledger(claims: Sequence[Claim], df: pd.DataFrame | Sequence[R.Run], diverged
     read at its budget B in ``df`` and the ladder's rungs at 2B (or B/2) gate its cells."""
     df = df if isinstance(df, pd.DataFrame) else R.records(df)
     conv = convergence_gate(df, ladder)
+    if R.simulated_kspace(df):
+        experiment += " (k-space simulated from magnitude)"
     rows = [{"experiment": experiment, **r} for c in claims for r in check(c, df, diverged, conv=conv, resolve=resolve)]
     return pd.DataFrame(rows, columns=LEDGER_COLUMNS)
 
@@ -562,6 +564,8 @@ def to_markdown(table: pd.DataFrame) -> str:
               "volumes model over the claim's cells (docs/design.md §6); cell counts Holm-corrected within each claim "
               "(the family: its cells); no correction across claims — read the ledger as a list of separate tests. "
               "mde: the smallest Δ the claim's test detects with 80 % power.\n")
+    if table["experiment"].astype(str).str.contains("simulated from magnitude").any():
+        legend += f"\n{R.SIMULATED_NOTE}.\n"
     return "\n".join(lines) + "\n" + legend
 
 

@@ -60,9 +60,13 @@ def read_records(paths: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, list
             raise MrbenchError(f"{path}: not a records file (expected {NAME}, or a directory holding one)")
         try:
             frame = pd.read_csv(p, compression="gzip", keep_default_na=True, dtype={"volume": str, "adaptation": str,
-                                                                                  "setting": str, "loss": str})
+                                                                                  "setting": str, "loss": str,
+                                                                                  "kspace_source": str})
         except Exception as exc:  # a truncated or foreign file: one line, not a traceback
             raise MrbenchError(f"{p}: not a readable records file ({exc})") from None
+        for col in R.OPTIONAL_COLUMNS:
+            if col not in frame.columns:
+                frame[col] = ""
         missing = [c for c in R.RECORD_COLUMNS if c not in frame.columns]
         if missing:
             raise MrbenchError(f"{p}: missing column(s) {', '.join(missing)} (expected a records file written by mrbench)")
@@ -71,7 +75,7 @@ def read_records(paths: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, list
     status = df.pop("status") if "status" in df else pd.Series("done", index=df.index)
     lost = df[status == "diverged"]
     df = df[status != "diverged"].reset_index(drop=True)
-    for col in ("adaptation", "setting", "loss", "mask", "budget_rule"):
+    for col in ("adaptation", "setting", "loss", "mask", "budget_rule", "kspace_source"):
         df[col] = df[col].fillna("")
     df["seen"] = df["seen"].astype(bool)
     df["scarce"] = df["scarce"].astype(bool)

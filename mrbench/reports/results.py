@@ -208,6 +208,7 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
                         "volume": volume,
                         "train_slices": int(ctx.get("train_slices", 0)),
                         "chosen_steps": float(ctx.get("chosen_steps", float("nan"))),
+                        "kspace_source": str(ctx.get("kspace_source", "")),
                         **per_run,
                         **{k: float(m[k]) for k in METRICS},
                     })
@@ -218,7 +219,17 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
 #: stores (``records.csv.gz``) so that anyone can recompute them
 RECORD_COLUMNS = ["label", "method", "run", "experiment", "scarcity", "seed", "context", "contrast", "mask",
                   "acceleration", "seen", "scarce", "steps", "volume", "train_slices", "chosen_steps", "budget",
-                  "budget_rule", "parameters", "loss", "adaptation", "setting", *METRICS]
+                  "budget_rule", "parameters", "loss", "adaptation", "setting", "kspace_source", *METRICS]
+#: columns a records file written before they existed may lack (read as empty)
+OPTIONAL_COLUMNS = ("kspace_source",)
+#: what the tables and the ledger say beside results on k-space made from magnitude images
+SIMULATED_NOTE = ("k-space simulated from magnitude images (mrbench data import): reconstruction looks easier than "
+                  "on raw data (Shimron et al., PNAS 2022)")
+
+
+def simulated_kspace(df: pd.DataFrame) -> bool:
+    """Whether any record's test k-space was simulated from magnitude images."""
+    return "kspace_source" in df and df["kspace_source"].fillna("").astype(str).str.contains("simulated").any()
 
 
 def run_facts(run: Run) -> dict:

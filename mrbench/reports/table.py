@@ -50,6 +50,7 @@ class Tables:
     reference: str | None = None
     runs: int = 0
     note: str = ""
+    simulated: bool = False  # some test k-space was simulated from magnitude images
     adaptation: pd.DataFrame | None = None  # results.adaptation_gains: does adaptation help, per method
     diverged: set = field(default_factory=set)  # (label, scarcity) with a diverged run
     resolve: float | None = None  # --resolve: the difference whose seeds-needed the verdict table gives
@@ -113,7 +114,8 @@ def build_tables(
         names = ", ".join(sorted(r.name for r in diverged))
         note = "; ".join(filter(None, [note, f"diverged (stored as such, not averaged in): {names}"]))
     out = Tables(reference=ref, runs=int(all_records["run"].nunique()), note=note, adaptation=R.adaptation_gains(all_records),
-                 diverged={(r.label, r.scarcity) for r in diverged}, resolve=resolve)
+                 diverged={(r.label, r.scarcity) for r in diverged}, resolve=resolve,
+                 simulated=R.simulated_kspace(all_records))
     settings = R.row_settings(all_records)
     for m in metrics:
         cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
@@ -169,6 +171,8 @@ def _legend(t: Table, tables: Tables) -> str:
                      "do not read a ranking off this cell")
     if tables.note:
         parts.append(tables.note)
+    if tables.simulated:
+        parts.append(R.SIMULATED_NOTE)
     return "; ".join(parts)
 
 

@@ -322,15 +322,34 @@ def simulate_subject(
         mag = mag + lesion_wm * np.float32(seq.tissue_signal(lesion_tissue) * scale - sig[TISSUE_NAMES.index("wm")])
         image = mag * _bias_and_phase(rng, n_slices, size)
         sigma = float(np.abs(image)[brain].mean()) / snr if snr is not None and math.isfinite(snr) else 0.0
-        if sens is not None:
-            image = image[:, None] * sens[None]
-        kspace = fft2c(torch.from_numpy(np.ascontiguousarray(image, dtype=np.complex64))).numpy()
-        if sigma > 0:
-            noise = rng.standard_normal((2,) + kspace.shape, dtype=np.float32) * np.float32(sigma / math.sqrt(2))
-            kspace = kspace + (noise[0] + 1j * noise[1]).astype(np.complex64)
-        kspace = np.ascontiguousarray(kspace, dtype=np.complex64)
-        img = ifft2c(torch.from_numpy(kspace)).numpy()
-        target = np.abs(img) if sens is None else np.sqrt((img.real**2 + img.imag**2).sum(axis=1))
-        target = np.ascontiguousarray(target, dtype=np.float32)
+        kspace, target = acquire(image, sens, sigma, rng)
         out[name] = SubjectVolume(kspace=kspace, target=target)
     return out
+
+
+def acquire(
+    image: np.ndarray, sens: np.ndarray | None, sigma: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Measure a complex ``(S, H, W)`` image: coils (``sens`` ``(C, H, W)`` or None), the
+    orthonormal centred FFT, complex Gaussian noise of std ``sigma`` per sample (none at 0).
+
+    Returns ``(kspace, target)``: k-space ``(S, H, W)`` or ``(S, C, H, W)`` complex64 and the
+    magnitude (RSS) of its inverse FFT, float32 — the target comes from the noisy data, as in
+    fastMRI. Shared by the synthetic subjects and ``mrbench data import`` (magnitude sources).
+    """
+    if sens is not None:
+        image = image[:, None] * sens[None]
+    kspace = fft2c(torch.from_numpy(np.ascontiguousarray(image, dtype=np.complex64))).numpy()
+    if sigma > 0:
+        noise = rng.standard_normal((2,) + kspace.shape, dtype=np.float32) * np.float32(sigma / math.sqrt(2))
+        kspace = kspace + (noise[0] + 1j * noise[1]).astype(np.complex64)
+    kspace = np.ascontiguousarray(kspace, dtype=np.complex64)
+    img = ifft2c(torch.from_numpy(kspace)).numpy()
+    target = np.abs(img) if sens is None else np.sqrt((img.real**2 + img.imag**2).sum(axis=1))
+    return kspace, np.ascontiguousarray(target, dtype=np.float32)
+
+
+def smooth_phase(rng: np.random.Generator, n_slices: int, size: int) -> np.ndarray:
+    """complex64 ``(S, H, W)`` unit-modulus smooth phase (the synthetic subjects' phase model,
+    without their bias field): what a magnitude image lacks for realistic k-space."""
+    return np.exp(1j * np.angle(_bias_and_phase(rng, n_slices, size))).astype(np.complex64)
