@@ -439,3 +439,42 @@ def test_missing_contrast_is_reported_not_dropped(tmp_path):
                             options=ImportOptions(split=(1.0, 0.0, 0.0)))
     assert report.notes == ["subject s2 has no T2 (imported with T1)"]
     assert len(report.volumes) == 5
+
+
+def test_undersampled_subjects_train_and_a_self_supervised_loss_trains_on_them(tmp_path, gre_dat):
+    """Four fully sampled and two undersampled raw scans (ISMRMRD, compressed to one coil): the
+    undersampled subjects have no target, so they all go to train; `ssdu` trains on them."""
+    from conftest import set_args, tiny_run_settings
+
+    _, raw = _twix_lines(gre_dat)
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        noisy = raw + (rng.standard_normal(raw.shape) + 1j * rng.standard_normal(raw.shape)).astype(np.complex64) * 2e-7
+        lines = None if i < 4 else sorted(set(range(i % 4, 160, 4)) | set(range(72, 88)))
+        write_ismrmrd(src / f"sub{i}.h5", noisy.astype(np.complex64), lines=lines)
+    result = _run(src, "--out", tmp_path / "ds", "--pattern", "{subject}.h5", "--split", "0.5,0.25,0.25", "--coils", 1)
+    assert result.exit_code == 0, result.output
+    assert "2 subject(s) with undersampled scans only (no target) put in train: sub4, sub5" in result.output
+    record = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert {v["subject"]: v["split"] for v in record["volumes"]}.items() >= {"sub4": "train", "sub5": "train"}.items()
+    settings = tiny_run_settings(tmp_path / "ds", tmp_path / "runs", 'data.tasks=["gre"]', "data.scarce=[]", "data.unseen=[]",
+                                 "eval.adapt_steps=0", "train.budget=8", "train.val_every=8", "train.loss=ssdu")
+    res = CliRunner().invoke(main, ["run", "stl", "--quiet", *set_args(settings)])
+    assert res.exit_code == 0, res.output
+    assert "gre/equispaced/4x" in res.output
+
+
+def test_ledger_says_when_kspace_was_simulated_from_magnitude():
+    import pandas as pd
+
+    from mrbench.reports import claims as C
+    from mrbench.reports import results as R
+
+    assert R.simulated_kspace(pd.DataFrame({"kspace_source": ["synthetic", "simulated from magnitude"]}))
+    assert not R.simulated_kspace(pd.DataFrame({"kspace_source": ["synthetic", "measured", None]}))
+    row = {c: "x" for c in C.LEDGER_COLUMNS}
+    plain = C.to_markdown(pd.DataFrame([row]))
+    marked = C.to_markdown(pd.DataFrame([{**row, "experiment": "ixi (k-space simulated from magnitude)"}]))
+    assert "Shimron" not in plain and R.SIMULATED_NOTE in marked

@@ -4,7 +4,8 @@ Everything is written into a hidden staging folder beside ``--out`` and renamed 
 when every volume is written, so a failed import leaves nothing (docs/design.md §7). The
 dataset's ``dataset.json`` records the source, the options, the split and, per volume, its
 source files, shape and ``kspace_source``; subjects missing a contrast are listed there and
-printed, never dropped silently.
+printed, never dropped silently. Subjects whose scans are undersampled (no target to score) all
+go to train, where the self-supervised losses use them; the others are split by ``--split``.
 """
 
 from __future__ import annotations
@@ -125,42 +126,27 @@ def import_dataset(
         missing = sorted(set(contrasts) - {s.contrast for s in items})
         if missing:
             report.notes.append(f"subject {subject} has no {', '.join(missing)} (imported with {', '.join(sorted(s.contrast for s in items))})")
-    split = split_subjects(list(by_subject), options.split, options.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        scored: dict[str, bool] = {}  # subject → every volume has a target (can be validated / tested on)
         for subject, items in sorted(by_subject.items()):
-            shapes = {}
-            for source in sorted(items, key=lambda s: s.contrast):
-                vol = importer.load(source)
-                shapes[source.contrast] = (tuple(vol.kspace.shape), source.paths[0])
-                params = {**{k: v for k, v in vol.params.items()}, **options.params.get(source.contrast, {})}
-                name = f"{_safe(source.contrast)}_{_safe(subject)}.h5"
-                path = staging / split[subject] / name
-                write_volume(
-                    path, vol.kspace, vol.target, acquisition=source.contrast, patient_id=subject,
-                    extra_attrs={"generator": "mrbench data import", "source_format": fmt, **vol.attrs},
-                    header_params={k: v for k, v in params.items() if v is not None},
-                    mask=vol.mask, num_low_frequencies=vol.num_low_frequencies,
-                    recon_shape=vol.recon_shape, limits=vol.limits,
-                )
-                report.volumes.append({
-                    "file": f"{split[subject]}/{name}", "subject": subject, "contrast": source.contrast,
-                    "split": split[subject], "sources": [str(p) for p in source.paths],
-                    "kspace": list(vol.kspace.shape), "target": vol.target is not None,
-                    "kspace_source": vol.attrs.get("kspace_source"),
-                    "params": {k: v for k, v in params.items() if v is not None},
-                })
-                if progress:
-                    progress(1)
-            slices = {shape[0] for shape, _ in shapes.values()}
-            matrices = {shape[-2:] for shape, _ in shapes.values()}
-            if len(slices) > 1 or len(matrices) > 1:
-                detail = ", ".join(f"{c} {'×'.join(map(str, s))} ({p.name})" for c, (s, p) in sorted(shapes.items()))
-                raise MrbenchError(
-                    f"subject {subject}: its contrasts differ in shape ({detail}); pass --size and --slices "
-                    "so every contrast has the same slices"
-                )
+            scored[subject] = _write_subject(importer, subject, items, staging / "pending", fmt, options, report)
+            if progress:
+                progress(len(items))
+        # the split: subjects with targets by --split; undersampled-only subjects train (no target to score)
+        split = split_subjects([s for s, ok in scored.items() if ok], options.split, options.seed) if any(scored.values()) else {}
+        unscored = sorted(s for s, ok in scored.items() if not ok)
+        split.update({s: "train" for s in unscored})
+        if unscored:
+            report.notes.append(f"{len(unscored)} subject(s) with undersampled scans only (no target) put in train: {', '.join(unscored)}")
+        for v in report.volumes:
+            v["split"] = split[v["subject"]]
+            name = v.pop("name")
+            v["file"] = f"{v['split']}/{name}"
+            (staging / v["split"]).mkdir(exist_ok=True)
+            os.replace(staging / "pending" / name, staging / v["file"])
+        (staging / "pending").rmdir()
         report.notes.extend(importer.notes)
         atomic.write_json(staging / "dataset.json", {
             "generator": "mrbench data import",
@@ -179,3 +165,37 @@ def import_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def _write_subject(importer, subject: str, items: list[Source], folder: Path, fmt: str, options: ImportOptions,
+                   report: ImportReport) -> bool:
+    """Load and write every contrast of one subject into ``folder``; True when all have targets.
+    Contrasts of one subject must share slices and matrix (paired multi-contrast data)."""
+    shapes, scored = {}, True
+    for source in sorted(items, key=lambda s: s.contrast):
+        vol = importer.load(source)
+        shapes[source.contrast] = (tuple(vol.kspace.shape), source.paths[0])
+        params = {**vol.params, **options.params.get(source.contrast, {})}
+        params = {k: v for k, v in params.items() if v is not None}
+        name = f"{_safe(source.contrast)}_{_safe(subject)}.h5"
+        write_volume(
+            folder / name, vol.kspace, vol.target, acquisition=source.contrast, patient_id=subject,
+            extra_attrs={"generator": "mrbench data import", "source_format": fmt, **vol.attrs},
+            header_params=params, mask=vol.mask, num_low_frequencies=vol.num_low_frequencies,
+            recon_shape=vol.recon_shape, limits=vol.limits,
+        )
+        scored &= vol.target is not None
+        report.volumes.append({
+            "name": name, "subject": subject, "contrast": source.contrast, "sources": [str(p) for p in source.paths],
+            "kspace": list(vol.kspace.shape), "target": vol.target is not None,
+            "kspace_source": vol.attrs.get("kspace_source"), "params": params,
+        })
+    slices = {shape[0] for shape, _ in shapes.values()}
+    matrices = {shape[-2:] for shape, _ in shapes.values()}
+    if len(slices) > 1 or len(matrices) > 1:
+        detail = ", ".join(f"{c} {'×'.join(map(str, s))} ({p.name})" for c, (s, p) in sorted(shapes.items()))
+        raise MrbenchError(
+            f"subject {subject}: its contrasts differ in shape ({detail}); pass --size and --slices "
+            "so every contrast has the same slices"
+        )
+    return scored
