@@ -12,6 +12,11 @@ overrides. Unknown sections or keys and values of the wrong type or range are
 ``--set`` values are read as TOML values (``train.lr=3e-4``, ``data.tasks=["AXT1"]``)
 and fall back to plain strings; list-valued keys also take comma-separated
 strings (``data.tasks=AXT1,AXT2``) and bracketed bare words (``data.tasks=[AXT1,AXT2]``).
+
+The plug-in registries (methods, losses, backbones, weightings: the layers below) are imported
+inside the functions that need them, for start-up speed only — reading an experiment file
+(``mrbench table --claims``, ``sweep``) must not import torch. None of them imports this
+module, so there is no cycle (``tests/test_layers.py``).
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ from typing import Callable, Sequence
 
 from . import atomic
 from .data.synth.build import SynthSpec, is_up_to_date, synthesize
+from .reports import results as R
+from .reports.compare import write_report
+from .reports.table import build_tables, render
 from .sweep import Experiment, SweepResult, cores, load_experiment, run_sweep
 
 #: the reference of the demo's verdicts: joint training of the VarNet (joint-unet is KM-MAML's)
@@ -58,10 +61,6 @@ def run_demo(
     seeds: Sequence[int] | None = None,
     profile: str | None = None,
 ) -> DemoOutcome:
-    from .reports import results as R
-    from .reports.compare import write_report
-    from .reports.table import build_tables, render
-
     t0 = time.perf_counter()
     if is_up_to_date(DEMO_SYNTH, data_root):
         report(f"{data_root}: synth-brain up to date")
@@ -92,9 +91,6 @@ def run_demo(
 def interrupted_table(directory: Path) -> str:
     """What an interrupted demo has to show: the verdict tables of the cells finished so far
     (the sweep resumes from them: run it again to finish)."""
-    from .reports import results as R
-    from .reports.table import build_tables, render
-
     runs = R.load_runs([directory]) if directory.exists() and any(directory.rglob("DONE")) else []
     if not runs:
         return "interrupted before any run finished: nothing to tabulate (run the demo again to resume)"

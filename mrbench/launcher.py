@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -51,10 +52,10 @@ def _run_cli(argv: list[str], log: str, env: dict, status=None) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     sys.argv = ["mrbench", *argv]
-    from mrbench.cli import main
-
     try:
-        main(args=argv, prog_name="mrbench")
+        # `python -m mrbench` in this process: the launcher (a layer below the CLI) runs the CLI
+        # module by name, never imports it (the forkserver has preloaded it, so this is instant)
+        runpy.run_module("mrbench", run_name="__main__", alter_sys=False)
     except SystemExit as done:
         if status is not None:
             code = done.code

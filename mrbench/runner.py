@@ -22,15 +22,19 @@ import torch
 
 from .config import Config, config_from_dict
 from .data.assemble import ExperimentData, assemble
+from .data.assemble import choose_support
 from .data.dataset import SliceDataset, VolumeStore
+from .data.index import shape_kinds
 from .engine import Diverged, Interrupted, Preempted, Trainer
+from .engine import image_grid
 from .errors import MrbenchError, RunDiverged, RunInterrupted, RunStopped
 from .evaluation.adaptation import adapted_volumes, select_adaptation, support_batch
 from .evaluation.evaluate import predict_volumes, score_volumes
 from . import distributed
 from .methods import METHODS, Method
 from .models import build_backbone
-from .losses import self_supervised
+from .losses import build_loss, self_supervised
+from .losses import LOSSES
 from .shared_phases import SHARED_DIR, SharedPhases, phase_keys
 from .store import RunStore, environment, file_digest, now, run_lock
 
@@ -59,7 +63,8 @@ def cpu_bf16_supported() -> bool:
 def build_method(cfg: Config, data: ExperimentData, device: torch.device) -> Method:
     torch.manual_seed(cfg.train.seed)
     kwargs = cfg.model.backbone_kwargs()
-    method = METHODS[cfg.method](cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs))
+    method = METHODS[cfg.method](cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs),
+                                 build_loss(cfg))
     method.models.to(device)
     return method
 
@@ -87,7 +92,6 @@ def check_loss_fits_data(cfg: Config, data) -> None:
     where the supervised loss trains on them — a self-supervised loss (``train.loss``, or
     ``train.ssl_loss`` on the ``data.self_supervised`` tasks) trains on undersampled scans alone,
     but recomputes measurements with A = M F, which needs single-coil data."""
-    from .losses import LOSSES
 
     scored = [v for group in (data.val, data.test, data.unseen_test) for t in group for v in t.volumes]
     no_target = [v for v in scored if v.target_key is None]
@@ -146,7 +150,6 @@ def check_data_parallel(cfg: Config, data: ExperimentData) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return
-    from .data.index import shape_kinds
 
     kinds = shape_kinds([v for t in data.train for v in t.volumes])
     if len(kinds) > 1:
@@ -529,7 +532,6 @@ def _log_volume(writer, tag: str, vols: dict) -> None:
     """One image per slice of the first volume, so TensorBoard's step slider scrolls through it."""
     if writer is None or not vols:
         return
-    from .engine import image_grid
 
     v = vols[sorted(vols)[0]]
     for s in range(v["pred"].shape[0]):
@@ -542,7 +544,6 @@ def support_curves(path: str | os.PathLike, sizes: list[int]) -> dict:
     method's is (split seed and context only), adapted with the run's own chosen rule and lr
     along its step counts, the test volumes scored after each. Stored in metrics.json as
     ``contexts[name]["support_curve"][k][steps]`` (mean metrics); the rest is kept."""
-    from .data.assemble import choose_support
 
     store = RunStore(path)
     if not store.metrics_path.exists():

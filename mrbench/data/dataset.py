@@ -29,6 +29,7 @@ import torch
 
 from ..errors import MrbenchError
 from ..fourier import center_crop, ifft2c_magnitude
+from .index import shape_key
 from .contexts import Context
 from .fastmri_format import VolumeMeta, read_mask, read_volume
 from .masks import DrawnMask, volume_seed
@@ -160,7 +161,6 @@ class SliceDataset(torch.utils.data.Dataset):
             for v in task.volumes
             for s in range(v.num_slices)
         ]
-        from .index import shape_key
 
         kinds: dict[tuple, int] = {}
         #: each item's size kind (batches stack one kind; one kind: every item 0)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import MrbenchError
 from .fastmri_format import VolumeMeta, check_values, read_meta
+from .fastmri_format import FAMILIES
 from .index_cache import IndexCache, relative_names
 
 SPLITS = ("train", "val", "test")
@@ -112,7 +113,6 @@ class VolumeIndex:
 def acquisition_text(acquisition: tuple) -> str:
     """``500/15/-/90 1.5T se`` from a header's (TR, TE, TI, flip, B0, family); ``-`` where
     absent, ``none`` when the header has none of them (metadata conditioning would refuse it)."""
-    from .fastmri_format import FAMILIES
 
     if all(a is None for a in acquisition):
         return "none"

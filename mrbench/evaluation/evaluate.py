@@ -1,7 +1,7 @@
 """Scoring a reconstructor on a task's volumes, the fastMRI way.
 
 A *reconstructor* is any callable ``batch -> (B, h, w)`` magnitude images
-already cropped to the targets (see :func:`mrbench.methods.base.reconstruct`).
+already cropped to the targets (see :func:`mrbench.models.outputs.reconstruct`).
 Slices are predicted in batches, re-assembled per volume, and each volume is
 scored with :func:`~mrbench.evaluation.metrics.volume_metrics` using the
 volume's own maximum as the data range (fastMRI's evaluate.py).

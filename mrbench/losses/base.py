@@ -20,6 +20,7 @@ from typing import Callable, ClassVar
 import torch
 
 from ..data.dataset import Sample
+from ..models.outputs import magnitude
 from ..physics import MRIOperator
 
 Run = Callable[[Sample], torch.Tensor]
@@ -62,9 +63,13 @@ class Loss:
 
     def reconstruct(self, run: Run, batch: Sample) -> torch.Tensor:
         """What is scored: :meth:`infer`'s magnitude, centre-cropped to the targets."""
-        from ..methods.base import magnitude
-
         return magnitude(self.infer(run, batch), batch)
+
+
+def l1_per_sample(pred: torch.Tensor, batch: Sample) -> torch.Tensor:
+    """L1 between magnitude images, divided by each volume's maximum (scale-free across datasets)."""
+    err = (pred - batch.target).abs().mean(dim=(-2, -1))
+    return err / batch.max_value.to(err.dtype)
 
 
 def operator(batch: Sample, mask: torch.Tensor | None = None) -> MRIOperator:

@@ -6,8 +6,8 @@ loss is their average, Putzky & Welling's objective."""
 
 from __future__ import annotations
 
-from ..methods.base import l1_per_sample, magnitude
-from .base import Loss
+from ..models.outputs import magnitude
+from .base import Loss, l1_per_sample
 
 
 class Supervised(Loss):

@@ -21,45 +21,10 @@ from torch import nn
 
 from ..data.contexts import Context
 from ..data.dataset import Sample, TaskData, take
-from ..fourier import center_crop
+from ..losses import build_loss
+from ..models.outputs import image
 
 Reconstructor = Callable[[Sample], torch.Tensor]
-
-
-def backbone_args(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> tuple:
-    """The positional arguments of the common backbone interface for a batch (plus the
-    task indices for task-aware backbones)."""
-    args = (batch.kspace, batch.mask, batch.num_low_frequencies)
-    if getattr(model, "task_aware", False):
-        args = (*args, batch.task if task is None else task)
-    return args
-
-
-def image(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> torch.Tensor:
-    """A backbone's complex (B, H, W) full-size image of a batch.
-
-    Task-aware backbones (``task_aware = True``, e.g. ``mtl-varnet``) also get the
-    task index of every sample (``task``, default ``batch.task``) to route it
-    through that task's parameters.
-    """
-    return model(*backbone_args(model, batch, task))
-
-
-def magnitude(out: torch.Tensor, batch: Sample) -> torch.Tensor:
-    """The one place a backbone's complex image becomes what is scored: its magnitude,
-    centre-cropped to the targets (fastMRI's convention)."""
-    return center_crop(out.abs(), tuple(batch.target.shape[-2:]))
-
-
-def reconstruct(model: nn.Module, batch: Sample, task: torch.Tensor | None = None) -> torch.Tensor:
-    """The (B, h, w) magnitude reconstruction of a batch (:func:`image`, :func:`magnitude`)."""
-    return magnitude(image(model, batch, task), batch)
-
-
-def l1_per_sample(pred: torch.Tensor, batch: Sample) -> torch.Tensor:
-    """L1 between magnitude images, divided by each volume's maximum (scale-free across datasets)."""
-    err = (pred - batch.target).abs().mean(dim=(-2, -1))
-    return err / batch.max_value.to(err.dtype)
 
 
 @dataclass
@@ -124,15 +89,15 @@ class Method:
         """Refuse, before anything is written, data this method cannot use (one line naming
         the file): e.g. metadata conditioning needs the acquisition numbers in every header."""
 
-    def __init__(self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module]):
+    def __init__(self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module],
+                 loss=None):
         self.cfg = cfg
         self.tasks = list(tasks)
         self.scarce = list(scarce)
         self.make_backbone = make_backbone
         self.models = nn.ModuleDict()
-        from ..losses import build_loss
-
-        self.loss = build_loss(cfg)  # train.loss: every step and every fine-tuning step uses it
+        # train.loss (runner.build_method builds it): every step and every fine-tuning step uses it
+        self.loss = loss if loss is not None else build_loss(cfg)
         self.loss.contexts = [t.context for t in self.tasks]
 
     # -- training

@@ -75,6 +75,7 @@ from torch.func import functional_call
 from ..data.dataset import Sample
 from ..errors import MrbenchError
 from .base import Method, Phase, StepResult, finetune_path
+from ..models.km_unet import KMUNet
 from .meta import (
     MetaOptions,
     refuse_vmap,
@@ -141,10 +142,9 @@ class KMMAML(Method):
     backbones = ("km-unet", "unet")  # unet: the same base network, modulated
     options = {"meta": (MetaOptions, KMMAMLOptions)}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone):
-        super().__init__(cfg, tasks, scarce, make_backbone)
+    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
+        super().__init__(cfg, tasks, scarce, make_backbone, loss)
         refuse_vmap(self)
-        from ..models.km_unet import KMUNet
 
         self.models["net"] = KMUNet(**kmunet_kwargs(cfg))
         self.hyper_names = group_names(self.models["net"], ("hyper",))

@@ -77,8 +77,8 @@ class MAML(Method):
     data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
     options = {"meta": (MetaOptions, VmapOption)}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone):
-        super().__init__(cfg, tasks, scarce, make_backbone)
+    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
+        super().__init__(cfg, tasks, scarce, make_backbone, loss)
         if cfg.meta.vmap and (cfg.train.loss != "sup" or cfg.data.self_supervised):
             raise MrbenchError("meta.vmap: needs the supervised loss on every task (train.loss = \"sup\", "
                                "no data.self_supervised); set meta.vmap = false")

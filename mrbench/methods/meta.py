@@ -49,7 +49,9 @@ from torch.func import functional_call
 
 from ..data.dataset import Sample
 from ..errors import MrbenchError
-from .base import Phase, StepResult, backbone_args, l1_per_sample, magnitude, support_minibatch
+from ..losses.base import l1_per_sample
+from ..models.outputs import backbone_args, magnitude
+from .base import Phase, StepResult, support_minibatch
 
 
 
@@ -147,7 +149,7 @@ def functional_image(model: nn.Module, tensors: Mapping[str, torch.Tensor], batc
 
 
 def functional_reconstruct(model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: Sample) -> torch.Tensor:
-    """:func:`~mrbench.methods.base.reconstruct` with ``tensors`` in place of the module's own."""
+    """:func:`~mrbench.models.outputs.reconstruct` with ``tensors`` in place of the module's own."""
     return magnitude(functional_image(model, tensors, batch), batch)
 
 

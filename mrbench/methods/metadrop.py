@@ -61,7 +61,8 @@ from torch import nn
 
 from ..data.contexts import Context
 from ..errors import MrbenchError
-from .base import Method, Phase, StepResult, image
+from ..models.outputs import image
+from .base import Method, Phase, StepResult
 from .meta import MetaOptions, episode_phase, meta_support, refuse_vmap, task_draw_weights
 
 RULES: dict[str, Callable[[Context, Context], bool]] = {
@@ -212,8 +213,8 @@ class MetaDrop(Method):
     data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
     options = {"meta": (MetaOptions, MetaDropOptions)}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone):
-        super().__init__(cfg, tasks, scarce, make_backbone)
+    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
+        super().__init__(cfg, tasks, scarce, make_backbone, loss)
         refuse_vmap(self)
         if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "notes":
             raise MrbenchError('meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number')

@@ -12,7 +12,7 @@ network.
 One phase over all tasks with ``train.sampling``: ``stratified`` interleaves
 the tasks (the scarce one up-sampled); ``uniform`` draws slices in proportion
 to the tasks' sizes, and then ``naive`` uses inverse-frequency weights. A step
-computes the per-sample L1 (:func:`~mrbench.methods.base.l1_per_sample`),
+computes the per-sample L1 (:func:`~mrbench.losses.base.l1_per_sample`),
 averages it per task and hands the per-task means and counts to the weighting,
 which back-propagates (PCGrad and GradNorm do their own per-task backward
 passes). ``StepResult.loss`` is the plain mean L1 of the batch (comparable
@@ -32,7 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MrbenchError
-from .base import Method, Phase, Reconstructor, StepResult, _per_task, image
+from ..models import SIZES
+from ..models.outputs import image
+from .base import Method, Phase, Reconstructor, StepResult, _per_task
 from ..models.mtl_varnet import MTLVarNet, default_blocks
 from .weighting import WEIGHTINGS, make_weighting
 
@@ -50,8 +52,6 @@ class MtlOptions:
 
 def mtl_blocks(cfg) -> str:
     """The block letters of this configuration: ``model.blocks`` or the default for the cascades."""
-    from ..models import SIZES
-
     cascades = cfg.model.cascades or SIZES[cfg.model.size]["cascades"]
     return cfg.model.blocks or default_blocks(cascades)
 
@@ -80,8 +80,8 @@ class MTL(Method):
         """Blocks and weighting instead of the backbone (``IIVV-dwa``, ``-etas`` with per-task η)."""
         return f"{mtl_blocks(cfg)}-{cfg.mtl.weighting}" + ("" if cfg.model.share_etas else "-etas")
 
-    def __init__(self, cfg, tasks, scarce, make_backbone):
-        super().__init__(cfg, tasks, scarce, make_backbone)
+    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
+        super().__init__(cfg, tasks, scarce, make_backbone, loss)
         n = len(self.tasks)
         self.models["mtl"] = MTLVarNet(num_tasks=n, **mtl_backbone_kwargs(cfg))
         self.models["weighting"] = make_weighting(

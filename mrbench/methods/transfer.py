@@ -36,8 +36,8 @@ class Transfer(Method):
     shares_phases = True  # the abundant task's phase repeats at every scarcity level
     options = {"train": TransferOptions}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone):
-        super().__init__(cfg, tasks, scarce, make_backbone)
+    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
+        super().__init__(cfg, tasks, scarce, make_backbone, loss)
         if all(scarce) or not any(scarce):
             raise MrbenchError(
                 "transfer needs at least one abundant and one scarce task "

@@ -14,7 +14,7 @@ Every backbone has the same forward signature, so methods are backbone-agnostic:
   (:class:`~mrbench.physics.MRIOperator`, the self-supervised losses); multi-coil
   backbones return the RSS magnitude with zero phase (fastMRI's multi-coil
   targets are RSS). The magnitude is taken, and centre-cropped to the target,
-  in one place: :func:`mrbench.methods.base.magnitude`.
+  in one place: :func:`mrbench.models.outputs.magnitude`.
 
 Inputs may have any scale; backbones normalise internally per sample.
 """

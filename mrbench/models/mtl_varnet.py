@@ -31,7 +31,7 @@ cascade has one data-consistency weight η per task, selected per sample.
 Forward contract: that of every backbone (:mod:`mrbench.models`) plus the task
 index of every sample: ``forward(kspace, mask, num_low_frequencies, task)``
 with ``task`` an int64 (B,) tensor. ``task_aware = True`` tells
-:func:`mrbench.methods.base.reconstruct` to pass it.
+:func:`mrbench.models.outputs.reconstruct` to pass it.
 """
 
 from __future__ import annotations

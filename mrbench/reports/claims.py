@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MrbenchError
+from ..config import read_toml
 from . import results as R
 from . import statistics as S
 
@@ -97,8 +98,6 @@ class Claim:
 
 def read_claims(path: str | Path) -> list[Claim]:
     """The ``[[claims]]`` of an experiment file; a malformed entry is a one-line error."""
-    from ..config import read_toml
-
     values = read_toml(Path(path), "experiment file").get("claims", [])
     if not isinstance(values, list) or not values:
         raise MrbenchError(f"{path}: no [[claims]] tables")

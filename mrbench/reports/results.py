@@ -18,6 +18,7 @@ reference's (the form of KM-MAML's "generalises to 80 % / 92 % of unseen context
 
 from __future__ import annotations
 
+from .. import atomic
 import json
 import os
 import re
@@ -622,7 +623,7 @@ def win_rates(summary: pd.DataFrame, reference: str, metric: str, steps: int | N
 
 def order_labels(labels: Iterable[str], methods: dict[str, str]) -> list[str]:
     """Zero-filled ("no learning") first, then the registry's method order, then by name."""
-    from ..methods import METHODS
+    from ..methods import METHODS  # lazy for start-up speed: `mrbench table` needs no torch until here
 
     rank = {name: i for i, name in enumerate(["zero-filled", *[m for m in METHODS if m != "zero-filled"]])}
     return sorted(set(labels), key=lambda lab: (rank.get(methods.get(lab, ""), len(rank)), lab))
@@ -637,7 +638,6 @@ SUMMARY_COLUMNS = ["label", "method", "context", "seen", "scarcity", "steps", "t
 
 def write_summary_csv(summary: pd.DataFrame, path: str | os.PathLike) -> None:
     """The long-form summary (one row per cell): what ``baselines/`` holds and ``--baselines`` reads."""
-    from .. import atomic
 
     atomic.write_text(path, summary.reindex(columns=SUMMARY_COLUMNS).to_csv(index=False, float_format="%.6g"))
 
