@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-demo claims gpu clean
+.PHONY: demo test test-fast lint bench bench-demo claims gpu clean
 
 # --no-compile: pip byte-compiles every file it installs (torch's thousands included), half of
 # the install's time; instead one import of what mrbench and its tests load writes the
@@ -34,11 +34,16 @@ demo: $(STAMP)
 # holds ~0.3 GiB once torch and mrbench are imported); 0 = in this process. `make test TEST_JOBS=0` for a serial run.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); if [ $$n -gt 4 ]; then n=4; fi; if [ $$n -lt 2 ]; then n=0; fi; echo $$n)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) -m "not slow"
+
+# ruff (configured in pyproject.toml): lint, and the formatter's check, over the whole tree
+lint: $(STAMP)
+	$(BIN)/ruff check mrbench tests benchmarks
+	$(BIN)/ruff format --check mrbench tests benchmarks
 
 # torchopt and higher are benchmark-only (bench_meta.py times the same MAML step with them)
 bench: $(STAMP)

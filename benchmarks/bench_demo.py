@@ -54,8 +54,19 @@ def main() -> None:
     t0 = time.perf_counter()
     synthesize(DEMO_SYNTH, data, overwrite=data.exists())
     synth = time.perf_counter() - t0
-    cmd = [sys.executable, "-m", "mrbench", "demo", "--out", str(out), "--data", str(data), "--quiet",
-           "--jobs", str(args.jobs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mrbench",
+        "demo",
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--quiet",
+        "--jobs",
+        str(args.jobs),
+    ]
     cmd += ["--profile", args.profile] if args.profile else []
     cmd += ["--seeds", args.seeds] if args.seeds else []
     t0 = time.perf_counter()
@@ -73,23 +84,28 @@ def main() -> None:
         train += float(m.get("train_seconds", 0.0))
         total += float(m.get("wall_seconds", 0.0))
         runs += 1
-    print(json.dumps({
-        "benchmark": "demo from empty",
-        "command": " ".join(cmd[1:]),
-        "profile": args.profile or "quick (default)",
-        "wall_seconds": round(wall, 1),
-        "synthesis_seconds": round(synth, 1),
-        "runs": runs,
-        "run_seconds_summed": round(total, 1),
-        "training_share": round(train / total, 3) if total else None,
-        "evaluation_share": round(1 - train / total, 3) if total else None,
-        "seconds_per_label": {k: round(v, 1) for k, v in sorted(per_label.items(), key=lambda kv: -kv[1])},
-        "cores": cores(),
-        "cpu": cpu_model(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "where": str(root) if args.keep else "temporary (removed by the OS)",
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "demo from empty",
+                "command": " ".join(cmd[1:]),
+                "profile": args.profile or "quick (default)",
+                "wall_seconds": round(wall, 1),
+                "synthesis_seconds": round(synth, 1),
+                "runs": runs,
+                "run_seconds_summed": round(total, 1),
+                "training_share": round(train / total, 3) if total else None,
+                "evaluation_share": round(1 - train / total, 3) if total else None,
+                "seconds_per_label": {k: round(v, 1) for k, v in sorted(per_label.items(), key=lambda kv: -kv[1])},
+                "cores": cores(),
+                "cpu": cpu_model(),
+                "loadavg_before": [round(x, 2) for x in load_before],
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                "where": str(root) if args.keep else "temporary (removed by the OS)",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

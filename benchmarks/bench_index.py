@@ -42,7 +42,9 @@ from mrbench.store import file_digest
 def write_files(root: Path, volumes: int, size: int, slices: int) -> None:
     rng = np.random.default_rng(0)
     img = rng.standard_normal((slices, size, size)).astype(np.complex64)
-    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)).astype(np.complex64)
+    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)).astype(
+        np.complex64
+    )
     target = np.abs(img).astype(np.float32)
     for v in range(volumes):
         split = ("train", "train", "train", "train", "val", "test")[v % 6]
@@ -78,23 +80,38 @@ def main() -> None:
             out = [cache.digest(f, file_digest) for f in files]
             cache.save()
             return out
+
         d_cold, first = timed(digests)
         d_warm, second = timed(digests)
         assert first == second
         vols = index.select("train", "AXT1")
-        data = SliceDataset([TaskData("AXT1", Context("AXT1", "equispaced", 4.0), tuple(vols))], train=True,
-                            store=VolumeStore(max_bytes=0))
+        data = SliceDataset(
+            [TaskData("AXT1", Context("AXT1", "equispaced", 4.0), tuple(vols))],
+            train=True,
+            store=VolumeStore(max_bytes=0),
+        )
         order = np.random.default_rng(1).permutation(len(data))[: args.reads]
         t_read, _ = timed(lambda: [data[int(i)] for i in order])
-    print(json.dumps({
-        "volumes": args.volumes, "size": args.size, "slices_per_volume": args.slices,
-        "write_seconds": round(t_write, 2),
-        "index_cold_seconds": round(cold, 3), "index_warm_seconds": round(warm, 3),
-        "index_uncached_seconds": round(uncached, 3), "warm_speedup_over_uncached": round(uncached / warm, 1),
-        "digests_cold_seconds": round(d_cold, 3), "digests_warm_seconds": round(d_warm, 3),
-        "slices_per_s_from_files": round(len(order) / t_read, 1),
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "volumes": args.volumes,
+                "size": args.size,
+                "slices_per_volume": args.slices,
+                "write_seconds": round(t_write, 2),
+                "index_cold_seconds": round(cold, 3),
+                "index_warm_seconds": round(warm, 3),
+                "index_uncached_seconds": round(uncached, 3),
+                "warm_speedup_over_uncached": round(uncached / warm, 1),
+                "digests_cold_seconds": round(d_cold, 3),
+                "digests_warm_seconds": round(d_warm, 3),
+                "slices_per_s_from_files": round(len(order) / t_read, 1),
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

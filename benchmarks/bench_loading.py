@@ -32,10 +32,14 @@ def main(size=128, slices=24, volumes=8, samples=4000, rounds=5):
     with tempfile.TemporaryDirectory() as tmp:
         metas = []
         for v in range(volumes):
-            img = (rng.standard_normal((slices, size, size)) + 1j * rng.standard_normal((slices, size, size))).astype(np.complex64)
+            img = (rng.standard_normal((slices, size, size)) + 1j * rng.standard_normal((slices, size, size))).astype(
+                np.complex64
+            )
             k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
             p = Path(tmp) / f"v{v}.h5"
-            write_volume(p, k.astype(np.complex64), np.abs(img).astype(np.float32), acquisition="AXT1", patient_id=str(v))
+            write_volume(
+                p, k.astype(np.complex64), np.abs(img).astype(np.float32), acquisition="AXT1", patient_id=str(v)
+            )
             metas.append(read_meta(p))
         datasets = {}
         for kind in kinds:
@@ -51,17 +55,21 @@ def main(size=128, slices=24, volumes=8, samples=4000, rounds=5):
                 for i in order:
                     ds[int(i)]
                 rates[kind].append(per_round / (time.perf_counter() - t0))
-    print(json.dumps({
-        "benchmark": "slice_loading",
-        "shape": [size, size],
-        "coils": 1,
-        "slices_per_second": {kind: round(statistics.median(r), 1) for kind, r in rates.items()},
-        "best_round_slices_per_second": {kind: round(max(r), 1) for kind, r in rates.items()},
-        "rounds": rounds,
-        "samples_per_round": per_round,
-        "target_slices_per_second": 2000,
-        "torch_threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "slice_loading",
+                "shape": [size, size],
+                "coils": 1,
+                "slices_per_second": {kind: round(statistics.median(r), 1) for kind, r in rates.items()},
+                "best_round_slices_per_second": {kind: round(max(r), 1) for kind, r in rates.items()},
+                "rounds": rounds,
+                "samples_per_round": per_round,
+                "target_slices_per_second": 2000,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

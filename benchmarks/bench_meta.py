@@ -72,14 +72,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrbench.config import load_config  # noqa: E402
-from mrbench.data.contexts import context_grid  # noqa: E402
-from mrbench.data.dataset import Sample, TaskData  # noqa: E402
-from mrbench.methods.base import l1_per_sample, reconstruct  # noqa: E402
-from mrbench.methods.kmmaml import KMMAML  # noqa: E402
-from mrbench.methods.maml import MAML  # noqa: E402
-from mrbench.models import UNetRecon  # noqa: E402
-from mrbench.reports.results import bootstrap_ci  # noqa: E402
+from mrbench.config import load_config
+from mrbench.data.contexts import context_grid
+from mrbench.data.dataset import Sample, TaskData
+from mrbench.methods.base import l1_per_sample, reconstruct
+from mrbench.methods.kmmaml import KMMAML
+from mrbench.methods.maml import MAML
+from mrbench.models import UNetRecon
+from mrbench.reports.results import bootstrap_ci
 
 CONFIGS = [(1, 1), (2, 1), (1, 3), (2, 3)]  # (order, inner steps)
 INNER_LR = 1e-2
@@ -93,7 +93,17 @@ def make_batch(n: int, size: int, seed: int, device: torch.device) -> Sample:
     c = max(1, round(0.08 * size))
     mask[..., size // 2 - c // 2 : size // 2 - c // 2 + c] = 1
     target = torch.rand(n, size, size, generator=g)
-    s = Sample(k * mask, mask, target, target, torch.zeros(n, dtype=torch.long), ["x"] * n, torch.zeros(n), torch.ones(n), torch.full((n,), c))
+    s = Sample(
+        k * mask,
+        mask,
+        target,
+        target,
+        torch.zeros(n, dtype=torch.long),
+        ["x"] * n,
+        torch.zeros(n),
+        torch.ones(n),
+        torch.full((n,), c),
+    )
     return Sample(*(v.to(device) if torch.is_tensor(v) else v for v in s))
 
 
@@ -175,6 +185,7 @@ def run_one(args, order: int, inner: int, impl: str, build_only: bool = False):
     opt = torch.optim.Adam(params, lr=1e-4)
 
     if impl == "mrbench":
+
         def meta_step():
             opt.zero_grad(set_to_none=True)
             method.step(source)
@@ -199,7 +210,9 @@ def run_one(args, order: int, inner: int, impl: str, build_only: bool = False):
                 params = tuple(net.parameters())
                 state = inner_sgd.init(params)
                 for _ in range(inner):
-                    grads = torch.autograd.grad(loss_at(params, source(args.support, t)), params, create_graph=order == 2)
+                    grads = torch.autograd.grad(
+                        loss_at(params, source(args.support, t)), params, create_graph=order == 2
+                    )
                     updates, state = inner_sgd.update(grads, state, inplace=False)
                     params = torchopt.apply_updates(params, updates, inplace=False)
                 (loss_at(params, source(args.query, t)) / args.tasks).backward()
@@ -212,7 +225,9 @@ def run_one(args, order: int, inner: int, impl: str, build_only: bool = False):
             opt.zero_grad(set_to_none=True)
             inner_opt = torch.optim.SGD(net.parameters(), lr=INNER_LR)
             for t in range(args.tasks):
-                with higher.innerloop_ctx(net, inner_opt, track_higher_grads=order == 2, copy_initial_weights=False) as (fnet, diffopt):
+                with higher.innerloop_ctx(
+                    net, inner_opt, track_higher_grads=order == 2, copy_initial_weights=False
+                ) as (fnet, diffopt):
                     for _ in range(inner):
                         s = source(args.support, t)
                         diffopt.step(l1_per_sample(reconstruct(fnet, s), s).mean())
@@ -249,12 +264,15 @@ def interleaved(args, order: int, inner: int) -> dict:
     median (the reports' percentile bootstrap, :func:`mrbench.reports.results.bootstrap_ci`).
     """
     device = torch.device(args.device)
-    steps = {impl: run_one(args, order, inner, impl, build_only=True)
-             for impl in ("mrbench", "vmap", "torchopt", "higher") if impl in ("mrbench", "vmap") or available(impl)}
+    steps = {
+        impl: run_one(args, order, inner, impl, build_only=True)
+        for impl in ("mrbench", "vmap", "torchopt", "higher")
+        if impl in ("mrbench", "vmap") or available(impl)
+    }
     times: dict = {impl: [] for impl in steps}
     order_ = list(steps)
     for i in range(args.warmup + args.pairs):
-        for impl in order_[i % len(order_):] + order_[: i % len(order_)]:
+        for impl in order_[i % len(order_) :] + order_[: i % len(order_)]:
             step = steps[impl]
             sync(device)
             t0 = time.perf_counter()
@@ -263,6 +281,7 @@ def interleaved(args, order: int, inner: int) -> dict:
             if i >= args.warmup:
                 times[impl].append(time.perf_counter() - t0)
     out: dict = {impl: round(statistics.median(v), 4) for impl, v in times.items()}
+
     def paired(num: str, den: str) -> dict:
         r = [a / b for a, b in zip(times[num], times[den])]
         lo, hi = bootstrap_ci(r, statistic=np.median)
@@ -337,7 +356,7 @@ def main() -> None:
     runs: dict = {impl: {f"order{o}_k{k}": [] for o, k in CONFIGS} for impl in impls}
     for r in range(args.rounds):
         for order, inner in CONFIGS:
-            for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
+            for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
                 runs[impl][f"order{order}_k{inner}"].append(spawn(args, order, inner, impl))
     results: dict = {impl: {key: _combine(vals) for key, vals in by.items()} for impl, by in runs.items()}
     results["mrbench"] = results.pop("mrbench")
@@ -346,8 +365,11 @@ def main() -> None:
     together = {f"order{o}_k{k}": spawn(args, o, k, "interleaved") for o, k in CONFIGS}
     fastest_other = {}
     for key in runs["mrbench"]:
-        others = [results[lib][key]["seconds_per_step"] for lib in ("torchopt", "higher")
-                  if isinstance(results[lib], dict) and "seconds_per_step" in results[lib][key]]
+        others = [
+            results[lib][key]["seconds_per_step"]
+            for lib in ("torchopt", "higher")
+            if isinstance(results[lib], dict) and "seconds_per_step" in results[lib][key]
+        ]
         if others and "seconds_per_step" in results["mrbench"][key]:
             fastest_other[key] = round(results["mrbench"][key]["seconds_per_step"] / min(others), 3)
     verdict = {}
@@ -368,7 +390,9 @@ def main() -> None:
         vmap_target[key] = {
             "tasks": args.tasks,
             "speedup_over_loop": speedup,
-            "at_least_1.5x": "met" if speedup["ci95"][0] >= 1.5 else ("missed" if speedup["ci95"][1] < 1.5 else "within noise"),
+            "at_least_1.5x": "met"
+            if speedup["ci95"][0] >= 1.5
+            else ("missed" if speedup["ci95"][1] < 1.5 else "within noise"),
             "vs_fastest_library": None if fastest is None else {fastest: vs[fastest]},
         }
     ratios = {}

@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrbench.models import SIZES, VarNet  # noqa: E402
-from mrbench.models.mtl_varnet import MTLVarNet  # noqa: E402
+from mrbench.models import SIZES, VarNet
+from mrbench.models.mtl_varnet import MTLVarNet
 
 
 def make_batch(batch: int, size: int, tasks: int, device: str):

@@ -44,8 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrbench.fourier import fft2c, ifft2c, rss  # noqa: E402
-from mrbench.models import SIZES, VarNet  # noqa: E402
+from mrbench.fourier import fft2c, ifft2c, rss
+from mrbench.models import SIZES, VarNet
 
 
 def make_input(batch: int, coils: int, h: int, w: int, device: str, seed: int = 0) -> dict:
@@ -57,7 +57,9 @@ def make_input(batch: int, coils: int, h: int, w: int, device: str, seed: int = 
         for _ in range(6):
             cy, cx = (torch.rand(2, generator=g) - 0.5).tolist()
             r = 0.1 + 0.3 * float(torch.rand(1, generator=g))
-            img[b] += float(0.3 + 0.7 * torch.rand(1, generator=g)) * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+            img[b] += float(0.3 + 0.7 * torch.rand(1, generator=g)) * torch.exp(
+                -((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)
+            )
     img = img * torch.exp(1j * 0.5 * xx)
     if coils > 1:
         ang = torch.arange(coils) * (2 * math.pi / coils)
@@ -96,8 +98,11 @@ def build(which: str, size: str, device: str) -> torch.nn.Module:
         from fastmri.models import VarNet as FastmriVarNet
 
         model = FastmriVarNet(
-            num_cascades=s["cascades"], sens_chans=s["sens_chans"], sens_pools=s["sens_pools"],
-            chans=s["chans"], pools=s["pools"],
+            num_cascades=s["cascades"],
+            sens_chans=s["sens_chans"],
+            sens_pools=s["sens_pools"],
+            chans=s["chans"],
+            pools=s["pools"],
         )
     return model.to(device)
 
@@ -109,14 +114,19 @@ def make_step(which: str, model: torch.nn.Module, data: dict):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     if which == "mrbench":
+
         def forward():
             return model(data["kspace"], data["mask"], data["nlf"]).abs()  # the backbone's image is complex
     else:
+
         def forward():
             return model(data["kspace_ri"], data["mask_fm"], data["acs"])
 
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if PRECISION["value"] == "bf16"
-                else torch.autocast(device_type="cpu", enabled=False))
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if PRECISION["value"] == "bf16"
+        else torch.autocast(device_type="cpu", enabled=False)
+    )
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -258,7 +268,9 @@ def main() -> int:
     result["params"] = {w: sum(p.numel() for p in m.parameters()) for w, m in models.items()}
 
     multi = make_input(args.batch, args.coils, args.height, args.width, args.device)
-    times = time_interleaved({w: make_step(w, m, multi) for w, m in models.items()}, args.device, args.warmup, args.steps)
+    times = time_interleaved(
+        {w: make_step(w, m, multi) for w, m in models.items()}, args.device, args.warmup, args.steps
+    )
     summarise(times, result, "multicoil")
 
     single = make_input(args.batch, 1, args.height, args.width, args.device, seed=1)
@@ -266,18 +278,20 @@ def main() -> int:
     steps = {w: make_step(w, m, single) for w, m in single_models.items()}
     try:
         steps["fastmri"]()
-    except Exception as exc:  # noqa: BLE001 - report, don't fail the benchmark
+    except Exception as exc:
         result["singlecoil_fastmri_error"] = f"{type(exc).__name__}: {exc}"
         del steps["fastmri"]
     summarise(time_interleaved(steps, args.device, args.warmup, args.steps), result, "singlecoil")
 
     # peak memory: a fresh process per model, so neither sees the other's allocations
     peaks: dict = {}
-    for w in (() if args.no_memory else ("mrbench", "fastmri")):
+    for w in () if args.no_memory else ("mrbench", "fastmri"):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", w] + [
             f"--{k}={getattr(args, k)}" for k in ("device", "size", "batch", "coils", "height", "width", "threads")
         ]
-        out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        out = json.loads(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        )
         peaks[w] = round(out["peak_mib"], 1)
         how = out.get("how", "torch.cuda.max_memory_allocated")
     if peaks:

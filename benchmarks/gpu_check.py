@@ -31,8 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (experiment file, method, synth arguments for its data): one cell each
 CELLS = [
     ("evaluate/liu2021_mtl.toml", "mtl", ["--subjects", "12", "--size", "128"]),
-    ("evaluate/kmmaml2023.toml", "kmmaml", ["--subjects", "12", "--size", "128", "--contrasts",
-                                            "AXT1,AXT2,AXPD,AXFLAIR,T1GRE:gre:tr=20:te=5:flip=30,STIR:ir:tr=4000:te=30:ti=150"]),
+    (
+        "evaluate/kmmaml2023.toml",
+        "kmmaml",
+        [
+            "--subjects",
+            "12",
+            "--size",
+            "128",
+            "--contrasts",
+            "AXT1,AXT2,AXPD,AXFLAIR,T1GRE:gre:tr=20:te=5:flip=30,STIR:ir:tr=4000:te=30:ti=150",
+        ],
+    ),
     ("evaluate/deepinv_ssl.toml", "stl", ["--subjects", "12", "--size", "128"]),
 ]
 
@@ -65,14 +75,43 @@ def main() -> int:
         print("make gpu: no CUDA device on this machine; nothing run")
         return 0
     py = sys.executable
-    result: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result: dict = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     rc, out, sec = run([py, "-m", "pytest", "-q", "-m", "gpu", "tests"], timeout=180)
-    result["gpu_tests"] = {"exit": rc, "seconds": round(sec, 1), "summary": out.strip().splitlines()[-1] if out.strip() else ""}
+    result["gpu_tests"] = {
+        "exit": rc,
+        "seconds": round(sec, 1),
+        "summary": out.strip().splitlines()[-1] if out.strip() else "",
+    }
     result["varnet_fastmri_size"] = {}
     for precision in ("fp32", "bf16"):
-        rc, out, sec = run([py, "benchmarks/bench_varnet.py", "--device", "cuda", "--size", "paper", "--coils", "16",
-                            "--height", "640", "--width", "368", "--steps", "10", "--warmup", "3",
-                            "--precision", precision, "--no-memory"], timeout=150)
+        rc, out, sec = run(
+            [
+                py,
+                "benchmarks/bench_varnet.py",
+                "--device",
+                "cuda",
+                "--size",
+                "paper",
+                "--coils",
+                "16",
+                "--height",
+                "640",
+                "--width",
+                "368",
+                "--steps",
+                "10",
+                "--warmup",
+                "3",
+                "--precision",
+                precision,
+                "--no-memory",
+            ],
+            timeout=150,
+        )
         result["varnet_fastmri_size"][precision] = last_json(out) or {"exit": rc, "output": out[-500:]}
     cells = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,12 +121,36 @@ def main() -> int:
             if rc != 0:
                 cells[exp] = {"exit": rc, "output": out[-500:]}
                 continue
-            rc, out, sec = run([py, "-m", "mrbench", "run", method, "--config", exp, "--profile", "gpu", "--quiet",
-                                "--set", f"data.root={data}", "--set", f"run.out={tmp}/runs",
-                                "--set", f"train.budget={args.budget}", "--set", f"train.val_every={args.budget}"],
-                               timeout=150)
-            cells[exp] = {"method": method, "exit": rc, "seconds": round(sec, 1), "budget": args.budget,
-                          "output": out.strip().splitlines()[-12:]}
+            rc, out, sec = run(
+                [
+                    py,
+                    "-m",
+                    "mrbench",
+                    "run",
+                    method,
+                    "--config",
+                    exp,
+                    "--profile",
+                    "gpu",
+                    "--quiet",
+                    "--set",
+                    f"data.root={data}",
+                    "--set",
+                    f"run.out={tmp}/runs",
+                    "--set",
+                    f"train.budget={args.budget}",
+                    "--set",
+                    f"train.val_every={args.budget}",
+                ],
+                timeout=150,
+            )
+            cells[exp] = {
+                "method": method,
+                "exit": rc,
+                "seconds": round(sec, 1),
+                "budget": args.budget,
+                "output": out.strip().splitlines()[-12:],
+            }
     result["gpu_profile_cells"] = cells
     text = json.dumps(result, indent=1)
     print(text)

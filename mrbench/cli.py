@@ -131,28 +131,74 @@ def data_synth(out, contrasts, subjects, size, slices, coils, snr, seed, source,
 @data.command("import")
 @click.argument("src", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="A new (or empty) folder.")
-@click.option("--format", "fmt", default=None, help="nifti, dicom, ismrmrd or twix; guessed from the files when not given.")
+@click.option(
+    "--format", "fmt", default=None, help="nifti, dicom, ismrmrd or twix; guessed from the files when not given."
+)
 @click.option("--pattern", default=None, help="Path with {subject} and {contrast}, e.g. '{subject}-{contrast}.nii.gz'.")
 @click.option("--layout", "preset", default=None, help="A named pattern: ixi or brats.")
-@click.option("--contrast", "contrast_args", multiple=True, metavar="NAME=MATCH",
-              help="Contrast NAME is the part/SeriesDescription containing MATCH (=MATCH: equal); repeatable; selects.")
-@click.option("--split", "split_text", default="0.7,0.15,0.15", show_default=True, help="train,val,test fractions, by subject.")
+@click.option(
+    "--contrast",
+    "contrast_args",
+    multiple=True,
+    metavar="NAME=MATCH",
+    help="Contrast NAME is the part/SeriesDescription containing MATCH (=MATCH: equal); repeatable; selects.",
+)
+@click.option(
+    "--split", "split_text", default="0.7,0.15,0.15", show_default=True, help="train,val,test fractions, by subject."
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="The split's and the simulation's seed.")
-@click.option("--size", default=0, show_default=True, type=int, help="Magnitude sources: square matrix (0 = the source's).")
+@click.option(
+    "--size", default=0, show_default=True, type=int, help="Magnitude sources: square matrix (0 = the source's)."
+)
 @click.option("--slices", default=0, show_default=True, type=int, help="Slices per volume from its centre (0 = all).")
-@click.option("--plane", default="axial", show_default=True, type=click.Choice(["axial", "coronal", "sagittal", "acquired"]),
-              help="Slice orientation (acquired: the plane of the fewest slices).")
+@click.option(
+    "--plane",
+    default="axial",
+    show_default=True,
+    type=click.Choice(["axial", "coronal", "sagittal", "acquired"]),
+    help="Slice orientation (acquired: the plane of the fewest slices).",
+)
 @click.option("--fit", default="resample", show_default=True, type=click.Choice(["resample", "crop"]))
 @click.option("--frame", default=None, type=int, help="The frame of a 4-D volume.")
-@click.option("--phase/--no-phase", default=False, show_default=True, help="Magnitude sources: a smooth synthetic phase.")
-@click.option("--coils", default=0, show_default=True, type=int,
-              help="Magnitude: simulated coils (0 = single-coil); raw: SVD compression to N coils (0 = all).")
+@click.option(
+    "--phase/--no-phase", default=False, show_default=True, help="Magnitude sources: a smooth synthetic phase."
+)
+@click.option(
+    "--coils",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Magnitude: simulated coils (0 = single-coil); raw: SVD compression to N coils (0 = all).",
+)
 @click.option("--snr", default=None, type=float, help="Magnitude sources: add complex noise at this SNR.")
-@click.option("--params", "params_args", multiple=True, metavar="CONTRAST=TR:TE:TI:FLIP[:B0]",
-              help="Sequence numbers (ms, ms, ms, degrees, T; empty = unknown) for sources without them; repeatable.")
+@click.option(
+    "--params",
+    "params_args",
+    multiple=True,
+    metavar="CONTRAST=TR:TE:TI:FLIP[:B0]",
+    help="Sequence numbers (ms, ms, ms, degrees, T; empty = unknown) for sources without them; repeatable.",
+)
 @click.option("--quiet", is_flag=True)
-def data_import(src, out, fmt, pattern, preset, contrast_args, split_text, seed, size, slices, plane, fit, frame,
-                phase, coils, snr, params_args, quiet):
+def data_import(
+    src,
+    out,
+    fmt,
+    pattern,
+    preset,
+    contrast_args,
+    split_text,
+    seed,
+    size,
+    slices,
+    plane,
+    fit,
+    frame,
+    phase,
+    coils,
+    snr,
+    params_args,
+    quiet,
+):
     """Import NIfTI, DICOM, ISMRMRD or Siemens twix files as a fastMRI-layout dataset."""
     from tqdm import tqdm
 
@@ -164,8 +210,19 @@ def data_import(src, out, fmt, pattern, preset, contrast_args, split_text, seed,
         split = tuple(float(x) for x in _csv(split_text))
     except ValueError:
         raise MrbenchError(f"--split: expected three numbers train,val,test, got {split_text!r}") from None
-    options = ImportOptions(size=size, slices=slices, plane=plane, fit=fit, frame=frame, phase=phase, coils=coils,
-                            snr=snr, seed=seed, split=split, params=parse_params(params_args))
+    options = ImportOptions(
+        size=size,
+        slices=slices,
+        plane=plane,
+        fit=fit,
+        frame=frame,
+        phase=phase,
+        coils=coils,
+        snr=snr,
+        seed=seed,
+        split=split,
+        params=parse_params(params_args),
+    )
     layout = Layout.build(pattern, preset, contrast_args)
     with tqdm(desc="volumes", unit="vol", disable=quiet, file=sys.stderr) as bar:
         report = import_dataset(src, out, fmt=fmt, layout=layout, options=options, progress=bar.update)
@@ -176,7 +233,9 @@ def data_import(src, out, fmt, pattern, preset, contrast_args, split_text, seed,
         counts[(v["split"], v["contrast"])] = counts.get((v["split"], v["contrast"]), 0) + 1
     kinds = sorted({v["kspace_source"] for v in report.volumes})
     summary = ", ".join(f"{split}/{c} {n}" for (split, c), n in sorted(counts.items()))
-    click.echo(f"wrote {len(report.volumes)} {report.format} volumes to {out} ({summary}); k-space {' and '.join(kinds)}")
+    click.echo(
+        f"wrote {len(report.volumes)} {report.format} volumes to {out} ({summary}); k-space {' and '.join(kinds)}"
+    )
 
 
 @data.command("info")
@@ -203,7 +262,9 @@ def data_info(directory, no_check):
     for p in problems:
         click.echo(f"problem: {p}")
     if problems:
-        raise MrbenchError(f"{directory}: {total} volumes ({checked}), but mrbench run would refuse it ({len(problems)} problem(s) above)")
+        raise MrbenchError(
+            f"{directory}: {total} volumes ({checked}), but mrbench run would refuse it ({len(problems)} problem(s) above)"
+        )
     click.echo(f"{total} volumes in {directory} ({checked}; usable by mrbench run)")
 
 
@@ -214,7 +275,9 @@ def data_info(directory, no_check):
 @click.argument("method")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML experiment/run file.")
 @click.option("--profile", help="Merge the config file's [profile.NAME] over it (e.g. cpu).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.budget=500.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.budget=500."
+)
 @click.option("--scarcity", type=int, help="Scarcity level N of the data.scarce tasks.")
 @click.option("--seed", type=int, help="Run seed (train.seed).")
 @click.option("--threads", type=int, help="torch CPU threads (train.threads; 0 = all cores).")
@@ -241,7 +304,10 @@ def run_cmd(method, config_file, profile, overrides, scarcity, seed, threads, de
         click.echo(f"Diverged: {div}", err=True)
         raise click.exceptions.Exit(RunDiverged.exit_code) from None
     except RunInterrupted as sig:
-        click.echo(f"Interrupted: {sig}; continue with: {_resume_command(method, config_file, profile, extra, scarcity, quiet)}", err=True)
+        click.echo(
+            f"Interrupted: {sig}; continue with: {_resume_command(method, config_file, profile, extra, scarcity, quiet)}",
+            err=True,
+        )
         raise click.exceptions.Exit(sig.exit_code) from None
     except RunStopped as stop:
         again = _resume_command(method, config_file, profile, extra, scarcity, quiet)
@@ -294,10 +360,17 @@ def _print_metrics(metrics: dict, path) -> None:
 @main.command("evaluate")
 @click.argument("run_dir", type=click.Path())
 @click.option("--contexts", type=click.Choice(["seen", "unseen", "all"]), default="all", show_default=True)
-@click.option("--adapt-steps", default=None, help="Comma-separated adaptation step counts for unseen contexts (0 always included).")
-@click.option("--support-sizes", default=None,
-              help="Instead: unseen-context metrics against the support size (comma-separated, in eval.support_unit), "
-                   "for RUN_DIR or every finished run below it; stored in metrics.json, plotted by compare.")
+@click.option(
+    "--adapt-steps",
+    default=None,
+    help="Comma-separated adaptation step counts for unseen contexts (0 always included).",
+)
+@click.option(
+    "--support-sizes",
+    default=None,
+    help="Instead: unseen-context metrics against the support size (comma-separated, in eval.support_unit), "
+    "for RUN_DIR or every finished run below it; stored in metrics.json, plotted by compare.",
+)
 def evaluate_cmd(run_dir, contexts, adapt_steps, support_sizes):
     """Evaluate a run's best checkpoint on the test volumes; rewrites metrics.json."""
     from .runner import evaluate_run_dir
@@ -321,7 +394,9 @@ def evaluate_cmd(run_dir, contexts, adapt_steps, support_sizes):
     metrics = evaluate_run_dir(run_dir, contexts, steps)
     _print_metrics(metrics, run_dir)
     if steps is not None and not any(not c["seen"] for c in metrics["contexts"].values()):
-        click.echo("note: --adapt-steps has no effect: no unseen contexts configured (data.unseen in the run's config.json)")
+        click.echo(
+            "note: --adapt-steps has no effect: no unseen contexts configured (data.unseen in the run's config.json)"
+        )
 
 
 @main.command("ls")
@@ -353,15 +428,17 @@ def ls_cmd(runs_dir):
             except (OSError, ValueError, AttributeError, KeyError, TypeError):
                 status = "metrics.json unreadable (re-run `mrbench evaluate` on it)"
                 seen = unseen = {}
-        rows.append([
-            str(store.path.relative_to(root)),
-            status,
-            cfg.get("method", "?"),
-            str(cfg.get("scarcity", "?")),
-            f"{seen['psnr']:.2f}" if seen else "-",
-            f"{seen['ssim']:.4f}" if seen else "-",
-            f"{unseen['psnr']:.2f}" if unseen else "-",
-        ])
+        rows.append(
+            [
+                str(store.path.relative_to(root)),
+                status,
+                cfg.get("method", "?"),
+                str(cfg.get("scarcity", "?")),
+                f"{seen['psnr']:.2f}" if seen else "-",
+                f"{seen['ssim']:.4f}" if seen else "-",
+                f"{unseen['psnr']:.2f}" if unseen else "-",
+            ]
+        )
     if len(rows) == 1:
         click.echo(f"no runs in {root}")
         return
@@ -381,18 +458,31 @@ def _echo_err(line: str) -> None:
 @click.argument("experiment_file", type=click.Path(dir_okay=False))
 @click.option("--jobs", default=1, show_default=True, type=int, help="Runs in parallel (local executor).")
 @click.option("--threads", default=0, type=int, help="torch threads per run (default: cores / jobs).")
-@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="local: subprocesses here; slurm: write (and submit, if sbatch exists) an array job.")
-@click.option("--profile", help="Merge the file's [profile.NAME] over it (e.g. cpu, gpu; several comma-separated, in order: cpu,ladder).")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: subprocesses here; slurm: write (and submit, if sbatch exists) an array job.",
+)
+@click.option(
+    "--profile",
+    help="Merge the file's [profile.NAME] over it (e.g. cpu, gpu; several comma-separated, in order: cpu,ladder).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run.")
 @click.option("--partition", default="", help="slurm: #SBATCH --partition.")
 @click.option("--time", "time_limit", default="", help="slurm: #SBATCH --time per run (e.g. 04:00:00).")
 @click.option("--mem", default="", help="slurm: #SBATCH --mem per run (e.g. 16G).")
 @click.option("--gpus-per-run", default=0, type=int, help="slurm: --gres=gpu:N and train.device=cuda.")
-@click.option("--check", is_flag=True, help="Run nothing: check the finished runs' training slice lists (e.g. after a Slurm array).")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Run nothing: check the finished runs' training slice lists (e.g. after a Slurm array).",
+)
 @click.option("--quiet", is_flag=True, help="Only the summary.")
-def sweep_cmd(experiment_file, jobs, threads, executor, profile, overrides, partition, time_limit, mem, gpus_per_run,
-              check, quiet):
+def sweep_cmd(
+    experiment_file, jobs, threads, executor, profile, overrides, partition, time_limit, mem, gpus_per_run, check, quiet
+):
     """Run the grid methods × scarcity levels × seeds of EXPERIMENT_FILE ([sweep] table).
 
     Runs with DONE are skipped and incomplete ones resumed, so re-running a sweep
@@ -426,7 +516,9 @@ def sweep_cmd(experiment_file, jobs, threads, executor, profile, overrides, part
         opts = SlurmOptions(partition, time_limit, mem, gpus_per_run)
         script, commands = write_slurm(exp, jobs, threads or max(1, cores() // jobs), opts)
         submitted = submit_slurm(script)
-        click.echo(f"wrote {script} and {commands}; " + (submitted or f"sbatch not found: submit with `sbatch {script}`"))
+        click.echo(
+            f"wrote {script} and {commands}; " + (submitted or f"sbatch not found: submit with `sbatch {script}`")
+        )
         return
     result = run_sweep(exp, jobs, threads=threads, report=(lambda line: None) if quiet else _echo_err)
     _print_sweep_summary(exp, result)
@@ -445,12 +537,16 @@ def _print_sweep_summary(exp, result) -> None:
     )
     runs, train, evaluate = result.time_split()
     if runs:
-        click.echo(f"  time in the {runs} finished runs: {train:.0f} s training, {evaluate:.0f} s evaluating "
-                   f"({100 * evaluate / max(train + evaluate, 1e-9):.0f} %; each run's own clock, summed)")
+        click.echo(
+            f"  time in the {runs} finished runs: {train:.0f} s training, {evaluate:.0f} s evaluating "
+            f"({100 * evaluate / max(train + evaluate, 1e-9):.0f} %; each run's own clock, summed)"
+        )
     loaded, saved, trained = result.shared_split()
     if loaded:
-        click.echo(f"  shared phases: {loaded} loaded from other cells instead of trained ({saved} slices, "
-                   f"{100 * saved / max(saved + trained, 1):.0f} % of the training the finished runs needed)")
+        click.echo(
+            f"  shared phases: {loaded} loaded from other cells instead of trained ({saved} slices, "
+            f"{100 * saved / max(saved + trained, 1):.0f} % of the training the finished runs needed)"
+        )
     for o in result.outcomes:
         if o.status == "failed":
             click.echo(f"  failed: {o.run_dir.name}: {o.message}")
@@ -463,9 +559,15 @@ def _print_sweep_summary(exp, result) -> None:
 
 @main.command("compare")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), help="HTML file (default: <experiment>/report.html, or report.html).")
-@click.option("--baselines", type=click.Path(), help="Directory of reference summary.csv files to overlay (e.g. baselines/).")
-@click.option("--reference", default=None, help="Method the heat map's gains are relative to (default: joint, when present).")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="HTML file (default: <experiment>/report.html, or report.html)."
+)
+@click.option(
+    "--baselines", type=click.Path(), help="Directory of reference summary.csv files to overlay (e.g. baselines/)."
+)
+@click.option(
+    "--reference", default=None, help="Method the heat map's gains are relative to (default: joint, when present)."
+)
 @click.option("--metric", type=click.Choice(["psnr", "ssim", "nmse"]), default="psnr", show_default=True)
 @click.option("--title", default=None, help="Report title.")
 def compare_cmd(paths, out, baselines, reference, metric, title):
@@ -479,34 +581,67 @@ def compare_cmd(paths, out, baselines, reference, metric, title):
         raise MrbenchError(f"no finished runs (with DONE and metrics.json) in {', '.join(paths)}")
     base = R.read_baselines(baselines) if baselines else None
     if out is None:
-        out = Path(paths[0]) / "report.html" if len(paths) == 1 and not (Path(paths[0]) / "config.json").exists() else Path("report.html")
+        out = (
+            Path(paths[0]) / "report.html"
+            if len(paths) == 1 and not (Path(paths[0]) / "config.json").exists()
+            else Path("report.html")
+        )
     experiments = sorted({r.experiment for r in runs})
     path = write_report(
-        runs, out, baselines=base, reference=reference or "joint", reference_required=reference is not None,
-        metric=metric, title=title or f"mrbench: {', '.join(experiments)}",
+        runs,
+        out,
+        baselines=base,
+        reference=reference or "joint",
+        reference_required=reference is not None,
+        metric=metric,
+        title=title or f"mrbench: {', '.join(experiments)}",
     )
     click.echo(f"wrote {path} ({len(runs)} runs) and {Path(path).with_name('summary.csv')}")
     diverged = R.diverged_runs(paths)
     if diverged:
-        click.echo(f"note: {len(diverged)} diverged run(s) not averaged in: {', '.join(sorted(r.name for r in diverged))}")
+        click.echo(
+            f"note: {len(diverged)} diverged run(s) not averaged in: {', '.join(sorted(r.name for r in diverged))}"
+        )
 
 
 @main.command("table")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
-@click.option("--reference", default=None, help="Method for the significance tests and win rates (default: joint, when present).")
+@click.option(
+    "--reference", default=None, help="Method for the significance tests and win rates (default: joint, when present)."
+)
 @click.option("--metrics", default="psnr,ssim", show_default=True, help="Comma-separated: psnr, ssim, nmse.")
-@click.option("--steps", type=int, default=None, help="Adaptation steps shown for unseen contexts (default: the largest).")
+@click.option(
+    "--steps", type=int, default=None, help="Adaptation steps shown for unseen contexts (default: the largest)."
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
-@click.option("--claims", "claims_file", type=click.Path(dir_okay=False),
-              help="Instead: the claims ledger of this experiment file's [[claims]] "
-                   "(supported / refuted / inconclusive / not assessable).")
-@click.option("--ladder", "ladders", multiple=True, type=click.Path(),
-              help="With --claims: a budget ladder's runs (e.g. runs/demo-ladder); their 2x rungs gate the claims' cells.")
-@click.option("--resolve", type=float, default=None, metavar="DELTA",
-              help="Also say how many seeds would detect a difference of DELTA (80 % power) in each verdict.")
-@click.option("--save-records", "save_records", type=click.Path(dir_okay=False),
-              help="Also write the runs' per-volume records to this file (records.csv.gz: what baselines/ publishes).")
+@click.option(
+    "--claims",
+    "claims_file",
+    type=click.Path(dir_okay=False),
+    help="Instead: the claims ledger of this experiment file's [[claims]] "
+    "(supported / refuted / inconclusive / not assessable).",
+)
+@click.option(
+    "--ladder",
+    "ladders",
+    multiple=True,
+    type=click.Path(),
+    help="With --claims: a budget ladder's runs (e.g. runs/demo-ladder); their 2x rungs gate the claims' cells.",
+)
+@click.option(
+    "--resolve",
+    type=float,
+    default=None,
+    metavar="DELTA",
+    help="Also say how many seeds would detect a difference of DELTA (80 % power) in each verdict.",
+)
+@click.option(
+    "--save-records",
+    "save_records",
+    type=click.Path(dir_okay=False),
+    help="Also write the runs' per-volume records to this file (records.csv.gz: what baselines/ publishes).",
+)
 def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, resolve, save_records):
     """Paper-style table of the finished runs in PATHS (experiment or run directories, or
     records.csv.gz files / directories holding one, as baselines/ keeps them)."""
@@ -534,7 +669,9 @@ def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, 
 
     from .reports import claims as C
 
-    claims = C.read_claims(claims_file) if claims_file else None  # a bad claims file is reported before the runs are read
+    claims = (
+        C.read_claims(claims_file) if claims_file else None
+    )  # a bad claims file is reported before the runs are read
     records, diverged = load(paths, save_records)
     if claims:
         ladder = load(ladders)[0] if ladders else None
@@ -548,8 +685,13 @@ def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, 
             click.echo(text, nl=False)
         return
     tables = build_tables(
-        records, reference=reference or "joint", reference_required=reference is not None,
-        metrics=_csv(metrics), steps=steps, diverged=diverged, resolve=resolve,
+        records,
+        reference=reference or "joint",
+        reference_required=reference is not None,
+        metrics=_csv(metrics),
+        steps=steps,
+        diverged=diverged,
+        resolve=resolve,
     )
     text = render(tables, fmt)
     if out:
@@ -561,13 +703,38 @@ def table_cmd(paths, fmt, reference, metrics, steps, out, claims_file, ladders, 
 
 @main.command("demo")
 @click.option("--jobs", default=0, type=int, help="Runs in parallel (default: one per core, one thread each).")
-@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False), help="Runs root (writes <out>/demo-quick/; --profile full: <out>/demo/).")
-@click.option("--data", "data_root", default="data/synth-brain-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Where the demo's synth-brain lives (synthesised if missing).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run (e.g. train.device=cuda).")
-@click.option("--seeds", default=None, help="Comma-separated seeds instead of the demo's 0,1,2 (e.g. 0 for a quick single-seed look).")
-@click.option("--profile", help="The demo file's [profile.NAME] (full: the 135-run grid, ~1 h; gpu: CUDA at a GPU budget; "
-                                "several comma-separated, e.g. full,gpu).")
+@click.option(
+    "--out",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Runs root (writes <out>/demo-quick/; --profile full: <out>/demo/).",
+)
+@click.option(
+    "--data",
+    "data_root",
+    default="data/synth-brain-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the demo's synth-brain lives (synthesised if missing).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a key in every run (e.g. train.device=cuda).",
+)
+@click.option(
+    "--seeds",
+    default=None,
+    help="Comma-separated seeds instead of the demo's 0,1,2 (e.g. 0 for a quick single-seed look).",
+)
+@click.option(
+    "--profile",
+    help="The demo file's [profile.NAME] (full: the 135-run grid, ~1 h; gpu: CUDA at a GPU budget; "
+    "several comma-separated, e.g. full,gpu).",
+)
 @click.option("--quiet", is_flag=True)
 def demo_cmd(jobs, out, data_root, overrides, seeds, profile, quiet):
     """The main job: synthesise the built-in data, train every method at scarcity levels
@@ -578,8 +745,15 @@ def demo_cmd(jobs, out, data_root, overrides, seeds, profile, quiet):
     if jobs < 0:
         raise MrbenchError(f"--jobs must be ≥ 0, got {jobs}")
     report = (lambda line: None) if quiet else _echo_err
-    outcome = run_demo(out=out, data_root=data_root, jobs=jobs, overrides=overrides, report=report,
-                       seeds=_whole_numbers("--seeds", seeds), profile=profile)
+    outcome = run_demo(
+        out=out,
+        data_root=data_root,
+        jobs=jobs,
+        overrides=overrides,
+        report=report,
+        seeds=_whole_numbers("--seeds", seeds),
+        profile=profile,
+    )
     click.echo(outcome.table_md, nl=False)
     _print_sweep_summary(outcome.experiment, outcome.sweep)
     click.echo(f"report: {outcome.report}\ntables: {', '.join(str(p) for p in outcome.table_files)}")

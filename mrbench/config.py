@@ -49,8 +49,12 @@ class DataConfig:
     unseen: list[dict] = field(default_factory=list)  # [{contrast, mask, acceleration}]
     split_seed: int = 0  # fixes scarcity subsets and support sets, independent of the run seed
     val_volumes: int = 2  # validation volumes per task (0 = all); validation runs often
-    cache_gb: float = 8.0  # decoded volumes kept in memory (least recently used evicted); 0 = read every slice from its file
-    self_supervised: list[str] = field(default_factory=list)  # tasks trained from undersampled scans alone (train.ssl_loss)
+    cache_gb: float = (
+        8.0  # decoded volumes kept in memory (least recently used evicted); 0 = read every slice from its file
+    )
+    self_supervised: list[str] = field(
+        default_factory=list
+    )  # tasks trained from undersampled scans alone (train.ssl_loss)
 
     def check(self, key):
         _require(bool(self.tasks), key("tasks"), "must name at least one contrast")
@@ -91,7 +95,11 @@ def training_suffix(cfg) -> str:
     from .methods import METHODS
 
     several = METHODS[cfg.method].several_networks if cfg.method in METHODS else False
-    return loss + sampling_suffix(cfg.train.sampling) + ("-pernet" if several and cfg.train.budget_per == "network" else "")
+    return (
+        loss
+        + sampling_suffix(cfg.train.sampling)
+        + ("-pernet" if several and cfg.train.budget_per == "network" else "")
+    )
 
 
 @dataclass
@@ -113,32 +121,53 @@ class TrainConfig:
     workers: int = 0  # DataLoader processes reading and masking training slices (0 = in the training process)
     device: str = "auto"  # auto | cpu | cuda
     stop_after: int = 0  # stop (as if pre-empted) after the first checkpoint past this many slices; 0 = off
-    on_divergence: str = "stop"  # stop: store the run as diverged (exit 3) | retry-lower-lr: restart at lr/10, twice at most
+    on_divergence: str = (
+        "stop"  # stop: store the run as diverged (exit 3) | retry-lower-lr: restart at lr/10, twice at most
+    )
     divergence_factor: float = 100.0  # a loss above this × its running median also counts as divergence (0 = off)
-    share_phases: bool = True  # load a phase another cell of the experiment already trained, byte for byte (mrbench.shared_phases)
+    share_phases: bool = (
+        True  # load a phase another cell of the experiment already trained, byte for byte (mrbench.shared_phases)
+    )
 
     def check(self, key):
         _require(self.budget > 0, key("budget"), f"must be > 0, got {self.budget}")
-        _require(self.budget_per in BUDGET_PER, key("budget_per"), f"must be {' or '.join(BUDGET_PER)}, got {self.budget_per!r}")
+        _require(
+            self.budget_per in BUDGET_PER,
+            key("budget_per"),
+            f"must be {' or '.join(BUDGET_PER)}, got {self.budget_per!r}",
+        )
         _require(self.batch > 0, key("batch"), f"must be > 0, got {self.batch}")
         _require(self.lr > 0, key("lr"), f"must be > 0, got {self.lr}")
-        _require(self.schedule in ("cosine", "constant"), key("schedule"), f"must be cosine or constant, got {self.schedule!r}")
+        _require(
+            self.schedule in ("cosine", "constant"),
+            key("schedule"),
+            f"must be cosine or constant, got {self.schedule!r}",
+        )
         _require(self.grad_clip >= 0, key("grad_clip"), "must be ≥ 0")
         _require(self.val_every > 0, key("val_every"), "must be > 0")
         _require(self.sampling in SAMPLING, key("sampling"), f"must be {' or '.join(SAMPLING)}, got {self.sampling!r}")
         _require(self.precision in ("fp32", "bf16"), key("precision"), f"must be fp32 or bf16, got {self.precision!r}")
         from .losses import LOSSES
 
-        _require(self.loss in LOSSES, key("loss"), f"unknown loss {self.loss!r}; valid losses: {', '.join(LOSSES)}")
+        LOSSES.lookup(self.loss, key("loss"))
         ssl = [n for n, c in LOSSES.items() if not c.supervised]
-        _require(self.ssl_loss in ssl, key("ssl_loss"), f"must be a self-supervised loss ({', '.join(ssl)}), got {self.ssl_loss!r}")
+        _require(
+            self.ssl_loss in ssl,
+            key("ssl_loss"),
+            f"must be a self-supervised loss ({', '.join(ssl)}), got {self.ssl_loss!r}",
+        )
         _require(self.ssl_weight > 0, key("ssl_weight"), f"must be > 0, got {self.ssl_weight}")
         _require(self.threads >= 0, key("threads"), "must be ≥ 0")
         _require(self.workers >= 0, key("workers"), "must be ≥ 0")
-        _require(self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}")
+        _require(
+            self.device in ("auto", "cpu", "cuda"), key("device"), f"must be auto, cpu or cuda, got {self.device!r}"
+        )
         _require(self.stop_after >= 0, key("stop_after"), "must be ≥ 0")
-        _require(self.on_divergence in ("stop", "retry-lower-lr"), key("on_divergence"),
-                 f"must be stop or retry-lower-lr, got {self.on_divergence!r}")
+        _require(
+            self.on_divergence in ("stop", "retry-lower-lr"),
+            key("on_divergence"),
+            f"must be stop or retry-lower-lr, got {self.on_divergence!r}",
+        )
         _require(self.divergence_factor >= 0, key("divergence_factor"), "must be ≥ 0 (0 = off)")
 
 
@@ -158,7 +187,7 @@ class ModelConfig:
         from .models import BACKBONES, SIZES
 
         if self.backbone:
-            _require(self.backbone in BACKBONES, key("backbone"), f"unknown backbone {self.backbone!r}; valid: {', '.join(sorted(BACKBONES))}")
+            BACKBONES.lookup(self.backbone, key("backbone"))
         _require(self.size in SIZES, key("size"), f"must be one of {', '.join(SIZES)}, got {self.size!r}")
         for name in ("cascades", "chans", "pools", "sens_chans", "sens_pools"):
             _require(getattr(self, name) >= 0, key(name), "must be ≥ 0 (0 = from size)")
@@ -189,7 +218,9 @@ class ModelConfig:
 @dataclass
 class EvalConfig:
     adapt_steps: list[int] = field(default_factory=lambda: [0, 5, 10])  # on unseen contexts; 0 always included
-    support: int = 2  # support set per unseen context (and per seen one, for choosing the adaptation), the same for every method
+    support: int = (
+        2  # support set per unseen context (and per seen one, for choosing the adaptation), the same for every method
+    )
     support_unit: str = "volumes"  # volumes (whole volumes: 2 × 24 slices of the built-in data) | slices
     adapt_lr: list[float] = field(default_factory=lambda: [1e-4, 1e-3])  # finetune rule's candidate lrs
     adapt_batch: int = 0  # support slices per adaptation step (a fixed cyclic minibatch order), 0 = the whole set
@@ -200,8 +231,16 @@ class EvalConfig:
     def check(self, key):
         _require(all(s >= 0 for s in self.adapt_steps), key("adapt_steps"), "must be ≥ 0")
         _require(self.support > 0, key("support"), "must be > 0")
-        _require(self.support_unit in ("volumes", "slices"), key("support_unit"), f"must be volumes or slices, got {self.support_unit!r}")
-        _require(bool(self.adapt_lr) and all(lr > 0 for lr in self.adapt_lr), key("adapt_lr"), "must be one or more numbers > 0")
+        _require(
+            self.support_unit in ("volumes", "slices"),
+            key("support_unit"),
+            f"must be volumes or slices, got {self.support_unit!r}",
+        )
+        _require(
+            bool(self.adapt_lr) and all(lr > 0 for lr in self.adapt_lr),
+            key("adapt_lr"),
+            "must be one or more numbers > 0",
+        )
         _require(self.select in ("seen-val", "fixed"), key("select"), f"must be seen-val or fixed, got {self.select!r}")
         _require(self.max_volumes >= 0, key("max_volumes"), "must be ≥ 0")
         _require(self.adapt_batch >= 0, key("adapt_batch"), "must be ≥ 0 (0 = the whole support set)")
@@ -241,7 +280,7 @@ class _ConfigBase:
     def check(self):
         from .methods import METHODS
 
-        _require(self.method in METHODS, "method", f"unknown method {self.method!r}; valid: {', '.join(sorted(METHODS))}")
+        METHODS.lookup(self.method, "method")
         _require(self.scarcity >= 0, "scarcity", f"must be ≥ 0, got {self.scarcity}")
         self._resolve_defaults(METHODS[self.method])
         for f in dataclasses.fields(self):
@@ -250,9 +289,12 @@ class _ConfigBase:
                 section.check(lambda k, s=f.name: f"{s}.{k}")
         for t in self.data.self_supervised:
             _require(t in self.data.tasks, "data.self_supervised", f"{t!r} is not one of data.tasks {self.data.tasks}")
-        _require(not self.data.self_supervised or self.train.loss == "sup", "data.self_supervised",
-                 f"the other tasks train with train.loss, which must then be \"sup\" (got {self.train.loss!r}); "
-                 "the self-supervised tasks' loss is train.ssl_loss")
+        _require(
+            not self.data.self_supervised or self.train.loss == "sup",
+            "data.self_supervised",
+            f'the other tasks train with train.loss, which must then be "sup" (got {self.train.loss!r}); '
+            "the self-supervised tasks' loss is train.ssl_loss",
+        )
         return self
 
     def _resolve_defaults(self, method) -> None:
@@ -270,7 +312,9 @@ class _ConfigBase:
         default_tasks = self.data.tasks == DataConfig().tasks
         if not default_tasks and "data.scarce" not in explicit and self.data.scarce:
             self.data.scarce = []
-            notes.append("data.scarce = []: data.tasks was changed and data.scarce not set (the default AXT2 goes with the default tasks)")
+            notes.append(
+                "data.scarce = []: data.tasks was changed and data.scarce not set (the default AXT2 goes with the default tasks)"
+            )
         if default_tasks and self.data.root == BUILTIN_ROOT and "data.unseen" not in explicit and not self.data.unseen:
             self.data.unseen = [dict(u) for u in BUILTIN_UNSEEN]
             notes.append("data.unseen = AXFLAIR: the built-in data's default unseen context")
@@ -305,9 +349,15 @@ def _merge_section(name: str, parts: list[type]) -> type:
         hints = typing.get_type_hints(part)
         for f in dataclasses.fields(part):
             if f.name in owner:
-                raise TypeError(f"[{name}].{f.name} is declared by both {owner[f.name].__qualname__} and {part.__qualname__}")
+                raise TypeError(
+                    f"[{name}].{f.name} is declared by both {owner[f.name].__qualname__} and {part.__qualname__}"
+                )
             owner[f.name] = part
-            spec = field(default=f.default) if f.default is not dataclasses.MISSING else field(default_factory=f.default_factory)
+            spec = (
+                field(default=f.default)
+                if f.default is not dataclasses.MISSING
+                else field(default_factory=f.default_factory)
+            )
             fields.append((f.name, hints[f.name], spec))
 
     def check(self, key):
@@ -380,7 +430,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is dict:
         if not isinstance(value, dict):
-            raise MrbenchError(f"{key}: expected a table like {{contrast = \"AXFLAIR\"}}, got {value!r}")
+            raise MrbenchError(f'{key}: expected a table like {{contrast = "AXFLAIR"}}, got {value!r}')
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -439,7 +489,7 @@ def _parse_set(item: str) -> tuple[list[str], Any]:
         elif raw.startswith(("[", "{")):
             raise MrbenchError(
                 f"--set {item!r}: the value is not a TOML inline value ({exc}); write e.g. "
-                f"'data.tasks=[\"AXT1\", \"AXT2\"]' or 'data.unseen=[{{contrast=\"AXFLAIR\"}}]'"
+                f'\'data.tasks=["AXT1", "AXT2"]\' or \'data.unseen=[{{contrast="AXFLAIR"}}]\''
             ) from None
         else:
             value = raw

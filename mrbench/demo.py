@@ -16,10 +16,10 @@ slices is already short of convergence, so the demo keeps its size.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import atomic
 from .data.synth.build import SynthSpec, is_up_to_date, synthesize
@@ -65,11 +65,14 @@ def run_demo(
     if is_up_to_date(DEMO_SYNTH, data_root):
         report(f"{data_root}: synth-brain up to date")
     else:
-        report(f"{data_root}: synthesising the built-in brain ({DEMO_SYNTH.subjects} subjects, "
-               f"{DEMO_SYNTH.slices} slices of {DEMO_SYNTH.size}²)")
+        report(
+            f"{data_root}: synthesising the built-in brain ({DEMO_SYNTH.subjects} subjects, "
+            f"{DEMO_SYNTH.slices} slices of {DEMO_SYNTH.size}²)"
+        )
         synthesize(DEMO_SYNTH, data_root, overwrite=Path(data_root).exists())
-    exp = load_experiment(demo_experiment_file(), [f"data.root={data_root}", f"run.out={out}", *overrides], seeds=seeds,
-                          profile=profile)
+    exp = load_experiment(
+        demo_experiment_file(), [f"data.root={data_root}", f"run.out={out}", *overrides], seeds=seeds, profile=profile
+    )
     jobs = jobs or min(cores(), len(exp.configs))
     try:
         sweep = run_sweep(exp, jobs, threads=max(1, cores() // jobs), report=report)
@@ -98,17 +101,20 @@ def interrupted_table(directory: Path) -> str:
         tables = build_tables(runs, reference=DEMO_REFERENCE, metrics=["psnr"])
     except Exception as exc:  # a partial grid may lack the reference: say so rather than hide the interrupt
         return f"interrupted; {len(runs)} runs finished, no table ({exc})"
-    return (f"interrupted: the verdicts of the {len(runs)} finished runs (the demo resumes from them)\n\n"
-            + render(tables, "md"))
+    return f"interrupted: the verdicts of the {len(runs)} finished runs (the demo resumes from them)\n\n" + render(
+        tables, "md"
+    )
 
 
 def budget_note(exp: Experiment) -> str:
     """What the demo's budget supports, said under its tables: its cells are not checked for
     convergence (no ladder in one run), and the full grid's ladder found none converged at 1200."""
     budgets = sorted({cfg.train.budget for cfg in exp.configs.values() if cfg.method != "zero-filled"})
-    return (f"**Budget: {'/'.join(map(str, budgets))} slices per run; convergence not measured here.** Doubling the "
-            "budget from 1200 to 2400 slices moved the claims' cells of the full grid by 0.7–2.2 dB "
-            "(baselines/demo-full-ladder, level 0, 3 seeds), "
-            "so read these verdicts as verdicts at this budget: `mrbench sweep evaluate/demo.toml --profile ladder` "
-            "trains the 2× rung and `mrbench table <runs> --claims evaluate/demo.toml --ladder runs/demo-ladder` "
-            "marks the claims read off unconverged cells *not assessable*.\n")
+    return (
+        f"**Budget: {'/'.join(map(str, budgets))} slices per run; convergence not measured here.** Doubling the "
+        "budget from 1200 to 2400 slices moved the claims' cells of the full grid by 0.7–2.2 dB "
+        "(baselines/demo-full-ladder, level 0, 3 seeds), "
+        "so read these verdicts as verdicts at this budget: `mrbench sweep evaluate/demo.toml --profile ladder` "
+        "trains the 2× rung and `mrbench table <runs> --claims evaluate/demo.toml --ladder runs/demo-ladder` "
+        "marks the claims read off unconverged cells *not assessable*.\n"
+    )

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections import deque
 import math
-from typing import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -209,11 +209,15 @@ class Trainer:
                 continue
             with self.shared.lock(key):
                 outcome = self.shared.path(key)
-                if resume is None and outcome.exists():  # trained by another cell: load its outcome (weights, RNGs, history)
+                if (
+                    resume is None and outcome.exists()
+                ):  # trained by another cell: load its outcome (weights, RNGs, history)
                     state = torch.load(outcome, map_location="cpu", weights_only=True)
                     self._restore(state)
                     self.store.save_checkpoint("last", state)  # this run's own between-phase checkpoint
-                    self.shared_log.append({"phase": phase.name, "key": key[:16], "slices": phase.budget, "loaded": True})
+                    self.shared_log.append(
+                        {"phase": phase.name, "key": key[:16], "slices": phase.budget, "loaded": True}
+                    )
                     continue
                 self._run_phase(p_idx, phase, resume)  # from scratch, or resumed mid-phase from this run's checkpoint
                 if self.is_main:
@@ -357,8 +361,12 @@ class Trainer:
                 yield list(zip(indices, drawn))
                 u += len(indices)  # one-size batches may come out smaller
 
-        loader = torch.utils.data.DataLoader(_Drawn(train), batch_sampler=plan(), num_workers=self.cfg.train.workers,
-                                             collate_fn=torch.utils.data.default_collate)
+        loader = torch.utils.data.DataLoader(
+            _Drawn(train),
+            batch_sampler=plan(),
+            num_workers=self.cfg.train.workers,
+            collate_fn=torch.utils.data.default_collate,
+        )
         for batch in loader:
             yield to_device(batch, self.device), states.popleft()
 

@@ -45,7 +45,7 @@ class RunDiverged(Exception):
         where = f" in phase {info.get('phase')} after {info.get('slices')} slices" if info else ""
         super().__init__(
             f"{run_dir}: training diverged{where}: {info.get('reason', '?')} (lr {info.get('lr', float('nan')):g}); "
-            "stored as diverged — lower train.lr, set train.on_divergence = \"retry-lower-lr\", or redo with --overwrite"
+            'stored as diverged — lower train.lr, set train.on_divergence = "retry-lower-lr", or redo with --overwrite'
         )
         self.info = info
         self.run_dir = run_dir

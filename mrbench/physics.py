@@ -71,9 +71,7 @@ class Domain:
         """Centred k-space (…, H, W) → working domain."""
         h, w = kspace.shape[-2:]
         if self.kind == "columns":
-            k = torch.fft.fftshift(
-                torch.fft.ifft(torch.fft.ifftshift(kspace, dim=-2), dim=-2, norm="ortho"), dim=-2
-            )
+            k = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(kspace, dim=-2), dim=-2, norm="ortho"), dim=-2)
             return torch.fft.ifftshift(k, dim=-1) * alternating_sign(w, k.device)
         if self.kind == "shifted":
             k = torch.fft.ifftshift(kspace, dim=(-2, -1))
@@ -256,8 +254,14 @@ class MRIOperator:
 
     A_normal = normal
 
-    def solve(self, b: torch.Tensor, lam: torch.Tensor | float, x0: torch.Tensor | None = None,
-              iterations: int = 10, tol: float = 1e-6) -> torch.Tensor:
+    def solve(
+        self,
+        b: torch.Tensor,
+        lam: torch.Tensor | float,
+        x0: torch.Tensor | None = None,
+        iterations: int = 10,
+        tol: float = 1e-6,
+    ) -> torch.Tensor:
         """(A^H A + λI)⁻¹ b by conjugate gradients; differentiable (unrolled)."""
         return conjugate_gradient(lambda v: self.normal(v) + _per_sample(lam, v) * v, b, x0, iterations, tol)
 

@@ -13,28 +13,25 @@ import copy
 import os
 import shutil
 import signal
-import threading
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
+from . import distributed
 from .config import Config, config_from_dict
-from .data.assemble import ExperimentData, assemble
-from .data.assemble import choose_support
+from .data.assemble import ExperimentData, assemble, choose_support
 from .data.dataset import SliceDataset, VolumeStore
 from .data.index import shape_kinds
-from .engine import Diverged, Interrupted, Preempted, Trainer
-from .engine import image_grid
+from .engine import Diverged, Interrupted, Preempted, Trainer, image_grid
 from .errors import MrbenchError, RunDiverged, RunInterrupted, RunStopped
 from .evaluation.adaptation import adapted_volumes, select_adaptation, support_batch
 from .evaluation.evaluate import predict_volumes, score_volumes
-from . import distributed
+from .losses import LOSSES, build_loss, self_supervised
 from .methods import METHODS, Method
 from .models import build_backbone
-from .losses import build_loss, self_supervised
-from .losses import LOSSES
 from .shared_phases import SHARED_DIR, SharedPhases, phase_keys
 from .store import RunStore, environment, file_digest, now, run_lock
 
@@ -45,8 +42,10 @@ def select_device(name: str, precision: str = "fp32") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if precision == "bf16" and name != "cuda" and not cpu_bf16_supported():
-        raise MrbenchError("train.precision = bf16 needs a CUDA device or a CPU with bfloat16 instructions "
-                           "(AVX512-BF16 or AMX); this one has neither, so it trains in fp32")
+        raise MrbenchError(
+            "train.precision = bf16 needs a CUDA device or a CPU with bfloat16 instructions "
+            "(AVX512-BF16 or AMX); this one has neither, so it trains in fp32"
+        )
     return torch.device(name)
 
 
@@ -63,8 +62,9 @@ def cpu_bf16_supported() -> bool:
 def build_method(cfg: Config, data: ExperimentData, device: torch.device) -> Method:
     torch.manual_seed(cfg.train.seed)
     kwargs = cfg.model.backbone_kwargs()
-    method = METHODS[cfg.method](cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs),
-                                 build_loss(cfg))
+    method = METHODS[cfg.method](
+        cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs), build_loss(cfg)
+    )
     method.models.to(device)
     return method
 
@@ -96,7 +96,9 @@ def check_loss_fits_data(cfg: Config, data) -> None:
     scored = [v for group in (data.val, data.test, data.unseen_test) for t in group for v in t.volumes]
     no_target = [v for v in scored if v.target_key is None]
     if no_target:
-        raise MrbenchError(f"{no_target[0].path}: has no target, and validation and test volumes are scored against one")
+        raise MrbenchError(
+            f"{no_target[0].path}: has no target, and validation and test volumes are scored against one"
+        )
     all_ssl = not LOSSES[cfg.train.loss].supervised
     ssl_tasks = set(cfg.data.self_supervised)
     trained = [(v, all_ssl or t.context.contrast in ssl_tasks) for t in data.train for v in t.volumes]
@@ -105,12 +107,18 @@ def check_loss_fits_data(cfg: Config, data) -> None:
     if bare:
         ssl_names = ", ".join(n for n, c in LOSSES.items() if not c.supervised)
         raise MrbenchError(
-            f"{bare[0].path}: has no target; train.loss = \"sup\" needs one (a self-supervised loss — {ssl_names} — "
+            f'{bare[0].path}: has no target; train.loss = "sup" needs one (a self-supervised loss — {ssl_names} — '
             "trains on undersampled scans alone: train.loss, or data.self_supervised = [its contrast])"
         )
-    multi = [v for v, ssl in trained if ssl and v.num_coils > 1] + ([v for v in scored if v.num_coils > 1] if all_ssl else [])
+    multi = [v for v, ssl in trained if ssl and v.num_coils > 1] + (
+        [v for v in scored if v.num_coils > 1] if all_ssl else []
+    )
     if multi:
-        key = f"train.loss = {cfg.train.loss!r}" if all_ssl else f"train.ssl_loss = {cfg.train.ssl_loss!r} (data.self_supervised)"
+        key = (
+            f"train.loss = {cfg.train.loss!r}"
+            if all_ssl
+            else f"train.ssl_loss = {cfg.train.ssl_loss!r} (data.self_supervised)"
+        )
         raise MrbenchError(
             f"{key}: the self-supervised losses need single-coil data, but {multi[0].path} has "
             f"{multi[0].num_coils} coils (use the supervised loss for it)"
@@ -121,10 +129,14 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
     """Train, evaluate and store one run (under its lock, :func:`run_lock`); return its store.
     Under ``torchrun`` (:mod:`mrbench.distributed`) rank 0 does this and the other ranks only
     train beside it (they return None)."""
-    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)  # bad data is reported before run-dir state
+    data = assemble(
+        cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit
+    )  # bad data is reported before run-dir state
     check_loss_fits_data(cfg, data)
     METHODS[cfg.method].check_data(cfg, data)
-    device = select_device(cfg.train.device, cfg.train.precision)  # an impossible device or precision, before anything is written
+    device = select_device(
+        cfg.train.device, cfg.train.precision
+    )  # an impossible device or precision, before anything is written
     check_data_parallel(cfg, data)
     group = distributed.from_env(cuda=device.type == "cuda")
     if group is None:
@@ -153,8 +165,10 @@ def check_data_parallel(cfg: Config, data: ExperimentData) -> None:
 
     kinds = shape_kinds([v for t in data.train for v in t.volumes])
     if len(kinds) > 1:
-        raise MrbenchError(f"{cfg.data.root}: training volumes of {len(kinds)} sizes; data-parallel runs need one "
-                           "(one-size batches would split unevenly); run it in one process")
+        raise MrbenchError(
+            f"{cfg.data.root}: training volumes of {len(kinds)} sizes; data-parallel runs need one "
+            "(one-size batches would split unevenly); run it in one process"
+        )
     if not METHODS[cfg.method].data_parallel:
         raise MrbenchError(
             f"method {cfg.method!r} is not data-parallel yet (its steps draw their own episodes and take "
@@ -163,7 +177,9 @@ def check_data_parallel(cfg: Config, data: ExperimentData) -> None:
         )
     for key, value in (("train.batch", cfg.train.batch), ("train.budget", cfg.train.budget)):
         if value % world:
-            raise MrbenchError(f"{key} = {value} must be a multiple of the {world} processes (each trains an equal share)")
+            raise MrbenchError(
+                f"{key} = {value} must be a multiple of the {world} processes (each trains an equal share)"
+            )
 
 
 class _Plan:
@@ -198,9 +214,10 @@ def _follow(cfg: Config, data: ExperimentData, group) -> None:
     volumes = VolumeStore.from_config(cfg.data)
     attempts = plan["retries"]
     while True:
-        run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** attempts)
-        train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes,
-                             targets_optional=self_supervised(cfg))
+        run_cfg = _with_lr(cfg, cfg.train.lr * 0.1**attempts)
+        train = SliceDataset(
+            data.train, train=True, seed=cfg.train.seed, store=volumes, targets_optional=self_supervised(cfg)
+        )
         trainer = Trainer(build_method(run_cfg, data, device), train, None, run_cfg, store, device, group=group)
         try:
             with _stop_on_signals(trainer):
@@ -247,8 +264,9 @@ def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, q
         raise
 
 
-def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_state, retries: list, quiet: bool,
-                     plan=None) -> RunStore:
+def _train_and_store(
+    cfg: Config, store: RunStore, data: ExperimentData, resume_state, retries: list, quiet: bool, plan=None
+) -> RunStore:
     """Train (resuming from ``resume_state``), evaluate and write the run directory.
     ``plan``: data parallel (rank 0), told to the other ranks before training starts."""
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
@@ -266,8 +284,9 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
             plan.send(train=True, resume=resume_state is not None, retries=len(retries))
         while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
             run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
-            train = SliceDataset(data.train, train=True, seed=cfg.train.seed, store=volumes,
-                                 targets_optional=self_supervised(cfg))
+            train = SliceDataset(
+                data.train, train=True, seed=cfg.train.seed, store=volumes, targets_optional=self_supervised(cfg)
+            )
             val = SliceDataset(data.val, train=False, store=volumes)
             method = build_method(run_cfg, data, device)
             bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
@@ -275,7 +294,9 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
                 trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
                 if method.learned and method.shares_phases and cfg.train.share_phases and group is None:
                     trainer.shared = SharedPhases(store.path.parent / SHARED_DIR)
-                    trainer.phase_keys = phase_keys(_identity(run_cfg.to_dict()), method.phases(), train, data.val, data.train)
+                    trainer.phase_keys = phase_keys(
+                        _identity(run_cfg.to_dict()), method.phases(), train, data.val, data.train
+                    )
                 if method.learned:
                     with _stop_on_signals(trainer):
                         trainer.fit(resume_state)
@@ -293,8 +314,17 @@ def _train_and_store(cfg: Config, store: RunStore, data: ExperimentData, resume_
                     store.write_json("retries.json", retries)  # a resume continues at the lowered lr
                     resume_state = None
                     continue
-                store.write_json("metrics.json", {"run": cfg.run_name, "method": cfg.method, "status": "diverged",
-                                                  "diverged": div.info, "retries": retries, "contexts": {}})
+                store.write_json(
+                    "metrics.json",
+                    {
+                        "run": cfg.run_name,
+                        "method": cfg.method,
+                        "status": "diverged",
+                        "diverged": div.info,
+                        "retries": retries,
+                        "contexts": {},
+                    },
+                )
                 store.mark_diverged()
                 raise RunDiverged(div.info, store.path) from None
             finally:
@@ -361,7 +391,13 @@ def _with_lr(cfg: Config, lr: float) -> Config:
 
 
 # operational keys: they may change between an interrupted run and its resumption
-_OPERATIONAL = ("stop_after", "threads", "device", "workers", "share_phases")  # how, not what: a run may resume with others
+_OPERATIONAL = (
+    "stop_after",
+    "threads",
+    "device",
+    "workers",
+    "share_phases",
+)  # how, not what: a run may resume with others
 
 
 def _normalised(stored: dict) -> dict:
@@ -447,13 +483,21 @@ def evaluate(
     adapt_steps = sorted(set([0, *(adapt_steps if adapt_steps is not None else cfg.eval.adapt_steps)]))
     for m in method.models.values():
         m.eval()
-    out: dict = {"run": cfg.run_name, "method": cfg.method, "scarcity": cfg.scarcity, "seed": cfg.train.seed, "contexts": {}}
+    out: dict = {
+        "run": cfg.run_name,
+        "method": cfg.method,
+        "scarcity": cfg.scarcity,
+        "seed": cfg.train.seed,
+        "contexts": {},
+    }
     batch = max(8, cfg.train.batch)
     train_counts = data.slice_lists()
     if contexts in ("seen", "all"):
         test = SliceDataset(data.test, train=False, store=volumes)
         for t, task in enumerate(data.test):
-            vols = predict_volumes(method.reconstructor(t), test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
+            vols = predict_volumes(
+                method.reconstructor(t), test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes
+            )
             _log_volume(writer, f"test/{task.name}", vols)
             _keep_preview(previews, task.name, 0, vols)
             out["contexts"][task.name] = {
@@ -522,10 +566,15 @@ def _keep_preview(previews: list | None, context: str, steps: int, vols: dict) -
     name = sorted(vols)[0]
     v = vols[name]
     s = v["pred"].shape[0] // 2
-    previews.append({
-        "context": context, "steps": steps, "volume": name, "slice": s,
-        **{k: v[k][s].numpy() for k in ("target", "zero_filled", "pred")},
-    })
+    previews.append(
+        {
+            "context": context,
+            "steps": steps,
+            "volume": name,
+            "slice": s,
+            **{k: v[k][s].numpy() for k in ("target", "zero_filled", "pred")},
+        }
+    )
 
 
 def _log_volume(writer, tag: str, vols: dict) -> None:
@@ -573,7 +622,9 @@ def support_curves(path: str | os.PathLike, sizes: list[int]) -> dict:
         steps = sorted(int(s) for s in entry["steps"])
         curve = {}
         for k in sizes:
-            picks = choose_support(data.unseen_support[t].volumes, k, cfg.data.split_seed, task.name, cfg.eval.support_unit)
+            picks = choose_support(
+                data.unseen_support[t].volumes, k, cfg.data.split_seed, task.name, cfg.eval.support_unit
+            )
             support = support_batch(pool, t, picks, device)
 
             def predict(recon, t=t):
@@ -596,7 +647,16 @@ def evaluate_run_dir(path: str | os.PathLike, contexts: str = "all", adapt_steps
     if method.learned:
         method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])
     previews: list[dict] = []
-    metrics = evaluate(method, cfg, data, device, VolumeStore.from_config(cfg.data), contexts=contexts, adapt_steps=adapt_steps, previews=previews)
+    metrics = evaluate(
+        method,
+        cfg,
+        data,
+        device,
+        VolumeStore.from_config(cfg.data),
+        contexts=contexts,
+        adapt_steps=adapt_steps,
+        previews=previews,
+    )
     if store.metrics_path.exists():
         old = store.read_json("metrics.json")
         for key in ("history", "cost"):

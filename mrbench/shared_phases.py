@@ -32,8 +32,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from . import atomic
 from .data.scarcity import slice_list, slice_list_hash
@@ -52,13 +52,21 @@ def phase_keys(identity: dict, phases: Sequence, train, val_tasks, train_tasks) 
         tasks = []
         for t in phase.tasks:
             items = train.task_items(t)
-            tasks.append({
-                "slices": slice_list_hash(slice_list(train_tasks[t].volumes)),
-                "first_item": int(items[0]) if len(items) else -1,
-                "val": sorted(str(getattr(v, "name", v)) for v in val_tasks[t].volumes),
-            })
-        part = {"name": phase.name, "budget": phase.budget, "lr": phase.lr, "modules": list(phase.modules),
-                "sampling": phase.sampling, "tasks": tasks}
+            tasks.append(
+                {
+                    "slices": slice_list_hash(slice_list(train_tasks[t].volumes)),
+                    "first_item": int(items[0]) if len(items) else -1,
+                    "val": sorted(str(getattr(v, "name", v)) for v in val_tasks[t].volumes),
+                }
+            )
+        part = {
+            "name": phase.name,
+            "budget": phase.budget,
+            "lr": phase.lr,
+            "modules": list(phase.modules),
+            "sampling": phase.sampling,
+            "tasks": tasks,
+        }
         h = hashlib.sha256((h + json.dumps(part, sort_keys=True, default=str)).encode()).hexdigest()
         keys.append(h)
     return keys

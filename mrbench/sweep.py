@@ -34,16 +34,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import atomic
 from .config import SAMPLING, Config, load_config, read_experiment, training_suffix
-from .methods import METHODS
 from .errors import MrbenchError, RunLocked
 from .launcher import launch
+from .methods import METHODS
 from .store import LOCK_HELD_ENV, RunStore, run_lock
 
 
@@ -115,9 +115,11 @@ RUN_SUFFIX = re.compile(r"-s\d+-seed\d+$")
 def _axis_sets(cell: Cell) -> list[str]:
     """The ``--set`` items a cell's sweep axes add (sampling rule, budget of the ladder,
     learning rate of the search)."""
-    return ([f"train.sampling={cell.sampling}"] if cell.sampling else []) + (
-        [f"train.budget={cell.budget}"] if cell.budget else []
-    ) + ([f"train.lr={cell.lr!r}"] if cell.lr else [])
+    return (
+        ([f"train.sampling={cell.sampling}"] if cell.sampling else [])
+        + ([f"train.budget={cell.budget}"] if cell.budget else [])
+        + ([f"train.lr={cell.lr!r}"] if cell.lr else [])
+    )
 
 
 def lr_suffix(lr: float) -> str:
@@ -154,7 +156,7 @@ def _entries(value, key: str) -> list[Entry]:
         if extra:
             raise MrbenchError(f"{k}: unknown key(s) {', '.join(sorted(extra))} (valid: method, name, set, scarcity)")
         if not isinstance(item.get("method"), str):
-            raise MrbenchError(f"{k}: needs method = \"<name>\"")
+            raise MrbenchError(f'{k}: needs method = "<name>"')
         name = item.get("name", "")
         if not isinstance(name, str) or "/" in name:
             raise MrbenchError(f"{k}.name: must be a plain string, got {name!r}")
@@ -162,7 +164,7 @@ def _entries(value, key: str) -> list[Entry]:
         if isinstance(sets, str):
             sets = [sets]
         if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
-            raise MrbenchError(f"{k}.set: expected a list of \"key=value\" strings")
+            raise MrbenchError(f'{k}.set: expected a list of "key=value" strings')
         levels = _int_list(item["scarcity"], f"{k}.scarcity") if "scarcity" in item else []
         out.append(Entry(item["method"], name, tuple(sets), tuple(levels)))
     return out
@@ -202,12 +204,21 @@ def load_experiment(
         raise MrbenchError(msg if msg.startswith(("config file", "--set")) else f"{p}: {msg}") from None
     exp = Experiment(p, entries, scarcity, seeds, tuple(overrides), profile)
     dirs: dict[Path, Cell] = {}
-    cells = [(i, e, lv, sd, sm, b, lr) for i, e in enumerate(entries) for sm in samplings for b in budgets
-             for lr in lrs for lv in scarcity for sd in seeds]
+    cells = [
+        (i, e, lv, sd, sm, b, lr)
+        for i, e in enumerate(entries)
+        for sm in samplings
+        for b in budgets
+        for lr in lrs
+        for lv in scarcity
+        for sd in seeds
+    ]
     for entry in entries:
         if set(entry.scarcity) - set(scarcity):
-            raise MrbenchError(f"{p}: sweep.methods entry {entry.name or entry.method}: scarcity {list(entry.scarcity)} "
-                               f"must be among the sweep's levels {scarcity}")
+            raise MrbenchError(
+                f"{p}: sweep.methods entry {entry.name or entry.method}: scarcity {list(entry.scarcity)} "
+                f"must be among the sweep's levels {scarcity}"
+            )
     for i, entry, level, seed, sampling, budget, lr in cells:
         if entry.scarcity and level not in entry.scarcity:
             continue  # this entry runs at some of the levels only
@@ -217,20 +228,31 @@ def load_experiment(
         cell = Cell(entry, level, seed, sampling, budget if learned else 0, lr if learned else 0.0)
         axis = _axis_sets(cell)
         try:
-            cfg = load_config(p, [*overrides, *entry.overrides, *axis], profile, method=entry.method, scarcity=level,
-                              train={"seed": seed})
+            cfg = load_config(
+                p,
+                [*overrides, *entry.overrides, *axis],
+                profile,
+                method=entry.method,
+                scarcity=level,
+                train={"seed": seed},
+            )
         except MrbenchError as exc:
             raise MrbenchError(f"{p}: sweep.methods[{i}] ({entry.name or entry.method}): {exc}") from None
         if entry.name or cell.budget or cell.lr:
-            stem = entry.name + (training_suffix(cfg) if learned else "") \
-                if entry.name else RUN_SUFFIX.sub("", cfg.run_name)
+            stem = (
+                entry.name + (training_suffix(cfg) if learned else "")
+                if entry.name
+                else RUN_SUFFIX.sub("", cfg.run_name)
+            )
             cfg.run.name = f"{stem}{f'-b{cell.budget}' if cell.budget else ''}{lr_suffix(cell.lr)}-s{level}-seed{seed}"
         if cfg.run_dir in dirs:
             raise MrbenchError(
                 f"{p}: sweep.methods[{i}] and another entry both write {cfg.run_dir}; give them distinct names"
             )
         if dirs and cfg.run_dir.parent != next(iter(dirs)).parent:
-            raise MrbenchError(f"{p}: sweep.methods[{i}] changes run.out or run.experiment; a sweep writes one experiment")
+            raise MrbenchError(
+                f"{p}: sweep.methods[{i}] changes run.out or run.experiment; a sweep writes one experiment"
+            )
         dirs[cfg.run_dir] = cell
         exp.configs[cell] = cfg
     return exp
@@ -344,7 +366,9 @@ def _run_locked_cell(exp: Experiment, cell: Cell, threads: int, env: dict) -> Ou
         return Outcome(cell, cfg.run_dir, "done", seconds, resumed=resumed)
     if store.is_diverged():  # stored as diverged (exit 3): a result, not a failure of the sweep
         return Outcome(cell, cfg.run_dir, "diverged", seconds, _failure_message(log), resumed)
-    return Outcome(cell, cfg.run_dir, "failed", seconds, f"exit {returncode}: {_failure_message(log)} (log: {log})", resumed)
+    return Outcome(
+        cell, cfg.run_dir, "failed", seconds, f"exit {returncode}: {_failure_message(log)} (log: {log})", resumed
+    )
 
 
 def run_sweep(
@@ -369,8 +393,10 @@ def run_sweep(
     total = len(exp.configs)
     some = any(e.scarcity and len(e.scarcity) < len(exp.scarcity) for e in exp.entries)
     levels = f"{'≤ ' if some else ''}{len(exp.scarcity)} levels"
-    report(f"{exp.path}: {total} runs ({len(exp.entries)} methods × {levels} × {len(exp.seeds)} seeds); "
-           f"{total - len(todo)} already done, {len(todo)} to run, {jobs} at a time × {threads} threads")
+    report(
+        f"{exp.path}: {total} runs ({len(exp.entries)} methods × {levels} × {len(exp.seeds)} seeds); "
+        f"{total - len(todo)} already done, {len(todo)} to run, {jobs} at a time × {threads} threads"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     progress = Progress(len(todo), jobs, t0)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -394,7 +420,11 @@ def run_sweep(
 
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class Progress:
@@ -408,7 +438,7 @@ class Progress:
         self.seconds: list[float] = []  # of the runs that trained (a run skipped as locked took none)
         self.done = 0
 
-    def finished(self, outcome: "Outcome") -> str:
+    def finished(self, outcome: Outcome) -> str:
         self.done += 1
         if outcome.status != "skipped":
             self.seconds.append(outcome.seconds)
@@ -466,7 +496,7 @@ class SlurmOptions:
     gpus_per_run: int = 0  # > 0: --gres=gpu:N and train.device=cuda
 
 
-def write_slurm(exp: Experiment, jobs: int, threads: int, opts: SlurmOptions = SlurmOptions()) -> tuple[Path, Path]:
+def write_slurm(exp: Experiment, jobs: int, threads: int, opts: SlurmOptions | None = None) -> tuple[Path, Path]:
     """An sbatch array script with one ``mrbench run`` per not-yet-done cell.
 
     ``jobs`` caps how many array tasks run at once; each asks for ``threads`` CPUs and uses the
@@ -475,6 +505,7 @@ def write_slurm(exp: Experiment, jobs: int, threads: int, opts: SlurmOptions = S
     end; the batch shell ``exec``s the run, so the signal reaches it, it checkpoints at the next
     step boundary and exits 143, and the requeued task resumes (every command has
     ``--resume``). Re-submitting while tasks run is safe too: each run is locked while trained."""
+    opts = opts or SlurmOptions()
     todo = [c for c, cfg in exp.configs.items() if not RunStore(cfg.run_dir).is_done()]
     out = exp.directory / "slurm"
     commands = out / "commands.txt"

@@ -45,8 +45,11 @@ def modules() -> list[str]:
     by :func:`warm` when their import fails), then :data:`LAZY` and :data:`OPTIONAL`."""
     import mrbench
 
-    own = [m.name for m in pkgutil.walk_packages(mrbench.__path__, "mrbench.")
-           if m.name != __name__ and not m.name.endswith("__main__")]  # __main__ would run the CLI
+    own = [
+        m.name
+        for m in pkgutil.walk_packages(mrbench.__path__, "mrbench.")
+        if m.name != __name__ and not m.name.endswith("__main__")
+    ]  # __main__ would run the CLI
     return own + LAZY + OPTIONAL
 
 

@@ -56,8 +56,7 @@ def blob_volume(rng: np.random.Generator, slices: int, h: int, w: int, coils: in
     return k.numpy(), target.numpy().astype(np.float32)
 
 
-def write_tiny_root(root, contrasts=("AXT1", "AXT2"), per_split=None, slices=3, size=32, coils=1, seed=0,
-                    headers=True):
+def write_tiny_root(root, contrasts=("AXT1", "AXT2"), per_split=None, slices=3, size=32, coils=1, seed=0, headers=True):
     """train/val/test dirs with one file per (subject, contrast); ``headers``: the built-in
     contrasts' acquisition numbers in each ismrmrd_header (as synth writes them)."""
     from mrbench.data.synth.build import header_parameters
@@ -73,8 +72,14 @@ def write_tiny_root(root, contrasts=("AXT1", "AXT2"), per_split=None, slices=3, 
                 k, t = blob_volume(rng, slices, size, size, coils)
                 p = root / split / f"tiny_{c}_{subject:03d}.h5"
                 seq = NAMED_CONTRASTS.get(c) if headers else None
-                write_volume(p, k, t, acquisition=c, patient_id=f"p{subject}",
-                             header_params=header_parameters(seq) if seq else None)
+                write_volume(
+                    p,
+                    k,
+                    t,
+                    acquisition=c,
+                    patient_id=f"p{subject}",
+                    header_params=header_parameters(seq) if seq else None,
+                )
                 paths.append(p)
             subject += 1
     return paths

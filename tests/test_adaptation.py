@@ -8,14 +8,13 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_run_settings, write_tiny_root
 
 from mrbench.config import load_config
 from mrbench.data.assemble import assemble
 from mrbench.data.dataset import VolumeStore
 from mrbench.evaluation.adaptation import select_adaptation
 from mrbench.runner import build_method, execute
-
-from conftest import tiny_run_settings, write_tiny_root
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,9 @@ def test_choice_is_made_on_seen_validation_only_and_recorded(data_root, tmp_path
     choice = m["adaptation"]
     assert choice["selected_on"] == "seen-validation"
     rows = choice["candidates"]
-    assert {(r["rule"], r["lr"], r["steps"]) for r in rows} == {("finetune", lr, k) for lr in (1e-4, 3e-3) for k in (0, 3)}
+    assert {(r["rule"], r["lr"], r["steps"]) for r in rows} == {
+        ("finetune", lr, k) for lr in (1e-4, 3e-3) for k in (0, 3)
+    }
     best = max(rows, key=lambda r: (round(r["ssim"], 6), -r["steps"]))
     assert (choice["rule"], choice["lr"], choice["steps"]) == (best["rule"], best["lr"], best["steps"])
     unseen = m["contexts"]["AXFLAIR/equispaced/6x"]
@@ -68,14 +69,27 @@ def test_choice_is_made_on_seen_validation_only_and_recorded(data_root, tmp_path
 def test_adaptation_changes_unseen_reconstructions(method, data_root, tmp_path):
     """The effect, not the call: k > 0 steps on the support set move the unseen PSNR."""
     extra = ["train.budget=48", "meta.support=2", "meta.query=2", "meta.inner_lr=0.5"]
-    store = execute(load_config(None, settings(data_root, tmp_path, *extra, "eval.select=fixed"), method=method), quiet=True)
+    store = execute(
+        load_config(None, settings(data_root, tmp_path, *extra, "eval.select=fixed"), method=method), quiet=True
+    )
     steps = store.read_json("metrics.json")["contexts"]["AXFLAIR/equispaced/6x"]["steps"]
     assert abs(steps["3"]["mean"]["psnr"] - steps["0"]["mean"]["psnr"]) > 1e-3
 
 
 def test_meta_sgd_learns_its_inner_rates_and_adapts_with_them(data_root, tmp_path):
-    cfg = load_config(None, settings(data_root, tmp_path, "train.budget=64", "meta.inner_lr=learned",
-                                     "meta.inner_lr_init=0.01", "meta.support=2", "meta.query=2"), method="maml")
+    cfg = load_config(
+        None,
+        settings(
+            data_root,
+            tmp_path,
+            "train.budget=64",
+            "meta.inner_lr=learned",
+            "meta.inner_lr_init=0.01",
+            "meta.support=2",
+            "meta.query=2",
+        ),
+        method="maml",
+    )
     store = execute(cfg, quiet=True)
     rates = store.load_checkpoint("last")["models"]["inner_lr"]["rates"]
     assert rates.shape[0] > 1 and not torch.allclose(rates, torch.full_like(rates, 0.01))  # meta-learned
@@ -117,12 +131,16 @@ def test_adapt_batch_steps_on_minibatches_covering_the_support_set(method_name, 
     cfg = load_config(None, settings(data_root, tmp_path, "eval.support=2", "eval.adapt_batch=3"), method=method_name)
     data = assemble(cfg.data, 0, cfg.eval.support, cfg.eval.support_unit)
     method = build_method(cfg, data, torch.device("cpu"))
-    from mrbench.evaluation.adaptation import support_batch
     from mrbench.data.dataset import SliceDataset
+    from mrbench.evaluation.adaptation import support_batch
 
     ctx = data.unseen_test[0].context
-    support = support_batch(SliceDataset(data.unseen_support, train=False, store=VolumeStore()), 0,
-                            data.support_slices[ctx.name], torch.device("cpu"))
+    support = support_batch(
+        SliceDataset(data.unseen_support, train=False, store=VolumeStore()),
+        0,
+        data.support_slices[ctx.name],
+        torch.device("cpu"),
+    )
     assert support.kspace.shape[0] == 8
     assert _spy_batches(method, rule, support, ctx) == [3, 3, 3]
     firsts = [tuple(support_minibatch(support, 3, s).slice_idx.tolist()) for s in range(3)]
@@ -143,11 +161,15 @@ def test_mtl_adapts_an_unseen_context_through_the_nearest_seen_task(data_root, t
     routed: list[set] = []
     net = method.models["mtl"]
     forward = method.adapt_forward(ctx)
-    from mrbench.evaluation.adaptation import support_batch
     from mrbench.data.dataset import SliceDataset
+    from mrbench.evaluation.adaptation import support_batch
 
-    support = support_batch(SliceDataset(data.unseen_support, train=False, store=VolumeStore()), 0,
-                            data.support_slices[ctx.name], torch.device("cpu"))
+    support = support_batch(
+        SliceDataset(data.unseen_support, train=False, store=VolumeStore()),
+        0,
+        data.support_slices[ctx.name],
+        torch.device("cpu"),
+    )
     support = support._replace(task=torch.full_like(support.task, 5))  # an index no seen task has
     h = net.register_forward_pre_hook(lambda m, args: routed.append(set(args[3].tolist())))
     forward(net, support)

@@ -33,8 +33,13 @@ def fake_run(label: str, seed: int, offset: float, noise: float = 0.0, gain: flo
                 psnr = 30 + offset + v * 0.1 + noise * rng.standard_normal() + (gain if k == "5" else 0)
                 vols[f"vol{v}.h5"] = {"psnr": psnr, "ssim": 0.8 + psnr / 1000, "nmse": 0.01}
             steps[k] = {"volumes": vols}
-        contexts[name] = {"seen": seen, "scarce": scarce, "steps": steps, "context": {"contrast": name[0]},
-                          **({} if seen else {"chosen_steps": 5})}
+        contexts[name] = {
+            "seen": seen,
+            "scarce": scarce,
+            "steps": steps,
+            "context": {"contrast": name[0]},
+            **({} if seen else {"chosen_steps": 5}),
+        }
     metrics = {"contexts": contexts, "adaptation": {"rule": "finetune", "lr": 1e-3, "steps": 5}}
     config = {"method": label.split("-")[0], "scarcity": 0, "train": {"seed": seed}, "run": {"experiment": "exp"}}
     return Run(Path(f"{label}-s0-seed{seed}"), config, metrics, done=True)
@@ -114,6 +119,7 @@ def _zero(seed: int, offset: float = -2.0) -> Run:
 def test_self_supervised_claims_carry_a_zero_filled_control_and_the_gain_recovered():
     """Item 3: "within 1 dB of supervised" passes for a method that learned nothing when
     zero-filled is itself within 1 dB; the ledger then says *not assessable*."""
+
     def ssl(offset):
         rs = runs(ssl=(offset,), sup=(0.0,)) + [_zero(s) for s in range(3)]
         for r in rs:
@@ -188,7 +194,9 @@ def test_claims_file_errors_and_the_command(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "evaluate").glob("*.toml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "evaluate").glob("*.toml"))
+)
 def test_every_experiment_file_states_well_formed_claims(name):
     root = Path(__file__).resolve().parents[1] / "evaluate"
     assert C.read_claims(root / name)
@@ -244,7 +252,9 @@ def test_ranking_claims_are_checked_when_read(tmp_path):
         C.read_claims(f)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "evaluate").glob("*.toml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "evaluate").glob("*.toml"))
+)
 def test_every_experiment_with_claims_has_a_convergence_ladder(name):
     """Issue 30 item 5: a ladder profile at twice the grid's budget, the same seeds, holding
     every row its claims compare (zero-filled trains nothing and needs none)."""

@@ -7,11 +7,10 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import blob_volume
 
 from mrbench.cli import main
 from mrbench.data.fastmri_format import write_volume
-
-from conftest import blob_volume
 
 
 def run(*args):
@@ -31,8 +30,19 @@ def test_info_table(tiny_root):
     r = run("data", "info", tiny_root)
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert lines[0].split() == ["split", "contrast", "volumes", "slices", "kspace", "coils", "target", "padded",
-                                "TR/TE/TI/flip", "B0", "family"]
+    assert lines[0].split() == [
+        "split",
+        "contrast",
+        "volumes",
+        "slices",
+        "kspace",
+        "coils",
+        "target",
+        "padded",
+        "TR/TE/TI/flip",
+        "B0",
+        "family",
+    ]
     assert lines[2].split() == ["train", "AXT1", "4", "12", "32x32", "1", "32x32", "0", "500/15/-/90", "1.5T", "se"]
     assert "14 volumes" in lines[-1] and "all values checked" in lines[-1]
 

@@ -16,6 +16,7 @@ from mrbench.reports import results
 from mrbench.reports.compare import build_layout, write_report
 from mrbench.store import RunStore
 
+
 @pytest.fixture(scope="module")
 def runs_dir(finished_experiment):
     """Six finished tiny runs (zero-filled, joint, stl × levels 0, 1), seen AXT1/AXT2, unseen AXFLAIR."""
@@ -86,8 +87,11 @@ def test_heatmap_cell_is_the_mean_gain_over_the_reference(layout, runs_dir):
     data = layout.select_one({"name": "heatmap"}).renderers[0].data_source.data
 
     def cell(label, context, level):
-        hits = [i for i, (lab, ctx, lvl) in enumerate(zip(data["label"], data["context"], data["level"]))
-                if (lab, ctx, lvl) == (label, context, level)]
+        hits = [
+            i
+            for i, (lab, ctx, lvl) in enumerate(zip(data["label"], data["context"], data["level"]))
+            if (lab, ctx, lvl) == (label, context, level)
+        ]
         assert len(hits) == 1
         return data["value"][hits[0]], data["steps"][hits[0]]
 
@@ -99,10 +103,14 @@ def test_heatmap_cell_is_the_mean_gain_over_the_reference(layout, runs_dir):
         return metrics_of(runs_dir, run)["adaptation"]["steps"]
 
     # seen at 0 steps; unseen at each run's step count chosen on seen validation (shown as -1)
-    for context, steps, shown in (("AXT2/equispaced/4x", (0, 0), 0),
-                                  ("AXFLAIR/equispaced/6x", (chosen("stl-varnet-s1-seed0"), chosen("joint-varnet-s1-seed0")), -1)):
+    for context, steps, shown in (
+        ("AXT2/equispaced/4x", (0, 0), 0),
+        ("AXFLAIR/equispaced/6x", (chosen("stl-varnet-s1-seed0"), chosen("joint-varnet-s1-seed0")), -1),
+    ):
         value, shown_steps = cell("stl-varnet", context, 1)
-        gain = mean_psnr("stl-varnet-s1-seed0", context, steps[0]) - mean_psnr("joint-varnet-s1-seed0", context, steps[1])
+        gain = mean_psnr("stl-varnet-s1-seed0", context, steps[0]) - mean_psnr(
+            "joint-varnet-s1-seed0", context, steps[1]
+        )
         assert shown_steps == shown and value == pytest.approx(gain, abs=1e-9)
     assert cell("joint-varnet", "AXT1/equispaced/4x", 0)[0] == 0
 
@@ -112,8 +120,11 @@ def test_viewer_links_ranges_and_titles_slice_psnr(layout, runs_dir):
 
     viewer = [f for f in figures(layout) if f.name.startswith("viewer:AXFLAIR/equispaced/6x:")]
     assert len({id(f.x_range) for f in viewer}) == 1 and len({id(f.y_range) for f in viewer}) == 1
-    preview = next(p for p in RunStore(runs_dir / "stl-varnet-s0-seed0").read_previews()
-                   if p["context"] == "AXFLAIR/equispaced/6x" and p["steps"] == 2)
+    preview = next(
+        p
+        for p in RunStore(runs_dir / "stl-varnet-s0-seed0").read_previews()
+        if p["context"] == "AXFLAIR/equispaced/6x" and p["steps"] == 2
+    )
     target, pred = preview["target"], preview["pred"]
     psnr = peak_signal_noise_ratio(target, pred, data_range=target.max())
     title = layout.select_one({"name": "viewer:AXFLAIR/equispaced/6x:stl-varnet"}).title.text
@@ -162,9 +173,19 @@ def test_report_renders_in_headless_chromium(report, layout, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,3000", f"--user-data-dir={tmp_path / 'profile'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,3000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # an explicit driver path: Selenium Manager never goes to the network
@@ -181,7 +202,8 @@ def test_report_renders_in_headless_chromium(report, layout, tmp_path):
         assert not severe
         # the whole page in one screenshot: a window as tall as the document plus the browser's frame
         height = driver.execute_script(
-            "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight")
+            "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight"
+        )
         driver.set_window_size(1400, max(3000, height))
         assert driver.save_screenshot(str(tmp_path / "report.png"))
         if os.environ.get("MRBENCH_SCREENSHOT"):
@@ -217,11 +239,12 @@ def testseed_volume_matrix_equals_pandas_pivot_table():
 
     rng = np.random.default_rng(3)
     n = 60
-    g = pd.DataFrame({"seed": rng.integers(0, 4, n), "volume": rng.choice(["v3", "v1", "v2", "v0"], n),
-                      "psnr": rng.normal(30, 2, n)})
+    g = pd.DataFrame(
+        {"seed": rng.integers(0, 4, n), "volume": rng.choice(["v3", "v1", "v2", "v0"], n), "psnr": rng.normal(30, 2, n)}
+    )
     g.loc[rng.random(n) < 0.2, "psnr"] = np.nan
-    g.loc[g["volume"] == "v2", "psnr"] = np.nan      # an all-NaN volume
-    g.loc[g["seed"] == 3, "psnr"] = np.nan           # an all-NaN seed
+    g.loc[g["volume"] == "v2", "psnr"] = np.nan  # an all-NaN volume
+    g.loc[g["seed"] == 3, "psnr"] = np.nan  # an all-NaN seed
     got = results.seed_volume_matrix(g, "psnr")
     want = g.pivot_table(index="seed", columns="volume", values="psnr", aggfunc="mean")
     assert list(got.index) == [0, 1, 2] and list(got.columns) == ["v0", "v1", "v3"]

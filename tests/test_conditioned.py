@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import masked_kspace_batch, set_args, tiny_run_settings, write_tiny_root
+
 from mrbench.cli import main
 from mrbench.config import config_from_dict
 from mrbench.data.assemble import assemble
@@ -39,8 +39,13 @@ def _acq(*rows):
 
 
 def test_synth_header_numbers_round_trip_through_the_file(tmp_path):
-    spec = SynthSpec(subjects=6, size=16, slices=1, contrasts=("AXT1", "AXFLAIR", {"name": "T1GRE", "sequence": "gre", "tr": 20, "te": 5, "flip": 30}),
-                     source="phantom")
+    spec = SynthSpec(
+        subjects=6,
+        size=16,
+        slices=1,
+        contrasts=("AXT1", "AXFLAIR", {"name": "T1GRE", "sequence": "gre", "tr": 20, "te": 5, "flip": 30}),
+        source="phantom",
+    )
     synthesize(spec, tmp_path / "d")
     for name, seq in spec.sequences().items():
         meta = read_meta(tmp_path / "d" / "train" / f"synth_{name}_000.h5")
@@ -53,8 +58,18 @@ def test_synth_header_numbers_round_trip_through_the_file(tmp_path):
 
 def test_the_sequence_type_names_the_family_where_the_numbers_would_mislead():
     """fastMRI's turbo-spin-echo files carry a TI: the header's sequence type decides."""
-    assert [sequence_family(t) for t in ("TurboSpinEcho", "InversionRecovery", "Flash", "TurboInversionRecovery",
-                                          "GradientEcho", "somethingelse", None)] == [0, 1, 2, 1, 2, None, None]
+    assert [
+        sequence_family(t)
+        for t in (
+            "TurboSpinEcho",
+            "InversionRecovery",
+            "Flash",
+            "TurboInversionRecovery",
+            "GradientEcho",
+            "somethingelse",
+            None,
+        )
+    ] == [0, 1, 2, 1, 2, None, None]
     tse_with_ti = _acq([2750, 27, 100, 160, 3.0, 0], [2750, 27, 100, 160, 3.0, NAN])
     f = metadata_features(tse_with_ti, [Context("CORPD_FBK")] * 2)
     assert f[0, 8:11].tolist() == [0, 0, 1] and f[1, 8:11].tolist() == [1, 0, 0]  # named: se; numbers only: ir
@@ -159,8 +174,15 @@ def test_metadata_conditioning_refuses_a_header_without_the_numbers(tmp_path):
     line = res.output.strip()
     assert len(line.splitlines()) == 1 and ".h5" in line and "sequenceParameters/TR" in line and "prompt" in line
     assert not (tmp_path / "o").exists()  # nothing written
-    ok = r.invoke(main, ["run", "conditioned", "--quiet",
-                         *set_args(tiny_run_settings(root, tmp_path / "o", "condition.on=prompt", "train.budget=16"))])
+    ok = r.invoke(
+        main,
+        [
+            "run",
+            "conditioned",
+            "--quiet",
+            *set_args(tiny_run_settings(root, tmp_path / "o", "condition.on=prompt", "train.budget=16")),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
 
 
@@ -174,7 +196,14 @@ def test_conditioned_trains_on_multicoil_files(tmp_path):
     with estimated sensitivities."""
     root = tmp_path / "mc"
     write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), coils=2, per_split={"train": 2, "val": 1, "test": 1})
-    res = CliRunner().invoke(main, ["run", "conditioned", "--quiet",
-                                    *set_args(tiny_run_settings(root, tmp_path / "o", "condition.on=both", "train.budget=16"))])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "conditioned",
+            "--quiet",
+            *set_args(tiny_run_settings(root, tmp_path / "o", "condition.on=both", "train.budget=16")),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "default" / "conditioned-varnet-both-s0-seed0" / "DONE").exists()

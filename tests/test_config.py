@@ -22,9 +22,11 @@ def test_toml_then_set_overrides(tmp_path):
     f.write_text(
         '[data]\ntasks = ["AXT1", "AXT2", "AXPD"]\nscarce = ["AXPD"]\nacceleration = 8\n'
         'unseen = [{ contrast = "AXFLAIR", mask = "random", acceleration = 6 }]\n'
-        "[train]\nbudget = 300\nlr = 3e-4\n[run]\nexperiment = \"exp\"\n"
+        '[train]\nbudget = 300\nlr = 3e-4\n[run]\nexperiment = "exp"\n'
     )
-    cfg = load_config(f, ["train.budget=500", "data.mask=random,gaussian2d", "eval.adapt_steps=3"], method="stl", scarcity=2)
+    cfg = load_config(
+        f, ["train.budget=500", "data.mask=random,gaussian2d", "eval.adapt_steps=3"], method="stl", scarcity=2
+    )
     assert cfg.data.tasks == ["AXT1", "AXT2", "AXPD"] and cfg.data.acceleration == [8.0]
     assert cfg.data.unseen == [{"contrast": "AXFLAIR", "mask": "random", "acceleration": 6}]
     assert cfg.train.budget == 500 and cfg.train.lr == 3e-4 and cfg.scarcity == 2
@@ -98,4 +100,6 @@ def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path):
         with atomic.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash mid-write")
-    assert target.read_text().strip().startswith("{") and list(tmp_path.iterdir()) == [target]  # untouched, no temp left
+    assert target.read_text().strip().startswith("{") and list(tmp_path.iterdir()) == [
+        target
+    ]  # untouched, no temp left

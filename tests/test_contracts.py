@@ -8,14 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import masked_kspace_batch, tiny_run_settings, write_tiny_root
 
 from mrbench.config import Config, load_config
 from mrbench.methods import METHODS
 from mrbench.methods.weighting import WEIGHTINGS, make_weighting
 from mrbench.models import BACKBONES, build_backbone
 from mrbench.runner import execute
-
-from conftest import masked_kspace_batch, tiny_run_settings, write_tiny_root
 
 TINY_BACKBONE = {"cascades": 2, "chans": 4, "pools": 2, "sens_chans": 2, "sens_pools": 1, "iterations": 2}
 

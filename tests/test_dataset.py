@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import blob_volume
 
 from mrbench.data.contexts import Context, context_grid
 from mrbench.data.dataset import SliceDataset, TaskData, VolumeStore
@@ -8,8 +9,6 @@ from mrbench.data.fastmri_format import read_meta, read_volume, write_volume
 from mrbench.data.index import scan
 from mrbench.errors import MrbenchError
 from mrbench.fourier import ifft2c
-
-from conftest import blob_volume
 
 
 def _tasks(index, split, contexts):
@@ -136,8 +135,9 @@ def test_cache_gb_is_checked_and_not_part_of_a_runs_identity():
 
     with pytest.raises(MrbenchError, match="data.cache_gb"):
         load_config(None, ["data.cache_gb=-1"])
-    small, large, other = (asdict(load_config(None, [s])) for s in ("data.cache_gb=0.5", "data.cache_gb=16",
-                                                                      "data.val_volumes=3"))
+    small, large, other = (
+        asdict(load_config(None, [s])) for s in ("data.cache_gb=0.5", "data.cache_gb=16", "data.val_volumes=3")
+    )
     assert small["data"]["cache_gb"] == 0.5
     assert _identity(small) == _identity(large)  # resuming with another memory budget is the same run
     assert _identity(small) != _identity(other)

@@ -3,18 +3,26 @@
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import worker_threads
 
 import mrbench.demo as demo
 from mrbench.cli import main
 from mrbench.data.synth.build import SynthSpec
 from mrbench.sweep import load_experiment
 
-from conftest import worker_threads
-
 TOY = [
-    "train.budget=8", "train.val_every=8", "train.batch=4", "data.val_volumes=1",
-    "model.cascades=2", "model.blocks=IV", "model.chans=2", "model.sens_chans=2", "model.sens_pools=1",
-    "eval.adapt_steps=0,1", "eval.support=2", "meta.embedding=8",
+    "train.budget=8",
+    "train.val_every=8",
+    "train.batch=4",
+    "data.val_volumes=1",
+    "model.cascades=2",
+    "model.blocks=IV",
+    "model.chans=2",
+    "model.sens_chans=2",
+    "model.sens_pools=1",
+    "eval.adapt_steps=0,1",
+    "eval.support=2",
+    "meta.embedding=8",
 ]
 
 
@@ -30,8 +38,13 @@ def test_demo_experiment_file_is_packaged_and_complete():
     levels = {}
     for cell, cfg in exp.configs.items():
         levels.setdefault(RUN_SUFFIX.sub("", cfg.run_name), set()).add(cell.scarcity)
-    assert {k for k, v in levels.items() if v == {0, 2}} == {"zero-filled-none", "stl-varnet", "stl-varnet-pernet",
-                                                           "joint-varnet", "mtl-IIVV-uncert"}
+    assert {k for k, v in levels.items() if v == {0, 2}} == {
+        "zero-filled-none",
+        "stl-varnet",
+        "stl-varnet-pernet",
+        "joint-varnet",
+        "mtl-IIVV-uncert",
+    }
     assert all(v in ({0}, {0, 2}) for v in levels.values()) and len(levels) == 15
     full = load_experiment(demo.demo_experiment_file(), profile="full")  # the grid before issue 31
     assert full.scarcity == [0, 1, 2] and len(full.cells) == 135 and full.directory.name == "demo"
@@ -59,8 +72,19 @@ def test_demo_experiment_file_is_packaged_and_complete():
 def test_demo_end_to_end_at_toy_size(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_SYNTH", SynthSpec(subjects=6, size=32, slices=3))
     out, data = tmp_path / "runs", tmp_path / "data"
-    args = ["demo", "--out", str(out), "--data", str(data), "--jobs", str(worker_threads()), "--quiet", "--seeds", "0",
-            *sum((["--set", s] for s in TOY), [])]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--jobs",
+        str(worker_threads()),
+        "--quiet",
+        "--seeds",
+        "0",
+        *sum((["--set", s] for s in TOY), []),
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     exp = out / "demo-quick"
@@ -95,8 +119,11 @@ def test_an_interrupted_demo_prints_the_verdicts_of_its_finished_cells(finished_
 
     monkeypatch.setattr(demo, "run_sweep", interrupted)
     monkeypatch.setattr(demo, "is_up_to_date", lambda spec, root: True)
-    monkeypatch.setattr(demo, "load_experiment", lambda *a, **k: type("E", (), {"directory": finished_experiment,
-                                                                                 "configs": {1: None}})())
+    monkeypatch.setattr(
+        demo,
+        "load_experiment",
+        lambda *a, **k: type("E", (), {"directory": finished_experiment, "configs": {1: None}})(),
+    )
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(out=str(tmp_path), data_root=str(tmp_path / "d"), report=lines.append)
     assert any(line.startswith("interrupted: the verdicts of the 6 finished runs") for line in lines)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import set_args, tiny_run_settings
+
 from mrbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +30,20 @@ def _settings(root, out, *extra):
 
 
 def _torchrun(method, sets, *flags):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "mrbench", "run", method, "--quiet", *flags, *set_args(sets)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mrbench",
+        "run",
+        method,
+        "--quiet",
+        *flags,
+        *set_args(sets),
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

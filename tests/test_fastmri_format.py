@@ -2,12 +2,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import blob_volume
 
 from mrbench.data.fastmri_format import build_header, check_values, parse_header, read_meta, read_volume, write_volume
 from mrbench.errors import MrbenchError
 from mrbench.fourier import ifft2c, rss
-
-from conftest import blob_volume
 
 
 @pytest.mark.parametrize("coils", [1, 4])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import set_args, tiny_run_settings
 
 from mrbench.cli import main
 from mrbench.config import load_config
@@ -19,8 +20,6 @@ from mrbench.reports import results as R
 from mrbench.reports.table import build_tables, render
 from mrbench.runner import execute
 from mrbench.store import RunStore
-
-from conftest import set_args, tiny_run_settings
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +71,13 @@ def test_retry_lower_lr_records_the_lr_it_ended_with(data_root, tmp_path, monkey
         return "injected divergence" if calls["n"] == 1 else real(loss, grad_norm, history, factor)
 
     monkeypatch.setattr(engine, "check_divergence", first_step_diverges)
-    cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.budget=16", "train.lr=2e-3",
-                                              "train.on_divergence=retry-lower-lr"), method="joint")
+    cfg = load_config(
+        None,
+        tiny_run_settings(
+            data_root, tmp_path, "train.budget=16", "train.lr=2e-3", "train.on_divergence=retry-lower-lr"
+        ),
+        method="joint",
+    )
     store = execute(cfg, quiet=True)
     m = store.read_json("metrics.json")
     assert store.is_done() and m["lr_final"] == pytest.approx(2e-4)
@@ -84,12 +88,14 @@ def test_retry_lower_lr_records_the_lr_it_ended_with(data_root, tmp_path, monkey
 @pytest.mark.slow
 def test_a_sweep_goes_on_past_a_diverged_cell(data_root, tmp_path):
     exp = tmp_path / "e.toml"
-    exp.write_text(textwrap.dedent("""
+    exp.write_text(
+        textwrap.dedent("""
         [run]
         experiment = "exp"
         [sweep]
         methods = [{ method = "joint", name = "wild", set = ["train.lr=1000", "train.grad_clip=0"] }, "stl"]
-        """))
+        """)
+    )
     sets = set_args(tiny_run_settings(data_root, tmp_path / "runs", "train.budget=16"))
     res = CliRunner().invoke(main, ["sweep", str(exp), "--quiet", *sets])
     assert res.exit_code == 0, res.output
@@ -103,8 +109,12 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(damage, data_r
     from it with one warning line, to the metrics of an uninterrupted run."""
     from mrbench.errors import RunStopped
 
-    full = execute(load_config(None, tiny_run_settings(data_root, tmp_path / "a", "train.val_every=8"), method="joint"), quiet=True)
-    cfg = load_config(None, tiny_run_settings(data_root, tmp_path / "b", "train.val_every=8", "train.stop_after=24"), method="joint")
+    full = execute(
+        load_config(None, tiny_run_settings(data_root, tmp_path / "a", "train.val_every=8"), method="joint"), quiet=True
+    )
+    cfg = load_config(
+        None, tiny_run_settings(data_root, tmp_path / "b", "train.val_every=8", "train.stop_after=24"), method="joint"
+    )
     with pytest.raises(RunStopped):
         execute(cfg, quiet=True)
     store = RunStore(cfg.run_dir)
@@ -115,7 +125,11 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(damage, data_r
     cfg.train.stop_after = 0
     execute(cfg, resume=True, quiet=True)
     err = capsys.readouterr().err
-    assert "warning:" in err and "previous checkpoint" in err and len([l for l in err.splitlines() if "warning" in l]) == 1
+    assert (
+        "warning:" in err
+        and "previous checkpoint" in err
+        and len([line for line in err.splitlines() if "warning" in line]) == 1
+    )
     assert store.read_json("metrics.json")["contexts"] == full.read_json("metrics.json")["contexts"]
 
 
@@ -131,7 +145,9 @@ def test_disk_full_while_checkpointing_is_one_line_exit_4_and_resumable(data_roo
     def full_disk_on_third(obj, f, *a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 6208 vs 6094: basic_ios::clear: iostream error")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . unexpected pos 6208 vs 6094: basic_ios::clear: iostream error"
+            )
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(store_mod.torch, "save", full_disk_on_third)
@@ -147,7 +163,9 @@ def test_disk_full_while_checkpointing_is_one_line_exit_4_and_resumable(data_roo
     assert res.exit_code == 0 and RunStore(run_dir).is_done()
 
 
-@pytest.mark.parametrize("site", ["config.json", "manifest.json", "best.pt", "last.pt", "metrics.json", "previews.npz", "DONE"])
+@pytest.mark.parametrize(
+    "site", ["config.json", "manifest.json", "best.pt", "last.pt", "metrics.json", "previews.npz", "DONE"]
+)
 def test_disk_full_at_every_write_site_is_one_line_exit_4_and_a_resume_finishes(site, data_root, tmp_path, monkeypatch):
     """Issue 21, the fault-injection suite: ENOSPC at each file a run writes (every write goes
     through mrbench.atomic: a temporary file renamed into place) — one line naming the file and
@@ -190,13 +208,20 @@ def test_disk_full_on_a_real_small_tmpfs(data_root, tmp_path):
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                                                       capture_output=True).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     try:
         sets = tiny_run_settings(data_root, mnt, "train.val_every=8", "model.chans=32")
-        res = subprocess.run([sys.executable, "-m", "mrbench", "run", "joint", "--quiet", *set_args(sets)],
-                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        res = subprocess.run(
+            [sys.executable, "-m", "mrbench", "run", "joint", "--quiet", *set_args(sets)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         assert res.returncode == 4, res.stderr
         err = res.stderr.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err and "MiB free" in err
@@ -209,7 +234,6 @@ def test_nan_in_a_training_file_is_one_line_exit_2_and_no_run_directory(tmp_path
     """Issue 21, a real bad file: NaN in one training volume's k-space is found when the
     volume is read — one line naming the file, exit 2, no traceback, nothing left behind."""
     import h5py
-
     from conftest import write_tiny_root
 
     root = tmp_path / "d"
@@ -262,7 +286,10 @@ def test_sigterm_checkpoints_at_the_step_boundary_exits_143_and_resumes_exactly(
 
     before = signal.getsignal(signal.SIGTERM)
     sets = tiny_run_settings(data_root, tmp_path / "b", "train.val_every=16")
-    full = execute(load_config(None, tiny_run_settings(data_root, tmp_path / "a", "train.val_every=16"), method="joint"), quiet=True)
+    full = execute(
+        load_config(None, tiny_run_settings(data_root, tmp_path / "a", "train.val_every=16"), method="joint"),
+        quiet=True,
+    )
     real_log, calls = engine.Trainer._log_step, {"n": 0}
 
     def term_on_third(self, *a, **k):
@@ -297,8 +324,12 @@ def test_a_killed_run_process_resumes_to_the_uninterrupted_metrics(sig, data_roo
     import time
 
     sets = tiny_run_settings(data_root, tmp_path / "k", "train.budget=96", "train.val_every=8")
-    ref = execute(load_config(None, tiny_run_settings(data_root, tmp_path / "r", "train.budget=96", "train.val_every=8"),
-                              method="joint"), quiet=True)
+    ref = execute(
+        load_config(
+            None, tiny_run_settings(data_root, tmp_path / "r", "train.budget=96", "train.val_every=8"), method="joint"
+        ),
+        quiet=True,
+    )
     cmd = [sys.executable, "-m", "mrbench", "run", "joint", "--quiet", *set_args(sets)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = tmp_path / "k" / "default" / "joint-varnet-s0-seed0" / "checkpoints" / "last.pt"
@@ -347,15 +378,29 @@ def test_two_concurrent_sweeps_train_every_cell_exactly_once(data_root, tmp_path
     import sys
 
     exp = tmp_path / "e.toml"
-    exp.write_text(textwrap.dedent("""
+    exp.write_text(
+        textwrap.dedent("""
         [run]
         experiment = "twice"
         [sweep]
         seeds = [0, 1, 2]
         methods = ["joint"]
-    """))
+    """)
+    )
     sets = tiny_run_settings(data_root, tmp_path / "runs", "train.budget=48")
-    cmd = [sys.executable, "-m", "mrbench", "sweep", str(exp), "--jobs", "1", "--threads", "1", "--quiet", *set_args(sets)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mrbench",
+        "sweep",
+        str(exp),
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        *set_args(sets),
+    ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -380,8 +425,11 @@ def test_bf16_trains_on_a_cpu_with_bf16(data_root, tmp_path):
     """Autocast is really applied (the metrics move) and harmless (they move by < 1 dB)."""
     psnr = {}
     for precision in ("fp32", "bf16"):
-        cfg = load_config(None, tiny_run_settings(data_root, tmp_path / precision, f"train.precision={precision}",
-                                                  "train.device=cpu"), method="joint")
+        cfg = load_config(
+            None,
+            tiny_run_settings(data_root, tmp_path / precision, f"train.precision={precision}", "train.device=cpu"),
+            method="joint",
+        )
         contexts = execute(cfg, quiet=True).read_json("metrics.json")["contexts"]
         psnr[precision] = {n: c["steps"]["0"]["mean"]["psnr"] for n, c in contexts.items()}
     assert psnr["bf16"] != psnr["fp32"]
@@ -392,7 +440,10 @@ def test_bf16_trains_on_a_cpu_with_bf16(data_root, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_bf16_trains_on_a_gpu(data_root, tmp_path):
-    cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.precision=bf16", "train.device=cuda"), method="joint")
+    cfg = load_config(
+        None, tiny_run_settings(data_root, tmp_path, "train.precision=bf16", "train.device=cuda"), method="joint"
+    )
     store = execute(cfg, quiet=True)
-    assert store.is_done() and all(math.isfinite(c["steps"]["0"]["mean"]["psnr"])
-                                   for c in store.read_json("metrics.json")["contexts"].values())
+    assert store.is_done() and all(
+        math.isfinite(c["steps"]["0"]["mean"]["psnr"]) for c in store.read_json("metrics.json")["contexts"].values()
+    )

@@ -131,8 +131,22 @@ def test_nifti_image_kspace_image_round_trip(tmp_path):
 
 def test_dipy_volume_with_one_frame_needs_no_frame_and_resamples(tmp_path):
     src = dipy_file("S0_10slices.nii.gz")  # 128×128×10×1, 2×2×53 mm? (an S0 of a diffusion scan)
-    result = _run(src, "--out", tmp_path / "ds", "--size", 64, "--slices", 6, "--split", "1,0,0", "--coils", 4,
-                  "--snr", 20, "--phase")
+    result = _run(
+        src,
+        "--out",
+        tmp_path / "ds",
+        "--size",
+        64,
+        "--slices",
+        6,
+        "--split",
+        "1,0,0",
+        "--coils",
+        4,
+        "--snr",
+        20,
+        "--phase",
+    )
     assert result.exit_code == 0, result.output
     kspace, target = read_volume(read_meta(tmp_path / "ds" / "train" / "MR_S0_10slices.h5"))
     assert kspace.shape == (6, 4, 64, 64) and target.shape == (6, 64, 64)
@@ -144,8 +158,23 @@ def test_dipy_volume_with_one_frame_needs_no_frame_and_resamples(tmp_path):
 def test_params_supply_sequence_numbers_and_conditioning_refuses_without(tmp_path):
     src = nibabel_file("example4d.nii.gz")
     out = tmp_path / "ds"
-    ok = _run(src, "--out", out, "--frame", 1, "--size", 32, "--slices", 2, "--split", "1,0,0",
-              "--contrast", "EPI=example4d", "--params", "EPI=3000:30::90:3")
+    ok = _run(
+        src,
+        "--out",
+        out,
+        "--frame",
+        1,
+        "--size",
+        32,
+        "--slices",
+        2,
+        "--split",
+        "1,0,0",
+        "--contrast",
+        "EPI=example4d",
+        "--params",
+        "EPI=3000:30::90:3",
+    )
     assert ok.exit_code == 0, ok.output
     meta = read_meta(out / "train" / "EPI_example4d.h5")
     assert meta.acquisition[:5] == (3000.0, 30.0, None, 90.0, 3.0)
@@ -160,8 +189,12 @@ def real_anatomy(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("anatomy")
     src = root / "src"
     src.mkdir()
-    for f in (nibabel_file("anatomical.nii"), nibabel_file("example4d.nii.gz"),
-              dipy_file("aniso_vox.nii.gz"), dipy_file("S0_10slices.nii.gz")):
+    for f in (
+        nibabel_file("anatomical.nii"),
+        nibabel_file("example4d.nii.gz"),
+        dipy_file("aniso_vox.nii.gz"),
+        dipy_file("S0_10slices.nii.gz"),
+    ):
         shutil.copy(f, src / f.name)
     result = _run(src, "--out", root / "ds", "--frame", 0, "--size", 32, "--slices", 4, "--split", "0.5,0.25,0.25")
     assert result.exit_code == 0, result.output
@@ -173,8 +206,16 @@ def test_end_to_end_run_and_evaluate_on_real_anatomy(real_anatomy, tmp_path):
 
     info = CliRunner().invoke(main, ["data", "info", str(real_anatomy)])
     assert info.exit_code == 0 and "usable by mrbench run" in info.output, info.output
-    settings = tiny_run_settings(real_anatomy, tmp_path / "runs", 'data.tasks=["MR"]', "data.scarce=[]", "data.unseen=[]",
-                                 "eval.adapt_steps=0", "train.budget=16", "train.val_every=8")
+    settings = tiny_run_settings(
+        real_anatomy,
+        tmp_path / "runs",
+        'data.tasks=["MR"]',
+        "data.scarce=[]",
+        "data.unseen=[]",
+        "eval.adapt_steps=0",
+        "train.budget=16",
+        "train.val_every=8",
+    )
     r = CliRunner()
     res = r.invoke(main, ["run", "stl", "--quiet", *set_args(settings)])
     assert res.exit_code == 0, res.output
@@ -212,8 +253,13 @@ def test_dicom_series_and_tags(tmp_path):
     assert "6 image(s) in other orientations dropped" in result.output  # the projections of other planes
     record = json.loads((out / "dataset.json").read_text())
     params = {v["contrast"]: v["params"] for v in record["volumes"]}
-    assert params["ANGIO-Projected-from-C"] == {"TR": 30.0, "TE": 6.0, "flipAngle_deg": 35.0,
-                                                "systemFieldStrength_T": 1.5, "sequence_type": "GradientEcho"}
+    assert params["ANGIO-Projected-from-C"] == {
+        "TR": 30.0,
+        "TE": 6.0,
+        "flipAngle_deg": 35.0,
+        "systemFieldStrength_T": 1.5,
+        "sequence_type": "GradientEcho",
+    }
     assert params["T1W-SE-1024"]["TR"] == 350.0 and params["T1W-SE-1024"]["TE"] == 27.0
     assert params["series1"]["TR"] == 4000.0 and params["series1"]["TE"] == 240.0
     meta = read_meta(out / "train" / "T1W-SE-1024_5MR2.h5")
@@ -260,8 +306,13 @@ def test_twix_gre(tmp_path, gre_dat):
     assert kspace.shape == (1, 2, 160, 160)  # readout oversampling removed: 320 → 160 samples
     np.testing.assert_allclose(target[0], _direct_recon(raw), rtol=1e-4, atol=1e-4 * target.max())
     yaps = scan["hdr"]["MeasYaps"]
-    assert meta.acquisition[:5] == (yaps["alTR"][0] / 1000, yaps["alTE"][0] / 1000, None,
-                                    yaps["adFlipAngleDegree"][0], scan["hdr"]["Dicom"]["flMagneticFieldStrength"])
+    assert meta.acquisition[:5] == (
+        yaps["alTR"][0] / 1000,
+        yaps["alTE"][0] / 1000,
+        None,
+        yaps["adFlipAngleDegree"][0],
+        scan["hdr"]["Dicom"]["flMagneticFieldStrength"],
+    )
     assert meta.acquisition[:5] == (10.0, 3.0, None, 15.0, 2.89362)
     with h5py.File(path) as hf:
         assert hf.attrs["kspace_source"] == "measured" and hf.attrs["readout_oversampling_removed"] == "320 -> 160"
@@ -295,21 +346,30 @@ def write_ismrmrd(path: Path, raw: np.ndarray, *, lines=None, tr=10.0, te=3.0, f
     xsd = ismrmrd.xsd
     n_lin, n_cha, n_col = raw.shape
     enc = xsd.encodingType(
-        encodedSpace=xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=n_col, y=n_lin, z=1),
-                                           fieldOfView_mm=xsd.fieldOfViewMm(x=400.0, y=200.0, z=4.0)),
-        reconSpace=xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=n_col // 2, y=n_lin, z=1),
-                                         fieldOfView_mm=xsd.fieldOfViewMm(x=200.0, y=200.0, z=4.0)),
+        encodedSpace=xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=n_col, y=n_lin, z=1),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=400.0, y=200.0, z=4.0),
+        ),
+        reconSpace=xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=n_col // 2, y=n_lin, z=1),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=200.0, y=200.0, z=4.0),
+        ),
         encodingLimits=xsd.encodingLimitsType(
             kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=n_lin - 1, center=n_lin // 2),
-            slice=xsd.limitType(minimum=0, maximum=0, center=0)),
+            slice=xsd.limitType(minimum=0, maximum=0, center=0),
+        ),
         trajectory=xsd.trajectoryType.CARTESIAN,
     )
     header = xsd.ismrmrdHeader(
         experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=123_000_000),
         encoding=[enc],
         sequenceParameters=xsd.sequenceParametersType(TR=[tr], TE=[te], flipAngle_deg=[flip], sequence_type="Flash"),
-        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(systemFieldStrength_T=b0, receiverChannels=n_cha),
-        measurementInformation=xsd.measurementInformationType(protocolName="gre", patientPosition=xsd.patientPositionType.HFS),
+        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
+            systemFieldStrength_T=b0, receiverChannels=n_cha
+        ),
+        measurementInformation=xsd.measurementInformationType(
+            protocolName="gre", patientPosition=xsd.patientPositionType.HFS
+        ),
         subjectInformation=xsd.subjectInformationType(patientID="phantom01"),
     )
     dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
@@ -317,7 +377,7 @@ def write_ismrmrd(path: Path, raw: np.ndarray, *, lines=None, tr=10.0, te=3.0, f
     noise = ismrmrd.Acquisition.from_array(np.zeros((n_cha, n_col), np.complex64))
     noise.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
     dset.append_acquisition(noise)  # skipped on import
-    for line in (range(n_lin) if lines is None else lines):
+    for line in range(n_lin) if lines is None else lines:
         acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(raw[line]))
         acq.idx.kspace_encode_step_1 = line
         dset.append_acquisition(acq)
@@ -368,7 +428,10 @@ def test_fastmri_slicedataset_reads_imported_files(tmp_path, gre_dat):
     assert kspace.shape == (2, 160, 160) and target.shape == (160, 160) and mask is None
     assert attrs["padding_left"] == 0 and attrs["padding_right"] == 160 and attrs["recon_size"] == (160, 160, 1)
     nifti = tmp_path / "nifti"
-    assert _run(nibabel_file("example4d.nii.gz"), "--out", nifti, "--frame", 0, "--size", 32, "--split", "1,0,0").exit_code == 0
+    assert (
+        _run(nibabel_file("example4d.nii.gz"), "--out", nifti, "--frame", 0, "--size", 32, "--split", "1,0,0").exit_code
+        == 0
+    )
     single = mri_data.SliceDataset(nifti / "train", challenge="singlecoil")
     assert len(single) == 24 and single[0][2].shape == (32, 32)
 
@@ -423,11 +486,17 @@ def test_four_d_without_frame_and_missing_extra(tmp_path, monkeypatch):
     import mrbench.data.importers.base as base
 
     real = base.importlib.import_module
-    monkeypatch.setattr(base.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name)) if name == "twixtools" else real(name))
+    monkeypatch.setattr(
+        base.importlib,
+        "import_module",
+        lambda name: (_ for _ in ()).throw(ImportError(name)) if name == "twixtools" else real(name),
+    )
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "x.dat").write_bytes(b"\0")
     result = _run(tmp_path / "src", "--out", tmp_path / "o2")
-    assert result.exit_code == 2 and "needs the Python package 'twixtools': pip install 'mrbench[import]'" in result.output
+    assert (
+        result.exit_code == 2 and "needs the Python package 'twixtools': pip install 'mrbench[import]'" in result.output
+    )
 
 
 def test_missing_contrast_is_reported_not_dropped(tmp_path):
@@ -435,8 +504,12 @@ def test_missing_contrast_is_reported_not_dropped(tmp_path):
     src.mkdir()
     for name in ("s1-T1", "s1-T2", "s2-T1", "s3-T1", "s3-T2"):
         shutil.copy(nibabel_file("anatomical.nii"), src / f"{name}.nii")
-    report = import_dataset(src, tmp_path / "ds", layout=Layout.build("{subject}-{contrast}.nii", None, ()),
-                            options=ImportOptions(split=(1.0, 0.0, 0.0)))
+    report = import_dataset(
+        src,
+        tmp_path / "ds",
+        layout=Layout.build("{subject}-{contrast}.nii", None, ()),
+        options=ImportOptions(split=(1.0, 0.0, 0.0)),
+    )
     assert report.notes == ["subject s2 has no T2 (imported with T1)"]
     assert len(report.volumes) == 5
 
@@ -459,8 +532,17 @@ def test_undersampled_subjects_train_and_a_self_supervised_loss_trains_on_them(t
     assert "2 subject(s) with undersampled scans only (no target) put in train: sub4, sub5" in result.output
     record = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert {v["subject"]: v["split"] for v in record["volumes"]}.items() >= {"sub4": "train", "sub5": "train"}.items()
-    settings = tiny_run_settings(tmp_path / "ds", tmp_path / "runs", 'data.tasks=["gre"]', "data.scarce=[]", "data.unseen=[]",
-                                 "eval.adapt_steps=0", "train.budget=8", "train.val_every=8", "train.loss=ssdu")
+    settings = tiny_run_settings(
+        tmp_path / "ds",
+        tmp_path / "runs",
+        'data.tasks=["gre"]',
+        "data.scarce=[]",
+        "data.unseen=[]",
+        "eval.adapt_steps=0",
+        "train.budget=8",
+        "train.val_every=8",
+        "train.loss=ssdu",
+    )
     res = CliRunner().invoke(main, ["run", "stl", "--quiet", *set_args(settings)])
     assert res.exit_code == 0, res.output
     assert "gre/equispaced/4x" in res.output

@@ -8,12 +8,11 @@ import json
 import os
 
 import pytest
+from conftest import write_tiny_root
 
 import mrbench.data.index as index_mod
 from mrbench.data.index import scan
 from mrbench.data.index_cache import CACHE_NAME, VERSION, IndexCache
-
-from conftest import write_tiny_root
 
 
 @pytest.fixture
@@ -30,6 +29,7 @@ def counting(monkeypatch):
     def read(path):
         calls.append(path.name)
         return real(path)
+
     monkeypatch.setattr(index_mod, "read_meta", read)
     return calls
 
@@ -72,6 +72,7 @@ def test_a_directory_that_cannot_be_written_is_indexed_without_a_cache(root, mon
 
     def refuse(path, text):
         raise StorageError(f"{path}: read-only file system")
+
     monkeypatch.setattr(index_cache.atomic, "write_text", refuse)
     assert scan(root).volumes and not (root / CACHE_NAME).exists()
 
@@ -83,6 +84,7 @@ def test_digests_are_computed_once_per_file_version(root):
     def compute(path):
         calls.append(path)
         return "d" + str(len(calls))
+
     cache = IndexCache(root)
     assert cache.digest(f, compute) == "d1" and cache.digest(f, compute) == "d1"
     cache.save()

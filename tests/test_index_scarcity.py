@@ -3,12 +3,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_tiny_root
 
 from mrbench.data.index import scan
 from mrbench.data.scarcity import max_level, scarcity_subset, slice_list, slice_list_hash
 from mrbench.errors import MrbenchError
-
-from conftest import write_tiny_root
 
 
 def test_scan_splits_contrasts_and_summary(tiny_root):
@@ -59,7 +58,9 @@ def test_scarcity_levels_nested_counts_and_deterministic(eight):
 
 
 def test_scarcity_level_leaving_no_volume(eight):
-    with pytest.raises(MrbenchError, match=r"scarcity level 4 leaves no training volume of AXT2 \(8 volumes; the highest level is 3\)"):
+    with pytest.raises(
+        MrbenchError, match=r"scarcity level 4 leaves no training volume of AXT2 \(8 volumes; the highest level is 3\)"
+    ):
         scarcity_subset(eight, 4, seed=0, task="AXT2")
     with pytest.raises(MrbenchError, match="≥ 0"):
         scarcity_subset(eight, -1, seed=0, task="AXT2")

@@ -1,26 +1,25 @@
 """km-unet (kernel modulation, grouped per-sample convs, context encoder) and the kmmaml method."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
+from conftest import masked_kspace_batch, write_tiny_root
 
 from mrbench.config import load_config
 from mrbench.data.synth.physics import NAMED_CONTRASTS
 from mrbench.data.synth.subject import simulate_subject
 from mrbench.errors import MrbenchError, RunStopped
+from mrbench.losses import LOSSES
 from mrbench.methods import METHODS
 from mrbench.methods.kmmaml import KMMAML, embedded_loss, group_names, kmunet_kwargs
-from mrbench.losses import LOSSES
 from mrbench.methods.meta import inner_loop
 from mrbench.models import BACKBONES, build_backbone
 from mrbench.models.km_unet import KMUNet, kernel_modulation, modulated_conv, modulated_convs
 from mrbench.models.unet import UNetRecon
 from mrbench.runner import execute
-
-from conftest import masked_kspace_batch, write_tiny_root
 
 SUP = LOSSES["sup"](None)  # the supervised L1, as a method builds it
 
@@ -180,7 +179,9 @@ def test_inner_loop_moves_only_the_hypernetworks():
     from mrbench.data.dataset import Sample
 
     target = torch.rand(2, 16, 16)
-    batch = Sample(k, mask, target, target, torch.zeros(2, dtype=torch.long), ["a", "b"], torch.arange(2), torch.ones(2), nlf)
+    batch = Sample(
+        k, mask, target, target, torch.zeros(2, dtype=torch.long), ["a", "b"], torch.arange(2), torch.ones(2), nlf
+    )
     params = dict(net.named_parameters())
     before = {n: p.detach().clone() for n, p in params.items()}
     z = net.context_embedding(k)
@@ -233,7 +234,9 @@ def tiny_cfg(data_root, out, *extra, method="kmmaml"):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("kmmaml_data") / "d"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32)
+    write_tiny_root(
+        root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32
+    )
     return root
 
 
@@ -247,7 +250,9 @@ def test_adaptation_modes_touch_the_right_groups(data_root, tmp_path):
     method = KMMAML(cfg, data.train, data.scarce, None)
     randomise_hyper(method.models["net"])
     pool = SliceDataset(data.unseen_support, train=False)
-    support = to_device(torch.utils.data.default_collate([pool[i] for i in pool.task_items(0)[:2]]), torch.device("cpu"))
+    support = to_device(
+        torch.utils.data.default_collate([pool[i] for i in pool.task_items(0)[:2]]), torch.device("cpu")
+    )
     orig = {n: p.detach().clone() for n, p in method.models["net"].named_parameters()}
 
     x = next(iter(torch.utils.data.DataLoader([pool[i] for i in pool.task_items(0)[2:4]], batch_size=2)))

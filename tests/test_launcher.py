@@ -6,23 +6,33 @@ import os
 import sys
 
 import pytest
+from conftest import set_args, tiny_run_settings, write_tiny_root
 
 from mrbench import launcher
 from mrbench.launcher import launch
-
-from conftest import set_args, tiny_run_settings, write_tiny_root
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("launch") / "d"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32)
+    write_tiny_root(
+        root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32
+    )
     return root
 
 
 def command(root, out, *extra):
-    return [sys.executable, "-m", "mrbench", "run", "joint", *set_args(tiny_run_settings(root, out, *extra)),
-            "--quiet", "--threads", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "mrbench",
+        "run",
+        "joint",
+        *set_args(tiny_run_settings(root, out, *extra)),
+        "--quiet",
+        "--threads",
+        "1",
+    ]
 
 
 @pytest.mark.parametrize("how", ["forkserver", "subprocess"])

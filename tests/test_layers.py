@@ -76,14 +76,17 @@ def _layer(module: str) -> int:
 
 
 def test_every_import_points_to_its_own_layer_or_below():
-    upward = [f"{a} → {b} ({LAYERS[_layer(a)][0]} → {LAYERS[_layer(b)][0]})"
-              for a, b, _ in _edges() if _layer(b) > _layer(a)]
+    upward = [
+        f"{a} → {b} ({LAYERS[_layer(a)][0]} → {LAYERS[_layer(b)][0]})" for a, b, _ in _edges() if _layer(b) > _layer(a)
+    ]
     assert not upward, "imports against the layers:\n" + "\n".join(upward)
 
 
 def test_imports_inside_functions_only_where_start_up_speed_needs_them():
     inner = sorted({a for a, _, top in _edges() if not top} - LAZY)
-    assert not inner, f"imports inside functions in {inner}: move them to the top (or, for start-up speed, add to LAZY and say why)"
+    assert not inner, (
+        f"imports inside functions in {inner}: move them to the top (or, for start-up speed, add to LAZY and say why)"
+    )
 
 
 def test_the_module_level_import_graph_has_no_cycle():
@@ -97,7 +100,9 @@ def test_the_module_level_import_graph_has_no_cycle():
         state[node] = 1
         for nxt in graph.get(node, ()):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " → ".join(path[path.index(nxt):] + [nxt]) if nxt in path else nxt)
+                raise AssertionError(
+                    "import cycle: " + " → ".join(path[path.index(nxt) :] + [nxt]) if nxt in path else nxt
+                )
             if nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2

@@ -1,11 +1,10 @@
 """Learned methods really learn: on tiny data they beat zero-filled on every seen task (slow)."""
 
 import pytest
+from conftest import worker_threads, write_tiny_root
 
 from mrbench.config import load_config
 from mrbench.runner import execute
-
-from conftest import worker_threads, write_tiny_root
 
 
 @pytest.mark.slow

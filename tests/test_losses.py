@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_run_settings, write_tiny_root
 
 from mrbench.config import load_config
 from mrbench.data.dataset import Sample
@@ -15,8 +16,6 @@ from mrbench.fourier import fft2c, ifft2c
 from mrbench.losses import LOSSES
 from mrbench.losses.ssdu import split_mask
 from mrbench.runner import execute
-
-from conftest import tiny_run_settings, write_tiny_root
 
 
 class Cfg:  # the keys the losses read
@@ -31,8 +30,17 @@ def sample(mask: torch.Tensor, seed: int = 0) -> tuple[Sample, torch.Tensor]:
     b, _, h, w = mask.shape
     x = torch.randn(b, h, w, generator=g, dtype=torch.complex64)
     y = mask * fft2c(x.unsqueeze(1))
-    batch = Sample(y, mask, x.abs(), ifft2c(y)[:, 0].abs(), torch.zeros(b, dtype=torch.long), ["f"] * b,
-                   torch.arange(b), torch.ones(b), torch.full((b,), 4))
+    batch = Sample(
+        y,
+        mask,
+        x.abs(),
+        ifft2c(y)[:, 0].abs(),
+        torch.zeros(b, dtype=torch.long),
+        ["f"] * b,
+        torch.arange(b),
+        torch.ones(b),
+        torch.full((b,), 4),
+    )
     return batch, x
 
 
@@ -81,6 +89,7 @@ def test_ssdu_checks_the_held_out_points_with_the_network_on_the_rest():
     def run(b):
         seen.append(b.mask)
         return x  # knows the image: held-out points match
+
     assert torch.allclose(ssdu(run, batch), torch.zeros(3), atol=1e-6)
     assert (seen[0] <= batch.mask).all() and seen[0].sum() < batch.mask.sum()
     assert (ssdu(zero_filled, batch) > 1e-2).all()  # zero-filled from Θ misses Λ's lines
@@ -140,6 +149,7 @@ def test_moi_measures_with_other_operators():
     def run(b):
         masks.append(b.mask)
         return zero_filled(b)
+
     LOSSES["moi"](Cfg)(run, batch)
     assert len(masks) == 2 and not torch.equal(masks[1], batch.mask)
 
@@ -153,8 +163,11 @@ def data_root(tmp_path_factory):
 
 @pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"sup"}))
 def test_every_loss_trains_a_method_and_is_in_the_run_name(loss, data_root, tmp_path):
-    cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.budget=16", f"train.loss={loss}",
-                                              "eval.adapt_steps=[0, 1]"), method="stl")
+    cfg = load_config(
+        None,
+        tiny_run_settings(data_root, tmp_path, "train.budget=16", f"train.loss={loss}", "eval.adapt_steps=[0, 1]"),
+        method="stl",
+    )
     assert cfg.run_name == f"stl-varnet-{loss}-s0-seed0"
     store = execute(cfg, quiet=True)
     m = store.read_json("metrics.json")
@@ -163,7 +176,10 @@ def test_every_loss_trains_a_method_and_is_in_the_run_name(loss, data_root, tmp_
 
 
 def test_unknown_loss_lists_the_valid_ones():
-    with pytest.raises(MrbenchError, match="train.loss: unknown loss 'n2n'; valid losses: sup, mc, ssdu"):
+    with pytest.raises(
+        MrbenchError,
+        match="train.loss: unknown loss 'n2n'; valid: ei, mc, mo-ei, moi, noise2inverse, ssdu, sup, weighted-ssdu",
+    ):
         load_config(None, ["train.loss=n2n"], method="stl")
     with pytest.raises(MrbenchError, match="loss.split_ratio: must be in"):
         load_config(None, ["train.loss=ssdu", "loss.split_ratio=1.5"], method="stl")
@@ -171,8 +187,9 @@ def test_unknown_loss_lists_the_valid_ones():
 
 def test_self_supervised_loss_on_multicoil_data_is_refused_before_the_run_exists(tmp_path):
     root = tmp_path / "mc"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1},
-                    slices=2, coils=2)
+    write_tiny_root(
+        root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=2, coils=2
+    )
     cfg = load_config(None, tiny_run_settings(root, tmp_path / "runs", "train.loss=ei"), method="stl")
     with pytest.raises(MrbenchError, match="train.loss = 'ei': the self-supervised losses need single-coil data"):
         execute(cfg, quiet=True)
@@ -184,6 +201,7 @@ def test_noise2inverse_trains_like_ssdu_and_averages_splits_at_inference():
         class loss:
             split_ratio = 0.4
             eval_splits = 3
+
     batch, x = sample(column_mask())
     n2i, ssdu = LOSSES["noise2inverse"](N2I), LOSSES["ssdu"](N2I)
     torch.manual_seed(0)
@@ -195,6 +213,7 @@ def test_noise2inverse_trains_like_ssdu_and_averages_splits_at_inference():
     def run(b):
         masks.append(b.mask)
         return zero_filled(b)
+
     state = torch.get_rng_state()
     out = n2i.infer(run, batch)
     assert torch.equal(torch.get_rng_state(), state)  # inference leaves the training stream alone
@@ -247,7 +266,7 @@ def undersample_in_place(path, acceleration=4, low=4):
     w = k.shape[-1]
     mask = np.zeros(w, dtype=np.float32)
     mask[::acceleration] = 1
-    mask[w // 2 - low // 2: w // 2 + low // 2] = 1
+    mask[w // 2 - low // 2 : w // 2 + low // 2] = 1
     path.unlink()
     with h5py.File(path, "w") as f:
         f["kspace"] = (k * mask).astype(np.complex64)
@@ -274,8 +293,13 @@ def test_a_scarce_contrast_with_undersampled_scans_only_trains_self_supervised(t
     vols = [v for v in scan(root, cache=False).volumes["train"] if v.contrast == "AXT2"]
     assert vols and all(v.stored_mask and v.target_key is None for v in vols)
     sets = ["data.tasks=[AXT1, AXT2]", "data.scarce=[AXT2]"]
-    cfg = load_config(None, tiny_run_settings(root, tmp_path / "runs", "train.budget=16", "train.loss=ssdu",
-                                              "eval.adapt_steps=[0, 1]", *sets), method="joint")
+    cfg = load_config(
+        None,
+        tiny_run_settings(
+            root, tmp_path / "runs", "train.budget=16", "train.loss=ssdu", "eval.adapt_steps=[0, 1]", *sets
+        ),
+        method="joint",
+    )
     from mrbench.data.assemble import assemble
 
     data = assemble(cfg.data, 0, cfg.eval.support, cfg.eval.support_unit)
@@ -284,9 +308,11 @@ def test_a_scarce_contrast_with_undersampled_scans_only_trains_self_supervised(t
         s = ds[i]
         assert torch.equal(s.mask[0, 0], torch.from_numpy(stored[0])) and s.max_value > 0
     store = execute(cfg, quiet=True)
-    assert store.is_done() and all(c["steps"]["0"]["mean"]["psnr"] > 0 for c in store.read_json("metrics.json")["contexts"].values())
+    assert store.is_done() and all(
+        c["steps"]["0"]["mean"]["psnr"] > 0 for c in store.read_json("metrics.json")["contexts"].values()
+    )
     sup = load_config(None, tiny_run_settings(root, tmp_path / "runs2", "train.budget=16", *sets), method="joint")
-    with pytest.raises(MrbenchError, match="has no target; train.loss = \"sup\" needs one"):
+    with pytest.raises(MrbenchError, match='has no target; train.loss = "sup" needs one'):
         execute(sup, quiet=True)
     assert not sup.run_dir.exists()
 
@@ -341,8 +367,8 @@ def test_a_scarce_contrast_without_targets_trains_self_supervised_beside_supervi
 
     import h5py
     from click.testing import CliRunner
-
     from conftest import set_args
+
     from mrbench.cli import main
 
     root = tmp_path / "d"
@@ -354,17 +380,21 @@ def test_a_scarce_contrast_without_targets_trains_self_supervised_beside_supervi
     sets = tiny_run_settings(root, tmp_path / "runs", "data.unseen=[]", "eval.adapt_steps=0")
     refused = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
     assert refused.exit_code == 2 and "has no target" in refused.output and "_AXT2_" in refused.output
-    ok = CliRunner().invoke(main, ["run", "joint", "--quiet",
-                                   *set_args(sets + ['data.self_supervised=["AXT2"]', "train.ssl_loss=mc"])])
+    ok = CliRunner().invoke(
+        main, ["run", "joint", "--quiet", *set_args(sets + ['data.self_supervised=["AXT2"]', "train.ssl_loss=mc"])]
+    )
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "runs" / "default" / "joint-varnet-mc-on-AXT2-s0-seed0" / "DONE").exists()
 
 
-@pytest.mark.parametrize("sets,match", [
-    (['data.self_supervised=["AXPD"]'], "is not one of data.tasks"),
-    (['data.self_supervised=["AXT2"]', "train.loss=ei"], 'must then be "sup"'),
-    (["train.ssl_loss=sup"], "must be a self-supervised loss"),
-])
+@pytest.mark.parametrize(
+    "sets,match",
+    [
+        (['data.self_supervised=["AXPD"]'], "is not one of data.tasks"),
+        (['data.self_supervised=["AXT2"]', "train.loss=ei"], 'must then be "sup"'),
+        (["train.ssl_loss=sup"], "must be a self-supervised loss"),
+    ],
+)
 def test_mixed_supervision_settings_are_checked(sets, match):
     with pytest.raises(MrbenchError, match=match):
         load_config(None, sets)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_run_settings, write_tiny_root
 from torch import nn
 from torch.func import functional_call
 
@@ -20,10 +21,6 @@ from mrbench.methods.metadrop import MetaDrop, draw_pair, meta_candidates, metad
 from mrbench.models import UNetRecon, VarNet
 from mrbench.runner import execute
 from mrbench.store import RunStore
-
-from conftest import tiny_run_settings, write_tiny_root
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,7 +85,17 @@ def test_second_order_meta_gradient_matches_finite_differences(steps):
     g1 = flat(meta_grad(model, steps, order=1))
     assert float((g1 - g2).norm() / g2.norm()) > 0.05  # first-order differs measurably
     # first order = the query gradient at the adapted parameters
-    fast = inner_loop(model, dict(model.named_parameters()), {}, SUP, steps, 0.5, 1, [n for n, _ in model.named_parameters()], loss=mse)
+    fast = inner_loop(
+        model,
+        dict(model.named_parameters()),
+        {},
+        SUP,
+        steps,
+        0.5,
+        1,
+        [n for n, _ in model.named_parameters()],
+        loss=mse,
+    )
     at = {n: v.detach().requires_grad_() for n, v in fast.items()}
     torch.testing.assert_close(g1, flat(torch.autograd.grad(mse(model, at, QRY), list(at.values()))))
 
@@ -127,7 +134,17 @@ def kspace_batch(b=2, size=16, seed=0):
     mask[..., ::2] = 1
     mask[..., size // 2 - 2 : size // 2 + 2] = 1
     target = torch.rand(b, size, size, generator=g)
-    return Sample(k * mask, mask, target, target, torch.zeros(b, dtype=torch.long), ["x"] * b, torch.zeros(b), torch.ones(b), torch.full((b,), 4))
+    return Sample(
+        k * mask,
+        mask,
+        target,
+        target,
+        torch.zeros(b, dtype=torch.long),
+        ["x"] * b,
+        torch.zeros(b),
+        torch.ones(b),
+        torch.full((b,), 4),
+    )
 
 
 def tiny_varnet():
@@ -197,7 +214,9 @@ def test_maml_test_time_adaptation():
     # MAML's rule: 2 SGD steps at meta.inner_lr on the regulariser group
     fast = inner_loop(net, detached_params(net, method.adapt_names), {}, sup, 2, 0.05, 1, method.adapt_names)
     with torch.no_grad():
-        expected = functional_call(net, {n: v.detach() for n, v in fast.items()}, (x.kspace, x.mask, x.num_low_frequencies)).abs()
+        expected = functional_call(
+            net, {n: v.detach() for n, v in fast.items()}, (x.kspace, x.mask, x.num_low_frequencies)
+        ).abs()
         torch.testing.assert_close(recon(x), expected)
         assert not torch.allclose(recon(x), ref)
     for n, p in net.named_parameters():  # the meta-learned network is untouched
@@ -220,7 +239,9 @@ def test_metadrop_update_on_a_linear_model_by_hand():
         lin,
         lambda: ((lin(xa) - ya) ** 2).sum(),
         lambda: ((lin(xb) - yb) ** 2).sum(),
-        lr, alpha, eta,
+        lr,
+        alpha,
+        eta,
     )
     # by hand: ∇_W Σ(Wx + b − y)² = 2 r xᵀ, ∇_b = 2 r
     ra = W0 @ xa + b0 - ya
@@ -280,7 +301,10 @@ GRID = context_grid(["AXT1", "AXT2"], ["equispaced", "random"], [4.0, 8.0])
     [
         ("other-contrast", lambda a, b: a.contrast != b.contrast),
         ("other-mask", lambda a, b: a.contrast == b.contrast and a.mask != b.mask),
-        ("other-acceleration", lambda a, b: (a.contrast, a.mask) == (b.contrast, b.mask) and a.acceleration != b.acceleration),
+        (
+            "other-acceleration",
+            lambda a, b: (a.contrast, a.mask) == (b.contrast, b.mask) and a.acceleration != b.acceleration,
+        ),
         ("any", lambda a, b: True),
     ],
 )
@@ -301,7 +325,9 @@ def test_meta_context_fallback_and_single_task():
     ctxs = context_grid(["AXT1", "AXT2"], ["equispaced"], [4.0])
     cands, fallback = meta_candidates(ctxs, "other-mask")  # one mask: nobody has a partner
     assert fallback == [0, 1] and cands == [[1], [0]]
-    cands, fallback = meta_candidates(context_grid(["AXT1"], ["equispaced", "random"], [4.0]) + ctxs[1:], "other-contrast")
+    cands, fallback = meta_candidates(
+        context_grid(["AXT1"], ["equispaced", "random"], [4.0]) + ctxs[1:], "other-contrast"
+    )
     assert fallback == [] and cands[0] == [2]
     cands, fallback = meta_candidates(context_grid(["AXT1"], ["equispaced", "random"], [4.0]), "other-contrast")
     assert fallback == [0, 1]
@@ -316,13 +342,22 @@ def test_meta_context_fallback_and_single_task():
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("meta_data") / "d"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32)
+    write_tiny_root(
+        root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32
+    )
     return root
 
 
 def tiny(data_root, out, *extra):
-    overrides = ["data.mask=equispaced,random", "train.budget=48", "model.chans=2", "model.pools=1",
-                 "meta.support=2", "meta.query=2", "meta.tasks_per_batch=2"]
+    overrides = [
+        "data.mask=equispaced,random",
+        "train.budget=48",
+        "model.chans=2",
+        "model.pools=1",
+        "meta.support=2",
+        "meta.query=2",
+        "meta.tasks_per_batch=2",
+    ]
     return tiny_run_settings(data_root, out, *overrides, *extra)
 
 
@@ -367,7 +402,9 @@ def test_maml_two_inner_steps_budget_and_resume(data_root, tmp_path):
 
 def test_metadrop_run(data_root, tmp_path):
     # a step is 2 (task A) + 2 (meta task) slices; budget 46 → 12 steps
-    cfg = load_config(None, tiny(data_root, tmp_path, "train.budget=46", "meta.meta_context=other-mask"), method="metadrop")
+    cfg = load_config(
+        None, tiny(data_root, tmp_path, "train.budget=46", "meta.meta_context=other-mask"), method="metadrop"
+    )
     store = execute(cfg, quiet=True)
     check_run(store, trained=48)
     best = torch.load(store.checkpoint_path("best"), weights_only=True)["models"]["net"]

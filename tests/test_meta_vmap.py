@@ -4,6 +4,7 @@ batches of different sizes, refuses self-supervised losses, and runs end to end.
 
 import pytest
 import torch
+from conftest import tiny_run_settings, write_tiny_root
 
 from mrbench.config import load_config
 from mrbench.data.contexts import context_grid
@@ -13,8 +14,6 @@ from mrbench.methods.maml import MAML
 from mrbench.methods.meta import stack_tasks
 from mrbench.models import UNetRecon, VarNet
 from mrbench.runner import execute
-
-from conftest import tiny_run_settings, write_tiny_root
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,14 +27,33 @@ def batch(n: int, size: int, seed: int) -> Sample:
     mask[..., size // 2 - 2 : size // 2 + 2] = 1
     k = torch.randn(n, 1, size, size, generator=g, dtype=torch.complex64) * mask
     target = torch.rand(n, size, size, generator=g)
-    return Sample(k, mask, target, target, torch.zeros(n, dtype=torch.long), [f"f{seed}"] * n,
-                  torch.arange(n), torch.ones(n), torch.full((n,), 4))
+    return Sample(
+        k,
+        mask,
+        target,
+        target,
+        torch.zeros(n, dtype=torch.long),
+        [f"f{seed}"] * n,
+        torch.arange(n),
+        torch.ones(n),
+        torch.full((n,), 4),
+    )
 
 
 def maml(backbone: str, order: int, vmap: bool, steps: int = 1) -> MAML:
-    cfg = load_config(None, [f"meta.order={order}", f"meta.inner_steps={steps}", "meta.inner_lr=0.5",
-                             "meta.support=2", "meta.query=2", f"meta.tasks_per_batch={T}",
-                             f"meta.vmap={str(vmap).lower()}"], method="maml")
+    cfg = load_config(
+        None,
+        [
+            f"meta.order={order}",
+            f"meta.inner_steps={steps}",
+            "meta.inner_lr=0.5",
+            "meta.support=2",
+            "meta.query=2",
+            f"meta.tasks_per_batch={T}",
+            f"meta.vmap={str(vmap).lower()}",
+        ],
+        method="maml",
+    )
     tasks = [TaskData(c.name, c, ()) for c in context_grid([f"C{i}" for i in range(T)], ["equispaced"], [4.0])]
 
     def make():
@@ -58,8 +76,9 @@ def meta_gradient(method: MAML, sizes=(16,) * T):
 
     torch.manual_seed(1)
     result = method.step(source)
-    grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                       for p in method.models["net"].parameters()])
+    grads = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in method.models["net"].parameters()]
+    )
     return result, grads
 
 
@@ -103,9 +122,19 @@ def test_vmap_refuses_self_supervised_losses():
 
 def test_maml_run_with_vmap(tmp_path):
     root = tmp_path / "d"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32)
-    settings = tiny_run_settings(root, tmp_path / "runs", "train.budget=32", "model.chans=2", "model.pools=1",
-                                 "meta.support=2", "meta.query=2", "meta.tasks_per_batch=2")
+    write_tiny_root(
+        root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 2, "val": 1, "test": 1}, slices=4, size=32
+    )
+    settings = tiny_run_settings(
+        root,
+        tmp_path / "runs",
+        "train.budget=32",
+        "model.chans=2",
+        "model.pools=1",
+        "meta.support=2",
+        "meta.query=2",
+        "meta.tasks_per_batch=2",
+    )
     runs = {}
     for vmap in ("false", "true"):
         cfg = load_config(None, [*settings, f"meta.vmap={vmap}", f"run.name=v{vmap}"], method="maml")
@@ -113,7 +142,8 @@ def test_maml_run_with_vmap(tmp_path):
     assert runs["true"]["cost"] == runs["false"]["cost"]
     for name, ctx in runs["false"]["contexts"].items():
         assert runs["true"]["contexts"][name]["steps"]["0"]["mean"]["psnr"] == pytest.approx(
-            ctx["steps"]["0"]["mean"]["psnr"], abs=0.05)
+            ctx["steps"]["0"]["mean"]["psnr"], abs=0.05
+        )
 
 
 @pytest.mark.parametrize("method", ["kmmaml", "metadrop"])

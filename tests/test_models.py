@@ -331,7 +331,8 @@ def test_custom_autograd_functions_gradcheck():
     eta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     for mask in ((torch.rand(2, 1, 5, 6) < 0.5).double(), (torch.rand(2, 1, 1, 6) < 0.5).double()):
         assert torch.autograd.gradcheck(
-            lambda k, k0, r, eta: _DataConsistency.apply(k, k0, r, eta, mask), (k, k0, r, eta)
+            lambda k, k0, r, eta, mask=mask: _DataConsistency.apply(k, k0, r, eta, mask),
+            (k, k0, r, eta),
         )
 
 
@@ -412,8 +413,13 @@ def test_demo_size_has_fastmri_parameter_count():
     fm = pytest.importorskip("fastmri.models")
     s = SIZES["demo"]
     ours = build_backbone("varnet", **s)
-    ref = fm.VarNet(num_cascades=s["cascades"], sens_chans=s["sens_chans"], sens_pools=s["sens_pools"],
-                    chans=s["chans"], pools=s["pools"])
+    ref = fm.VarNet(
+        num_cascades=s["cascades"],
+        sens_chans=s["sens_chans"],
+        sens_pools=s["sens_pools"],
+        chans=s["chans"],
+        pools=s["pools"],
+    )
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
 
 
@@ -469,4 +475,6 @@ def test_unet_data_consistency_restores_measured_lines():
     net = UNetRecon(chans=4, pools=2)
     with torch.no_grad():
         net.net.unet.final.weight.zero_()  # zero correction: output is the zero-filled magnitude
-        torch.testing.assert_close(net(km, mask, torch.tensor([4, 4])).abs(), ifft2c(km).abs()[:, 0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            net(km, mask, torch.tensor([4, 4])).abs(), ifft2c(km).abs()[:, 0], rtol=1e-5, atol=1e-6
+        )

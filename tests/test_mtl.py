@@ -5,18 +5,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import masked_kspace_batch, tiny_run_settings, write_tiny_root
 from torch import nn
 
 from mrbench.config import load_config
 from mrbench.errors import MrbenchError, RunStopped
-from mrbench.methods.weighting import WEIGHTINGS, DWAOptions, UncertaintyOptions, DWA, GradNorm, Naive, PCGrad, Uncertainty, make_weighting, pcgrad_project
+from mrbench.methods.weighting import (
+    DWA,
+    WEIGHTINGS,
+    DWAOptions,
+    GradNorm,
+    Naive,
+    PCGrad,
+    Uncertainty,
+    UncertaintyOptions,
+    make_weighting,
+    pcgrad_project,
+)
 from mrbench.models import BACKBONES, build_backbone
 from mrbench.models.mtl_varnet import MTLVarNet, SplitBlock, default_blocks
 from mrbench.models.unet import NormUNet, UNet
 from mrbench.runner import execute
 from mrbench.store import RunStore
-
-from conftest import masked_kspace_batch, tiny_run_settings, write_tiny_root
 
 CH, PO = 4, 2
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +62,9 @@ def test_parameter_counts_per_block(tasks):
     P = nparams(NormUNet(CH, PO).parameters())
     u = UNet(2, 2, CH, PO)
     D = nparams(u.up.parameters()) + nparams(u.up_conv.parameters()) + nparams(u.final.parameters())
-    widths = [CH * 2**l for l in range(PO + 1)]
+    widths = [CH * 2**level for level in range(PO + 1)]
     A = sum(w * w + w for w in widths[:-1] * 2 + widths[-1:])  # one 1×1 conv per gated level
-    reg = lambda letter: nparams(model(letter, tasks).cascades[0].regulariser.parameters())  # noqa: E731
+    reg = lambda letter: nparams(model(letter, tasks).cascades[0].regulariser.parameters())
     assert reg("I") == P
     assert reg("V") == tasks * P
     assert reg("Y") == P + (tasks - 1) * D  # only the decoders are per task
@@ -221,7 +231,9 @@ def _weights_after_demo_sized_run(name, budget=1200, batch=4, lr=3e-3, **opts):
     for step in range(budget // batch):
         opt.zero_grad()
         decay = [1.0 / (1 + step / 50), 1.0 / (1 + step / 200)]  # task 0 learns faster
-        losses = torch.stack([((heads[t](shared(x)) * 0.01).abs().mean() + targets[t].mean()) * decay[t] for t in range(2)])
+        losses = torch.stack(
+            [((heads[t](shared(x)) * 0.01).abs().mean() + targets[t].mean()) * decay[t] for t in range(2)]
+        )
         w.backward(losses, torch.tensor([batch // 2, batch // 2]), model)
         opt.step()
         if hasattr(w, "renormalise"):
@@ -234,7 +246,10 @@ def test_adaptive_weightings_move_within_a_demo_sized_run(name):
     """Issue 12 defect 6: each adaptive weighting's weights must move within the budget."""
     start, end = _weights_after_demo_sized_run(name)
     if name == "dwa":  # λ = K softmax(r/T) with loss ratios r near 1 moves by a few per cent, by design
-        assert (end - start).abs().max() > 0.005 and end[0] < end[1], (start, end)  # the faster-falling task weighs less
+        assert (end - start).abs().max() > 0.005 and end[0] < end[1], (
+            start,
+            end,
+        )  # the faster-falling task weighs less
     else:
         assert (end - start).abs().max() > 0.05 * start.abs().max(), (start, end)
     if name == "uncert":  # at the optimum s_t ≈ log L_t: the weights ∝ 1/L_t, the smaller loss weighs more
@@ -254,7 +269,7 @@ def test_dwa_weights_after_two_epochs():
         (torch.tensor([1.0, 1.0]), torch.tensor([3, 1])),
         (torch.tensor([1.0, 2.0]), torch.tensor([1, 3])),  # epoch 2 means: 1.0, (1 + 6)/4 = 1.75
     ]
-    for i, (loss, count) in enumerate(seq):
+    for loss, count in seq:
         assert torch.equal(w.lambdas, torch.ones(2))  # naive for the first two epochs
         w.backward(loss.clone().requires_grad_(), count)
     r = torch.tensor([1.0 / 2.0, 1.75 / 2.0])
@@ -321,7 +336,9 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mtl_data") / "d"
     # one training subject: an epoch (all tasks' training slices) is 8 slices, so DWA
     # leaves its naive start within a budget of 32
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 1, "val": 1, "test": 1}, slices=4, size=32)
+    write_tiny_root(
+        root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 1, "val": 1, "test": 1}, slices=4, size=32
+    )
     return root
 
 
@@ -335,7 +352,11 @@ def tiny(data_root, out, *extra):
 def test_mtl_run_end_to_end(data_root, tmp_path, blocks):
     extra = [f"model.blocks={blocks}", "mtl.weighting=uncert"]
     if blocks == "IV":
-        extra += ['data.unseen=[{contrast="AXFLAIR", acceleration=6}]', "eval.adapt_steps=0,1", "model.share_etas=false"]
+        extra += [
+            'data.unseen=[{contrast="AXFLAIR", acceleration=6}]',
+            "eval.adapt_steps=0,1",
+            "model.share_etas=false",
+        ]
     cfg = load_config(None, tiny(data_root, tmp_path, *extra), method="mtl")
     store = execute(cfg, quiet=True)
     m = store.read_json("metrics.json")
@@ -378,7 +399,9 @@ def test_experiment_file_parses():
 
     sweep = tomllib.loads(path.read_text())["sweep"]
     assert sweep["scarcity"] == [0, 1, 2, 3]
-    names = {e["name"] + ("-pernet" if "train.budget_per=network" in e.get("set", []) else "") for e in sweep["methods"]}
+    names = {
+        e["name"] + ("-pernet" if "train.budget_per=network" in e.get("set", []) else "") for e in sweep["methods"]
+    }
     assert {"stl", "stl-pernet", "joint", "transfer"} <= names and len(names) == len(sweep["methods"]) == 10
     for entry in sweep["methods"]:
         c = load_config(path, entry.get("set", []), method=entry["method"])

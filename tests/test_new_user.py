@@ -10,13 +10,12 @@ import warnings
 
 import pytest
 from click.testing import CliRunner
+from conftest import set_args, tiny_run_settings, write_tiny_root
 
 from mrbench.cli import main
 from mrbench.config import load_config
 from mrbench.errors import MrbenchError
 from mrbench.store import RunStore
-
-from conftest import set_args, tiny_run_settings, write_tiny_root
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +68,12 @@ def test_resume_of_another_finished_run_is_refused(data_root, tmp_path):
 
 def test_ls_on_a_truncated_metrics_file_is_clean(data_root, tmp_path):
     r = CliRunner()
-    assert r.invoke(main, ["run", "stl", "--quiet", *set_args(tiny_run_settings(data_root, tmp_path, "train.budget=16"))]).exit_code == 0
+    assert (
+        r.invoke(
+            main, ["run", "stl", "--quiet", *set_args(tiny_run_settings(data_root, tmp_path, "train.budget=16"))]
+        ).exit_code
+        == 0
+    )
     metrics = tmp_path / "default" / "stl-varnet-s0-seed0" / "metrics.json"
     metrics.write_text(metrics.read_text()[:40])
     res = r.invoke(main, ["ls", str(tmp_path)])
@@ -99,7 +103,9 @@ def test_adapt_steps_print_in_numeric_order_and_a_note_without_unseen(data_root,
     assert steps == [0, 2, 10]
     no_unseen = tiny_run_settings(data_root, tmp_path / "b", "train.budget=16", "data.unseen=[]")
     assert r.invoke(main, ["run", "joint", "--quiet", *set_args(no_unseen)]).exit_code == 0
-    res = r.invoke(main, ["evaluate", str(tmp_path / "b" / "default" / "joint-varnet-s0-seed0"), "--adapt-steps", "0,5"])
+    res = r.invoke(
+        main, ["evaluate", str(tmp_path / "b" / "default" / "joint-varnet-s0-seed0"), "--adapt-steps", "0,5"]
+    )
     assert res.exit_code == 0 and "no unseen contexts configured" in res.output
 
 
@@ -122,7 +128,9 @@ def test_bad_data_key_reports_the_real_error_before_exists(data_root, tmp_path):
     r = CliRunner()
     sets = tiny_run_settings(data_root, tmp_path, "train.budget=16")
     assert r.invoke(main, ["run", "stl", "--quiet", *set_args(sets)]).exit_code == 0
-    res = r.invoke(main, ["run", "stl", "--quiet", *set_args(sets + ["data.split_seed=0", "data.unseen=[{contrast=\"AXPD\"}]"])])
+    res = r.invoke(
+        main, ["run", "stl", "--quiet", *set_args(sets + ["data.split_seed=0", 'data.unseen=[{contrast="AXPD"}]'])]
+    )
     assert res.exit_code == 2 and "'AXPD' is not in" in res.output and "exists" not in res.output
 
 

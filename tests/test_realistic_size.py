@@ -13,8 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import set_args, tiny_run_settings, worker_threads
+
 from mrbench.data.fastmri_format import ISMRMRD_NS, read_meta, write_volume
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def _write(path: Path, contrast: str, rng) -> None:
     k = (rng.standard_normal((2, COILS, H, W)) + 1j * rng.standard_normal((2, COILS, H, W))).astype(np.complex64)
     k *= np.exp(-((np.arange(H)[:, None] - H / 2) ** 2 / 2e3 + (np.arange(W) - W / 2) ** 2 / 2e3)).astype(np.float32)
     k[..., :LEFT] = 0
-    k[..., LEFT + ACQUIRED:] = 0
+    k[..., LEFT + ACQUIRED :] = 0
     target = np.abs(rng.standard_normal((2, 320, 320))).astype(np.float32)
     write_volume(path, k, target, acquisition=contrast, patient_id=path.stem)
     with h5py.File(path, "a") as hf:
@@ -56,14 +56,32 @@ def test_a_16_coil_640x368_run_trains_with_bounded_memory(tmp_path):
             _write(root / split / f"{contrast}_{split}.h5", contrast, rng)
     meta = read_meta(root / "train" / "AXT1_train.h5")
     assert (meta.padding_left, meta.padding_right) == (LEFT, LEFT + ACQUIRED) and meta.num_coils == COILS
-    sets = tiny_run_settings(root, tmp_path / "runs", "train.budget=4", "train.batch=2", "train.val_every=4",
-                             "model.cascades=1", "model.chans=2", "model.sens_chans=2", "data.unseen=[]",
-                             "eval.adapt_steps=0", "eval.support=1", "data.cache_gb=0", f"train.threads={worker_threads()}")
-    code = ("import resource, sys; from mrbench.cli import main\n"
-            "try:\n    main(sys.argv[1:], prog_name='mrbench')\nexcept SystemExit as e:\n"
-            "    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); raise\n")
-    res = subprocess.run([sys.executable, "-c", code, "run", "joint", "--quiet", *set_args(sets)],
-                         capture_output=True, text=True, timeout=900)
+    sets = tiny_run_settings(
+        root,
+        tmp_path / "runs",
+        "train.budget=4",
+        "train.batch=2",
+        "train.val_every=4",
+        "model.cascades=1",
+        "model.chans=2",
+        "model.sens_chans=2",
+        "data.unseen=[]",
+        "eval.adapt_steps=0",
+        "eval.support=1",
+        "data.cache_gb=0",
+        f"train.threads={worker_threads()}",
+    )
+    code = (
+        "import resource, sys; from mrbench.cli import main\n"
+        "try:\n    main(sys.argv[1:], prog_name='mrbench')\nexcept SystemExit as e:\n"
+        "    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); raise\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "run", "joint", "--quiet", *set_args(sets)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     peak_gb = int(res.stdout.split("maxrss_kb")[-1].split()[0]) / 2**20
     print(f"peak resident memory of the run: {peak_gb:.2f} GiB")
@@ -77,4 +95,4 @@ def test_a_16_coil_640x368_run_trains_with_bounded_memory(tmp_path):
     ds = SliceDataset([TaskData("t", Context("AXT1"), (meta,))], train=True, seed=0)
     for i in range(len(ds)):
         cols = ds.mask_for(i).mask.reshape(-1, W).max(axis=0)
-        assert cols[:LEFT].sum() == 0 and cols[LEFT + ACQUIRED:].sum() == 0 and cols.sum() > 0
+        assert cols[:LEFT].sum() == 0 and cols[LEFT + ACQUIRED :].sum() == 0 and cols.sum() > 0

@@ -5,14 +5,13 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_run_settings, write_tiny_root
 
 from mrbench.cli import main
 from mrbench.config import load_config
 from mrbench.errors import RunStopped
 from mrbench.runner import execute
 from mrbench.store import RunStore
-
-from conftest import tiny_run_settings, write_tiny_root
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,14 @@ def test_same_slices_and_support_for_every_method(data_root, tmp_path):
 
 def test_cli_run_evaluate_ls_and_errors(data_root, tmp_path):
     r = CliRunner()
-    args = ["run", "joint", "--quiet", "--set", "train.budget=16", *sum((["--set", s] for s in tiny(data_root, tmp_path)), [])]
+    args = [
+        "run",
+        "joint",
+        "--quiet",
+        "--set",
+        "train.budget=16",
+        *sum((["--set", s] for s in tiny(data_root, tmp_path)), []),
+    ]
     res = r.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "AXT1/equispaced/4x" in res.output and "zero-filled" in res.output
@@ -166,7 +172,9 @@ def test_unknown_contrast_in_data(data_root, tmp_path):
 
 
 def test_scarcity_level_leaving_no_volume_is_a_cli_error(data_root, tmp_path):
-    res = CliRunner().invoke(main, ["run", "stl", "--scarcity", "3", *sum((["--set", s] for s in tiny(data_root, tmp_path)), [])])
+    res = CliRunner().invoke(
+        main, ["run", "stl", "--scarcity", "3", *sum((["--set", s] for s in tiny(data_root, tmp_path)), [])]
+    )
     assert res.exit_code == 2
     assert "scarcity level 3 leaves no training volume of AXT2 (4 volumes; the highest level is 2)" in res.output
     assert not (tmp_path / "default" / "stl-varnet-s3-seed0").exists()  # nothing written
@@ -209,7 +217,9 @@ def test_unseen_contexts_are_scored_where_read_and_the_curve_is_opt_in(data_root
     scores are the same either way (one trajectory)."""
     args = ("eval.adapt_steps=0,1,3", "eval.adapt_lr=1e-2")
     lean = execute(run_cfg(data_root, tmp_path / "lean", "joint", *args), quiet=True).read_json("metrics.json")
-    full = execute(run_cfg(data_root, tmp_path / "full", "joint", *args, "eval.curve=true"), quiet=True).read_json("metrics.json")
+    full = execute(run_cfg(data_root, tmp_path / "full", "joint", *args, "eval.curve=true"), quiet=True).read_json(
+        "metrics.json"
+    )
     chosen = lean["adaptation"]["steps"]
     assert chosen > 0  # the fixture adapts: the test compares a real adapted count
     assert full["adaptation"] == lean["adaptation"]

@@ -5,20 +5,20 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_run_settings, write_tiny_root
 
 from mrbench.config import load_config
 from mrbench.errors import RunStopped
 from mrbench.runner import execute
 from mrbench.store import RunStore
 
-from conftest import tiny_run_settings, write_tiny_root
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared_data") / "d"
-    write_tiny_root(root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 4, "val": 1, "test": 1},
-                    slices=4, size=32)
+    write_tiny_root(
+        root, contrasts=("AXT1", "AXT2", "AXFLAIR"), per_split={"train": 4, "val": 1, "test": 1}, slices=4, size=32
+    )
     return root
 
 
@@ -65,7 +65,8 @@ def test_a_phase_killed_midway_resumes_and_is_published_once(data_root, tmp_path
     assert len(list(shared.glob("*.pt"))) == 2  # both phases of level 0 published
     nxt = execute(cfg(data_root, tmp_path, "stl", 1, "train.val_every=8"), quiet=True)
     assert nxt.read_json("manifest.json")["shared_phases"][0]["loaded"]
-    alone = execute(cfg(data_root, tmp_path / "alone", "stl", 0, "train.val_every=8", "train.share_phases=false"),
-                    quiet=True)
+    alone = execute(
+        cfg(data_root, tmp_path / "alone", "stl", 0, "train.val_every=8", "train.share_phases=false"), quiet=True
+    )
     _same(done, alone)  # stopped, resumed and shared: still the uninterrupted run
     assert RunStore(done.path).is_done()

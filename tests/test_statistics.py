@@ -34,8 +34,9 @@ def _percentile_bootstrap(d, rng, n=400):
 def test_intervals_cover_and_null_differences_are_rarely_called(seeds, share):
     rng = np.random.default_rng(seeds * 100 + int(10 * share))
     truth = 0.3
-    covered = np.mean([lo <= truth <= hi for lo, hi in
-                       (S.one_cell(d).interval() for d in _experiments(rng, seeds, 12, share, truth))])
+    covered = np.mean(
+        [lo <= truth <= hi for lo, hi in (S.one_cell(d).interval() for d in _experiments(rng, seeds, 12, share, truth))]
+    )
     null = _experiments(rng, seeds, 12, share, 0.0)
     called = np.mean([not (lo <= 0 <= hi) for lo, hi in (S.one_cell(d).interval() for d in null)])
     assert covered >= 0.93, f"coverage {covered:.3f} at {seeds} seeds, seed share {share}"
@@ -50,8 +51,12 @@ def test_the_old_percentile_bootstrap_fails_the_same_simulation():
     """The test can fail: with 3 seeds and training noise dominant, the bootstrap over seeds
     is about [worst seed mean, best seed mean] and undercovers."""
     rng = np.random.default_rng(3)
-    covered = np.mean([lo <= 0.3 <= hi for lo, hi in
-                       (_percentile_bootstrap(d, rng) for d in _experiments(rng, 3, 12, 0.9, 0.3, reps=600))])
+    covered = np.mean(
+        [
+            lo <= 0.3 <= hi
+            for lo, hi in (_percentile_bootstrap(d, rng) for d in _experiments(rng, 3, 12, 0.9, 0.3, reps=600))
+        ]
+    )
     assert covered < 0.88
 
 
@@ -63,8 +68,14 @@ def test_claim_level_estimate_covers_with_cells_sharing_their_seeds():
     truths = np.array([0.2, 0.5, -0.1])
     for _ in range(1500):
         common = rng.normal(0, 0.8, (3, 1))
-        cells = [S.Cell(t + common + rng.normal(0, 0.3, (3, 1)) + rng.normal(0, 0.4, (1, 10)) + rng.normal(0, 0.3, (3, 10)),
-                        [f"v{j}" for j in range(10)], ctx) for ctx, t in zip("ABC", truths)]
+        cells = [
+            S.Cell(
+                t + common + rng.normal(0, 0.3, (3, 1)) + rng.normal(0, 0.4, (1, 10)) + rng.normal(0, 0.3, (3, 10)),
+                [f"v{j}" for j in range(10)],
+                ctx,
+            )
+            for ctx, t in zip("ABC", truths)
+        ]
         lo, hi = S.crossed(cells).interval()
         hits.append(lo <= truths.mean() <= hi)
     assert np.mean(hits) >= 0.93

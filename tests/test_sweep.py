@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_run_settings, write_tiny_root
 
 from mrbench.cli import main
 from mrbench.errors import MrbenchError
 from mrbench.store import RunStore
 from mrbench.sweep import check_slice_lists, load_experiment, run_sweep, write_slurm
 
-from conftest import tiny_run_settings, write_tiny_root
-
 
 def write_experiment(path, sweep: str, header: str = "") -> str:
-    path.write_text(textwrap.dedent(header) + "\n[run]\nexperiment = \"exp\"\n\n" + textwrap.dedent(sweep))
+    path.write_text(textwrap.dedent(header) + '\n[run]\nexperiment = "exp"\n\n' + textwrap.dedent(sweep))
     return str(path)
 
 
@@ -43,7 +42,12 @@ def test_grid_expansion_and_run_names(tmp_path, data_root):
     f = write_experiment(tmp_path / "e.toml", GRID)
     exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"))
     names = [cfg.run_name for cfg in exp.configs.values()]
-    assert names == ["zero-filled-none-s0-seed0", "zero-filled-none-s1-seed0", "stl-small-s0-seed0", "stl-small-s1-seed0"]
+    assert names == [
+        "zero-filled-none-s0-seed0",
+        "zero-filled-none-s1-seed0",
+        "stl-small-s0-seed0",
+        "stl-small-s1-seed0",
+    ]
     cfgs = list(exp.configs.values())
     assert [c.scarcity for c in cfgs] == [0, 1, 0, 1]
     assert cfgs[2].model.chans == 4 and cfgs[0].model.chans == 4  # tiny settings + entry override
@@ -56,13 +60,13 @@ def test_grid_expansion_and_run_names(tmp_path, data_root):
 @pytest.mark.parametrize(
     "sweep, needle",
     [
-        ("[sweep]\nmethods = [\"stl\", \"nope\"]\n", "sweep.methods[1] (nope): method: unknown method 'nope'"),
+        ('[sweep]\nmethods = ["stl", "nope"]\n', "sweep.methods[1] (nope): method: unknown method 'nope'"),
         ("[sweep]\nscarcity = [-1]\n", "sweep.scarcity: expected a list of whole numbers"),
         ("[sweep]\nseed = [0]\n", "unknown key(s) in [sweep]: seed"),
-        ("[sweep]\nmethods = [{ method = \"stl\", sets = [] }]\n", "sweep.methods[0]: unknown key(s) sets"),
-        ("[sweep]\nmethods = [{ method = \"stl\", set = [\"train.budgt=3\"] }]\n", "unknown key 'train.budgt'"),
-        ("[sweep]\nmethods = [\"stl\", { method = \"stl\" }]\n", "give them distinct names"),
-        ("[sweep]\nmethods = [\"stl\"]\nscarcity = [0, 9]\n", None),  # checked when the run assembles data
+        ('[sweep]\nmethods = [{ method = "stl", sets = [] }]\n', "sweep.methods[0]: unknown key(s) sets"),
+        ('[sweep]\nmethods = [{ method = "stl", set = ["train.budgt=3"] }]\n', "unknown key 'train.budgt'"),
+        ('[sweep]\nmethods = ["stl", { method = "stl" }]\n', "give them distinct names"),
+        ('[sweep]\nmethods = ["stl"]\nscarcity = [0, 9]\n', None),  # checked when the run assembles data
         ("[sweep\n", "invalid TOML"),
     ],
 )
@@ -101,9 +105,12 @@ def test_sweep_runs_skips_resumes_and_reports_failures(tmp_path, data_root):
     result = run_sweep(exp, jobs=2, report=lines.append)
     status = {o.run_dir.name: o.status for o in result.outcomes}
     assert status == {
-        "zero-filled-none-s0-seed0": "done", "zero-filled-none-s1-seed0": "done",
-        "broken-s0-seed0": "failed", "broken-s1-seed0": "failed",
-        "stl-small-s0-seed0": "done", "stl-small-s1-seed0": "done",
+        "zero-filled-none-s0-seed0": "done",
+        "zero-filled-none-s1-seed0": "done",
+        "broken-s0-seed0": "failed",
+        "broken-s1-seed0": "failed",
+        "stl-small-s0-seed0": "done",
+        "stl-small-s1-seed0": "done",
     }
     failed = [o for o in result.outcomes if o.status == "failed"]
     assert all("AXPD" in o.message for o in failed), failed[0].message  # the run's own one-line error
@@ -161,14 +168,31 @@ def test_slurm_script_lists_the_remaining_runs(tmp_path, data_root, monkeypatch)
     exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"))
     script, commands = write_slurm(exp, jobs=2, threads=3)
     lines = commands.read_text().splitlines()
-    assert len(lines) == 4 and all(" run " in line and line.endswith('--threads "${SLURM_CPUS_PER_TASK:-3}"') for line in lines)
+    assert len(lines) == 4 and all(
+        " run " in line and line.endswith('--threads "${SLURM_CPUS_PER_TASK:-3}"') for line in lines
+    )
     text = script.read_text()
     assert "#SBATCH --array=0-3%2" in text and "#SBATCH --cpus-per-task=3" in text
     assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:TERM@120" in text and 'eval "exec $line"' in text
     assert "--partition" not in text and "--gres" not in text
-    res = CliRunner().invoke(main, ["sweep", f, "--executor", "slurm", "--partition", "gpu", "--time", "04:00:00",
-                                    "--mem", "16G", "--gpus-per-run", "1",
-                                    *sum((["--set", s] for s in tiny_run_settings(data_root, tmp_path / "runs")), [])])
+    res = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            f,
+            "--executor",
+            "slurm",
+            "--partition",
+            "gpu",
+            "--time",
+            "04:00:00",
+            "--mem",
+            "16G",
+            "--gpus-per-run",
+            "1",
+            *sum((["--set", s] for s in tiny_run_settings(data_root, tmp_path / "runs")), []),
+        ],
+    )
     assert res.exit_code == 0 and "sweep.sbatch" in res.output
     text = script.read_text()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=04:00:00", "#SBATCH --mem=16G", "#SBATCH --gres=gpu:1"):
@@ -185,10 +209,13 @@ def test_slurm_commands_survive_a_space_in_the_path_and_read_the_allocation(tmp_
     f = write_experiment(tmp_path / "e.toml", GRID)
     exp = load_experiment(f, tiny_run_settings(data_root, spaced))
     script, commands = write_slurm(exp, jobs=1, threads=2)
-    assert f'--output="{spaced.resolve()}/default/slurm/%a.log"' in script.read_text() or "my runs" in script.read_text()
+    assert (
+        f'--output="{spaced.resolve()}/default/slurm/%a.log"' in script.read_text() or "my runs" in script.read_text()
+    )
     line = commands.read_text().splitlines()[0]
-    echoed = subprocess.run(["bash", "-c", f"SLURM_CPUS_PER_TASK=7; set -- {line}; printf '%s\\n' \"$@\""],
-                            capture_output=True, text=True).stdout.splitlines()
+    echoed = subprocess.run(
+        ["bash", "-c", f"SLURM_CPUS_PER_TASK=7; set -- {line}; printf '%s\\n' \"$@\""], capture_output=True, text=True
+    ).stdout.splitlines()
     assert echoed[echoed.index("--threads") + 1] == "7"
     out_arg = next(a for a in echoed if a.startswith("run.out="))
     assert out_arg == f"run.out={spaced}"
@@ -211,17 +238,22 @@ def test_task_sampling_is_a_sweep_axis_shown_in_run_names(tmp_path, data_root):
     """
     exp = load_experiment(write_experiment(tmp_path / "e.toml", sweep), tiny_run_settings(data_root, tmp_path / "runs"))
     names = sorted(cfg.run_name for cfg in exp.configs.values())
-    assert names == sorted([
-        "zero-filled-none-s0-seed0",  # samples nothing: one run, not one per rule
-        "joint-varnet-s0-seed0", "joint-varnet-uniform-s0-seed0",
-        "stl-small-s0-seed0", "stl-small-uniform-s0-seed0",
-        "maml-varnet-s0-seed0", "maml-varnet-uniform-s0-seed0",
-    ])
+    assert names == sorted(
+        [
+            "zero-filled-none-s0-seed0",  # samples nothing: one run, not one per rule
+            "joint-varnet-s0-seed0",
+            "joint-varnet-uniform-s0-seed0",
+            "stl-small-s0-seed0",
+            "stl-small-uniform-s0-seed0",
+            "maml-varnet-s0-seed0",
+            "maml-varnet-uniform-s0-seed0",
+        ]
+    )
     assert {cfg.train.sampling for cfg in exp.configs.values() if "uniform" not in cfg.run_name} == {"stratified"}
     cell = next(c for c, cfg in exp.configs.items() if cfg.run_name == "joint-varnet-uniform-s0-seed0")
     assert "train.sampling=uniform" in exp.command(cell, threads=1)
     with pytest.raises(MrbenchError, match="sweep.sampling"):
-        load_experiment(write_experiment(tmp_path / "f.toml", "[sweep]\nsampling = [\"by-slice\"]\n"))
+        load_experiment(write_experiment(tmp_path / "f.toml", '[sweep]\nsampling = ["by-slice"]\n'))
 
 
 def test_meta_learners_draw_tasks_by_the_shared_rule():
@@ -240,7 +272,10 @@ def test_meta_learners_draw_tasks_by_the_shared_rule():
 def test_profile_merges_over_the_file_for_runs_and_sweeps(tmp_path, data_root):
     """``--profile cpu`` merges ``[profile.cpu]`` over the file (sweep table included) and
     every cell's command carries it; an unknown profile names the valid ones."""
-    f = write_experiment(tmp_path / "e.toml", GRID + """
+    f = write_experiment(
+        tmp_path / "e.toml",
+        GRID
+        + """
 [train]
 budget = 900
 
@@ -252,7 +287,8 @@ experiment = "exp-cpu"
 
 [profile.cpu.sweep]
 seeds = [0, 1]
-""")
+""",
+    )
     plain = load_experiment(f, [])
     cpu = load_experiment(f, [], profile="cpu")
     assert len(cpu.cells) == 2 * len(plain.cells) and {c.seed for c in cpu.cells} == {0, 1}
@@ -261,6 +297,7 @@ seeds = [0, 1]
     cmd = cpu.command(cpu.cells[-1], threads=1)
     assert cmd[cmd.index("--profile") + 1] == "cpu"
     from mrbench.config import load_config
+
     assert load_config(f, [], "cpu", method="stl").train.budget == 300
     assert load_config(f, [], None, method="stl").train.budget == 900
     r = CliRunner().invoke(main, ["run", "stl", "--config", f, "--profile", "gpu"])
@@ -278,14 +315,18 @@ def test_time_split_sums_readable_manifests_of_finished_runs(tmp_path):
             (d / "manifest.json").write_text(manifest)
         return Outcome(None, d, status)
 
-    result = SweepResult([
-        run("a", "done", json.dumps({"train_seconds": 10.0, "wall_seconds": 16.0})),
-        run("b", "done", json.dumps({"train_seconds": 4.0, "wall_seconds": 5.5})),
-        run("garbled", "done", '{"train_sec'),
-        run("missing", "done", None),
-        run("no-keys", "done", "{}"),
-        run("failed", "failed", json.dumps({"train_seconds": 99.0, "wall_seconds": 99.0})),
-    ], 30.0, [])
+    result = SweepResult(
+        [
+            run("a", "done", json.dumps({"train_seconds": 10.0, "wall_seconds": 16.0})),
+            run("b", "done", json.dumps({"train_seconds": 4.0, "wall_seconds": 5.5})),
+            run("garbled", "done", '{"train_sec'),
+            run("missing", "done", None),
+            run("no-keys", "done", "{}"),
+            run("failed", "failed", json.dumps({"train_seconds": 99.0, "wall_seconds": 99.0})),
+        ],
+        30.0,
+        [],
+    )
     assert result.time_split() == (2, pytest.approx(14.0), pytest.approx(7.5))
 
 
@@ -312,7 +353,9 @@ def test_an_entry_can_run_at_some_of_the_levels(tmp_path):
     from mrbench.sweep import load_experiment
 
     f = tmp_path / "e.toml"
-    f.write_text('[sweep]\nscarcity = [0, 2]\nseeds = [0, 1]\nmethods = ["joint", { method = "stl", scarcity = [0] }]\n')
+    f.write_text(
+        '[sweep]\nscarcity = [0, 2]\nseeds = [0, 1]\nmethods = ["joint", { method = "stl", scarcity = [0] }]\n'
+    )
     exp = load_experiment(f)
     cells = sorted((c.entry.method, c.scarcity, c.seed) for c in exp.configs)
     assert cells == [("joint", 0, 0), ("joint", 0, 1), ("joint", 2, 0), ("joint", 2, 1), ("stl", 0, 0), ("stl", 0, 1)]

@@ -321,8 +321,8 @@ def test_simulate_subject_argument_errors():
 def test_subject_variety_lesions_and_atrophy_are_real_and_deterministic():
     """Issue 12: subjects differ beyond a small deformation — head size, atrophy (CSF share)
     and white-matter lesions with their own T1/T2/PD (bright on T2, dark on T1)."""
-    from mrbench.data.synth.subject import subject_lesions, subject_tissue_maps, simulate_subject
     from mrbench.data.synth.physics import NAMED_CONTRASTS
+    from mrbench.data.synth.subject import simulate_subject, subject_lesions, subject_tissue_maps
 
     maps = [subject_tissue_maps(seed=s, size=32, n_slices=6, source="phantom") for s in range(6)]
     csf_share = [float(m.csf.sum() / m.brain().sum()) for m in maps]

@@ -20,10 +20,28 @@ def _frame(values: dict, steps=0, seen=True, context="AXT2"):
     rows = []
     for label, vals in values.items():
         for v, x in enumerate(vals):
-            rows.append({"label": label, "method": label, "run": f"{label}-s0", "experiment": "e", "scarcity": 0,
-                         "seed": 0, "context": context, "contrast": context, "mask": "equispaced", "acceleration": 4.0,
-                         "seen": seen, "scarce": False, "steps": steps, "volume": f"v{v}", "train_slices": 10,
-                         "psnr": x, "ssim": x / 100, "nmse": 1 / x})
+            rows.append(
+                {
+                    "label": label,
+                    "method": label,
+                    "run": f"{label}-s0",
+                    "experiment": "e",
+                    "scarcity": 0,
+                    "seed": 0,
+                    "context": context,
+                    "contrast": context,
+                    "mask": "equispaced",
+                    "acceleration": 4.0,
+                    "seen": seen,
+                    "scarce": False,
+                    "steps": steps,
+                    "volume": f"v{v}",
+                    "train_slices": 10,
+                    "psnr": x,
+                    "ssim": x / 100,
+                    "nmse": 1 / x,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -51,11 +69,13 @@ def test_asterisks_come_from_the_crossed_model_holm_corrected_per_column():
 
 
 def test_summarise_and_win_rate():
-    df = pd.concat([
-        _frame({"joint": [30, 32], "a": [31, 33]}, steps=5, seen=False, context="FLAIR"),
-        _frame({"joint": [30, 32], "a": [29, 30]}, steps=5, seen=False, context="PD"),
-        _frame({"joint": [20, 20], "a": [40, 40]}, steps=0, seen=False, context="PD"),  # steps 0 ignored
-    ])
+    df = pd.concat(
+        [
+            _frame({"joint": [30, 32], "a": [31, 33]}, steps=5, seen=False, context="FLAIR"),
+            _frame({"joint": [30, 32], "a": [29, 30]}, steps=5, seen=False, context="PD"),
+            _frame({"joint": [20, 20], "a": [40, 40]}, steps=0, seen=False, context="PD"),  # steps 0 ignored
+        ]
+    )
     s = R.summarise(df, ci=True)
     row = s[(s.label == "a") & (s.context == "FLAIR")].iloc[0]
     assert row["psnr_mean"] == 32 and row["psnr_std"] == 1 and row["n"] == 2
@@ -77,21 +97,31 @@ def test_markdown_table_values_order_and_marks(finished_experiment):
     md = render(tables, "md")
     main_table = md.split("difference from")[0]
     lines = [line for line in main_table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| method | setting | AXT1/equispaced/4x (s0) | AXT1/equispaced/4x (s1) | AXT2/equispaced/4x (s0)")
+    assert lines[0].startswith(
+        "| method | setting | AXT1/equispaced/4x (s0) | AXT1/equispaced/4x (s1) | AXT2/equispaced/4x (s0)"
+    )
     assert "AXFLAIR/equispaced/6x (s0, unseen, chosen steps)" in lines[0] and lines[0].endswith("unseen win rate |")
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| zero-filled-none", "| stl-varnet", "| joint-varnet"]
     mean, std = _expected_mean_std(finished_experiment / "stl-varnet-s1-seed0", "AXT2/equispaced/4x")
     stl_cells = lines[2].split(" | ")
     assert f"{mean:.2f} ± {std:.2f}" in stl_cells[5]
     # like with like, visible: each row says its backbone, parameter count and sampling rule
-    params = json.loads((finished_experiment / "stl-varnet-s1-seed0" / "metrics.json").read_text())["cost"]["parameters"]
-    assert stl_cells[1].startswith(f"varnet · {params / 1e3:.0f}k params · stratified · loss sup · budget 32/run · adapt finetune")
+    params = json.loads((finished_experiment / "stl-varnet-s1-seed0" / "metrics.json").read_text())["cost"][
+        "parameters"
+    ]
+    assert stl_cells[1].startswith(
+        f"varnet · {params / 1e3:.0f}k params · stratified · loss sup · budget 32/run · adapt finetune"
+    )
     assert lines[1].split(" | ")[1] == "–"
     # exactly one bold cell per column
     for col in range(2, 8):
         assert sum("**" in line.split(" | ")[col] for line in lines[1:]) == 1
     assert "(ref.)" in lines[3]
-    assert "Holm-corrected over the methods of each column" in md and "(≤ 3 volumes)" in md and "crossed seeds × volumes" in md
+    assert (
+        "Holm-corrected over the methods of each column" in md
+        and "(≤ 3 volumes)" in md
+        and "crossed seeds × volumes" in md
+    )
 
 
 def test_csv_and_latex(finished_experiment):
@@ -100,13 +130,20 @@ def test_csv_and_latex(finished_experiment):
     frame = pd.read_csv(io.StringIO(render(tables, "csv")))
     assert set(frame["metric"]) == {"psnr", "nmse"}
     assert frame["label"].iloc[0] == "zero-filled-none"
-    row = frame[(frame.metric == "psnr") & (frame.label == "stl-varnet") & (frame.scarcity == 1)
-                & (frame.context == "AXT2/equispaced/4x")].iloc[0]
+    row = frame[
+        (frame.metric == "psnr")
+        & (frame.label == "stl-varnet")
+        & (frame.scarcity == 1)
+        & (frame.context == "AXT2/equispaced/4x")
+    ].iloc[0]
     mean, std = _expected_mean_std(finished_experiment / "stl-varnet-s1-seed0", "AXT2/equispaced/4x")
     assert row["mean"] == pytest.approx(mean, rel=1e-5) and row["std"] == pytest.approx(std, rel=1e-4)
     assert row["n"] == 3 and row["reference"] == "joint-varnet"
-    best = frame[frame.metric == "nmse"].groupby(["context", "scarcity"]).apply(
-        lambda g: g.loc[g["mean"].idxmin(), "best"], include_groups=False)
+    best = (
+        frame[frame.metric == "nmse"]
+        .groupby(["context", "scarcity"])
+        .apply(lambda g: g.loc[g["mean"].idxmin(), "best"], include_groups=False)
+    )
     assert best.all()  # NMSE: the smallest is bold
     tex = render(tables, "latex")
     assert tex.count("\\begin{tabular}") == 2 and "\\toprule" in tex and "\\textbf{" in tex
@@ -126,7 +163,10 @@ def test_table_cli_and_errors(finished_experiment, tmp_path):
     for args, needle in [
         (["table", str(finished_experiment), "--reference", "maml"], "--reference 'maml': no such method"),
         (["table", str(finished_experiment), "--metrics", "psnr,foo"], "unknown metric 'foo'"),
-        (["table", str(finished_experiment), "--steps", "7"], "--steps 7: the unseen contexts were evaluated after [0, 2]"),
+        (
+            ["table", str(finished_experiment), "--steps", "7"],
+            "--steps 7: the unseen contexts were evaluated after [0, 2]",
+        ),
         (["table", str(tmp_path / "none")], "does not exist"),
         (["table", str(tmp_path)], "holds no runs"),
     ]:
@@ -155,9 +195,21 @@ def _psnr_frame(offsets, seeds=3, volumes=8, seed_shifts=(0.0, 0.0, 0.0), vol_sd
         for s in range(seeds):
             shift = 0.0 if label == "joint" else seed_shifts[s]
             for v in range(volumes):
-                rows.append({"label": label, "method": label, "run": f"{label}-{s}", "experiment": "e", "scarcity": 0,
-                             "seed": s, "context": "AXT2/equispaced/4x", "seen": True, "steps": 0,
-                             "volume": f"v{v}", "psnr": 30 + off + difficulty[v] + shift + rng.normal(0, vol_sd)})
+                rows.append(
+                    {
+                        "label": label,
+                        "method": label,
+                        "run": f"{label}-{s}",
+                        "experiment": "e",
+                        "scarcity": 0,
+                        "seed": s,
+                        "context": "AXT2/equispaced/4x",
+                        "seen": True,
+                        "steps": 0,
+                        "volume": f"v{v}",
+                        "psnr": 30 + off + difficulty[v] + shift + rng.normal(0, vol_sd),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -195,11 +247,25 @@ def _fake_run(name, method, budget, psnrs, seed=0):
     from pathlib import Path
 
     vols = {f"v{i}.h5": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(psnrs)}
-    metrics = {"contexts": {"AXT1/equispaced/4x": {
-        "seen": True, "scarce": False, "train_slices": 10, "context": {"contrast": "AXT1"},
-        "steps": {"0": {"volumes": vols}}}}, "cost": {"parameters": 1000}}
-    config = {"method": method, "scarcity": 0, "train": {"seed": seed, "budget": budget, "sampling": "stratified"},
-              "model": {"backbone": "varnet"}, "run": {"experiment": "ladder"}}
+    metrics = {
+        "contexts": {
+            "AXT1/equispaced/4x": {
+                "seen": True,
+                "scarce": False,
+                "train_slices": 10,
+                "context": {"contrast": "AXT1"},
+                "steps": {"0": {"volumes": vols}},
+            }
+        },
+        "cost": {"parameters": 1000},
+    }
+    config = {
+        "method": method,
+        "scarcity": 0,
+        "train": {"seed": seed, "budget": budget, "sampling": "stratified"},
+        "model": {"backbone": "varnet"},
+        "run": {"experiment": "ladder"},
+    }
     return R.Run(Path("runs/ladder") / name, config, metrics, None, True)
 
 
@@ -216,7 +282,11 @@ def test_budget_ladder_marks_cells_that_moved_when_the_budget_doubled():
     assert conv.loc["joint-varnet", "converged"] and conv.loc["joint-varnet", "budget"] == 1200
     tables = build_tables(runs, metrics=["psnr"])
     md = render(tables, "md")
-    rows = {line.split(" | ")[0].strip("| "): line for line in md.split("difference from")[0].splitlines() if line.startswith("| ")}
+    rows = {
+        line.split(" | ")[0].strip("| "): line
+        for line in md.split("difference from")[0].splitlines()
+        if line.startswith("| ")
+    }
     assert "30.00 ± 0.82\\* †" in rows["stl-varnet"] and "†" not in rows["joint-varnet"]  # the largest budget, marked
     assert "not converged" in md
     frame = pd.read_csv(io.StringIO(render(tables, "csv")))
@@ -227,12 +297,22 @@ def test_budget_ladder_has_its_own_report_panel():
     """Issue 19 item 5: metric vs training budget with seed bands, only for a ladder."""
     from mrbench.reports.compare import budget_panel, prepare
 
-    runs = [_fake_run(f"stl-varnet-b{b}-s0-seed{s}", "stl", b, [28.0 + s + b / 600, 29.0, 30.0], seed=s)
-            for b in (600, 1200) for s in (0, 1)]
+    runs = [
+        _fake_run(f"stl-varnet-b{b}-s0-seed{s}", "stl", b, [28.0 + s + b / 600, 29.0, 30.0], seed=s)
+        for b in (600, 1200)
+        for s in (0, 1)
+    ]
     panel = budget_panel(prepare(runs, reference="stl"))
     fig = panel.select_one({"name": "budget:AXT1/equispaced/4x"})
     assert fig is not None
-    xs = sorted(set(round(x) for r in fig.renderers if "x" in getattr(r.data_source, "data", {}) for x in r.data_source.data["x"]))
+    xs = sorted(
+        set(
+            round(x)
+            for r in fig.renderers
+            if "x" in getattr(r.data_source, "data", {})
+            for x in r.data_source.data["x"]
+        )
+    )
     assert xs == [600, 1200]
     assert budget_panel(prepare(runs[:2], reference="stl")) is None  # one budget: no panel
 
@@ -241,11 +321,18 @@ def test_budget_ladder_is_a_sweep_axis(tmp_path):
     from mrbench.sweep import load_experiment
 
     f = tmp_path / "e.toml"
-    f.write_text('[sweep]\nbudgets = [600, 1200]\nmethods = ["zero-filled", "joint", { method = "stl", name = "stl-x" }]\n')
+    f.write_text(
+        '[sweep]\nbudgets = [600, 1200]\nmethods = ["zero-filled", "joint", { method = "stl", name = "stl-x" }]\n'
+    )
     exp = load_experiment(f, [f"run.out={tmp_path}"])
     names = sorted(cfg.run_name for cfg in exp.configs.values())
-    assert names == ["joint-varnet-b1200-s0-seed0", "joint-varnet-b600-s0-seed0", "stl-x-b1200-s0-seed0",
-                     "stl-x-b600-s0-seed0", "zero-filled-none-s0-seed0"]
+    assert names == [
+        "joint-varnet-b1200-s0-seed0",
+        "joint-varnet-b600-s0-seed0",
+        "stl-x-b1200-s0-seed0",
+        "stl-x-b600-s0-seed0",
+        "zero-filled-none-s0-seed0",
+    ]
     budgets = {cfg.run_name: cfg.train.budget for cfg in exp.configs.values()}
     assert budgets["joint-varnet-b600-s0-seed0"] == 600 and budgets["stl-x-b1200-s0-seed0"] == 1200
     cell = next(c for c, cfg in exp.configs.items() if cfg.run_name == "stl-x-b600-s0-seed0")
@@ -257,17 +344,24 @@ def _lr_run(label, lr, seed, val_ssim, test_psnr):
     run.config["train"]["lr"] = lr
     run.metrics["history"] = [
         {"phase": "mtl", "slices": 600, "task": t, "ssim": val_ssim - 0.05, "psnr": 0, "nmse": 0} for t in ("a", "b")
-    ] + [{"phase": "mtl", "slices": 1200, "task": t, "ssim": val_ssim + d, "psnr": 0, "nmse": 0}
-         for t, d in (("a", 0.01), ("b", -0.01))]
+    ] + [
+        {"phase": "mtl", "slices": 1200, "task": t, "ssim": val_ssim + d, "psnr": 0, "nmse": 0}
+        for t, d in (("a", 0.01), ("b", -0.01))
+    ]
     return run
 
 
 def test_learning_rate_search_keeps_the_lr_best_on_seen_validation_never_on_test():
     """Issue 19 item 4(a): one lr per label and level, by mean best validation SSIM over seeds;
     the test PSNR (here highest at the lr validation did not pick) plays no part."""
-    runs = [_lr_run("mtl-naive", lr, s, val, test)
-            for lr, val, test in ((1e-3, 0.70, 35.0), (3e-3, 0.74, 30.0), (1e-2, 0.60, 20.0)) for s in (0, 1)]
-    runs += [_lr_run("mtl-uncert", lr, s, val + 0.01 * s, 30.0) for lr, val in ((1e-3, 0.72), (3e-3, 0.71)) for s in (0, 1)]
+    runs = [
+        _lr_run("mtl-naive", lr, s, val, test)
+        for lr, val, test in ((1e-3, 0.70, 35.0), (3e-3, 0.74, 30.0), (1e-2, 0.60, 20.0))
+        for s in (0, 1)
+    ]
+    runs += [
+        _lr_run("mtl-uncert", lr, s, val + 0.01 * s, 30.0) for lr, val in ((1e-3, 0.72), (3e-3, 0.71)) for s in (0, 1)
+    ]
     kept = R.select_learning_rates(runs)
     chosen = {(r.label, r.config["train"]["lr"]) for r in kept}
     assert chosen == {("mtl-naive", 3e-3), ("mtl-uncert", 1e-3)} and len(kept) == 4
@@ -286,7 +380,11 @@ def test_learning_rate_search_is_a_sweep_axis(tmp_path):
     f.write_text('[sweep]\nlrs = [1e-3, 1e-2]\nmethods = ["zero-filled", { method = "joint", name = "j" }]\n')
     exp = load_experiment(f, [f"run.out={tmp_path}"])
     lrs = {cfg.run_name: cfg.train.lr for cfg in exp.configs.values()}
-    assert lrs == {"j-lr0.001-s0-seed0": 1e-3, "j-lr0.01-s0-seed0": 1e-2, "zero-filled-none-s0-seed0": lrs["zero-filled-none-s0-seed0"]}
+    assert lrs == {
+        "j-lr0.001-s0-seed0": 1e-3,
+        "j-lr0.01-s0-seed0": 1e-2,
+        "zero-filled-none-s0-seed0": lrs["zero-filled-none-s0-seed0"],
+    }
     cell = next(c for c, cfg in exp.configs.items() if cfg.run_name == "j-lr0.01-s0-seed0")
     assert "train.lr=0.01" in exp.command(cell, threads=1)
     f.write_text('[sweep]\nlrs = [0]\nmethods = ["joint"]\n')
@@ -298,11 +396,27 @@ def test_adaptation_gain_is_chosen_minus_zero_steps_with_a_verdict():
     from pathlib import Path
 
     def run(seed, zero, adapted, steps=3):
-        ctx = {"seen": False, "scarce": False, "train_slices": 0, "context": {"contrast": "AXT2"}, "chosen_steps": steps,
-               "steps": {"0": {"volumes": {f"v{i}": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(zero)}},
-                         "3": {"volumes": {f"v{i}": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(adapted)}}}}
-        metrics = {"contexts": {"AXT2/equispaced/4x": ctx}, "adaptation": {"rule": "finetune", "lr": 1e-3, "steps": steps}}
-        config = {"method": "joint", "scarcity": 0, "train": {"seed": seed, "budget": 10}, "model": {"backbone": "varnet"}}
+        ctx = {
+            "seen": False,
+            "scarce": False,
+            "train_slices": 0,
+            "context": {"contrast": "AXT2"},
+            "chosen_steps": steps,
+            "steps": {
+                "0": {"volumes": {f"v{i}": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(zero)}},
+                "3": {"volumes": {f"v{i}": {"psnr": p, "ssim": 0.5, "nmse": 0.1} for i, p in enumerate(adapted)}},
+            },
+        }
+        metrics = {
+            "contexts": {"AXT2/equispaced/4x": ctx},
+            "adaptation": {"rule": "finetune", "lr": 1e-3, "steps": steps},
+        }
+        config = {
+            "method": "joint",
+            "scarcity": 0,
+            "train": {"seed": seed, "budget": 10},
+            "model": {"backbone": "varnet"},
+        }
         return R.Run(Path("runs/x") / f"joint-varnet-s0-seed{seed}", config, metrics, None, True)
 
     runs = [run(s, [30.0, 31.0, 32.0, 33.0], [30.5 + 0.01 * s, 31.5, 32.5, 33.5]) for s in range(3)]
@@ -321,19 +435,36 @@ def test_records_file_reproduces_tables_and_ledger(finished_experiment, tmp_path
 
     rec = tmp_path / "baseline" / "records.csv.gz"
     cli = CliRunner()
-    from_runs = cli.invoke(main, ["table", str(finished_experiment), "--save-records", str(rec), "--metrics", "psnr,ssim,nmse"])
+    from_runs = cli.invoke(
+        main, ["table", str(finished_experiment), "--save-records", str(rec), "--metrics", "psnr,ssim,nmse"]
+    )
     assert from_runs.exit_code == 0, from_runs.output
     df, diverged = read_records([rec])
-    assert {"label", "seed", "context", "scarcity", "steps", "volume", "psnr", "ssim", "nmse", "budget",
-            "parameters"} <= set(df.columns) and not diverged
-    pd.testing.assert_frame_equal(df[R.RECORD_COLUMNS], R.records(R.load_runs([finished_experiment])), check_dtype=False)
+    assert {
+        "label",
+        "seed",
+        "context",
+        "scarcity",
+        "steps",
+        "volume",
+        "psnr",
+        "ssim",
+        "nmse",
+        "budget",
+        "parameters",
+    } <= set(df.columns) and not diverged
+    pd.testing.assert_frame_equal(
+        df[R.RECORD_COLUMNS], R.records(R.load_runs([finished_experiment])), check_dtype=False
+    )
     for args in ([], ["--format", "csv"], ["--format", "latex"]):
         a = cli.invoke(main, ["table", str(finished_experiment), "--metrics", "psnr,ssim,nmse", *args])
         b = cli.invoke(main, ["table", str(rec.parent), "--metrics", "psnr,ssim,nmse", *args])
         assert b.exit_code == 0 and a.output == b.output, args
     claims = tmp_path / "c.toml"
-    claims.write_text('[[claims]]\npaper = "P"\nclaim = "stl not worse than joint"\nmethod = "stl-varnet"\n'
-                      'reference = "joint-varnet"\nexpect = "not worse"\nmargin = 0.5\n')
+    claims.write_text(
+        '[[claims]]\npaper = "P"\nclaim = "stl not worse than joint"\nmethod = "stl-varnet"\n'
+        'reference = "joint-varnet"\nexpect = "not worse"\nmargin = 0.5\n'
+    )
     a = cli.invoke(main, ["table", str(finished_experiment), "--claims", str(claims)])
     b = cli.invoke(main, ["table", str(rec), "--claims", str(claims)])
     assert a.exit_code == 0 and a.output == b.output and "stl-varnet − joint-varnet" in b.output

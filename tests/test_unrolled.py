@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import masked_kspace_batch, tiny_run_settings, write_tiny_root
 
 from mrbench.config import load_config
 from mrbench.fourier import fft2c, ifft2c
 from mrbench.losses import LOSSES
 from mrbench.models import build_backbone
 from mrbench.runner import execute
-
-from conftest import masked_kspace_batch, tiny_run_settings, write_tiny_root
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,8 +61,9 @@ def test_rim_without_a_learned_update_is_zero_filled_and_trains_on_every_step():
     from mrbench.data.dataset import Sample
 
     target = ifft2c(k / mask.clamp_min(1))[:, 0].abs()
-    batch = Sample(k, mask, target, target, torch.zeros(2, dtype=torch.long), ["f", "f"], torch.arange(2),
-                   torch.ones(2), nlf)
+    batch = Sample(
+        k, mask, target, target, torch.zeros(2, dtype=torch.long), ["f", "f"], torch.arange(2), torch.ones(2), nlf
+    )
     loss = LOSSES["sup"](None)(lambda b: net(b.kspace, b.mask, b.num_low_frequencies), batch)
     per_step = [(x.abs() - target).abs().mean(dim=(-2, -1)) for x in out.estimates]
     torch.testing.assert_close(loss, sum(per_step) / 4, rtol=1e-5, atol=1e-6)
@@ -72,7 +72,12 @@ def test_rim_without_a_learned_update_is_zero_filled_and_trains_on_every_step():
 def test_iterations_reach_the_backbone():
     cfg = load_config(None, ["model.backbone=modl", "model.iterations=5"], method="stl")
     assert cfg.model.backbone_kwargs()["iterations"] == 5
-    assert build_backbone("rim", **load_config(None, ["model.backbone=rim"], method="stl").model.backbone_kwargs()).iterations == 8
+    assert (
+        build_backbone(
+            "rim", **load_config(None, ["model.backbone=rim"], method="stl").model.backbone_kwargs()
+        ).iterations
+        == 8
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +89,19 @@ def data_root(tmp_path_factory):
 
 @pytest.mark.parametrize("backbone, loss", [("modl", "ei"), ("rim", "sup"), ("modl", "sup")])
 def test_unrolled_backbones_train_and_evaluate(backbone, loss, data_root, tmp_path):
-    cfg = load_config(None, tiny_run_settings(data_root, tmp_path, "train.budget=16", f"model.backbone={backbone}",
-                                              "model.iterations=2", f"train.loss={loss}", "eval.adapt_steps=[0, 1]"),
-                      method="stl")
+    cfg = load_config(
+        None,
+        tiny_run_settings(
+            data_root,
+            tmp_path,
+            "train.budget=16",
+            f"model.backbone={backbone}",
+            "model.iterations=2",
+            f"train.loss={loss}",
+            "eval.adapt_steps=[0, 1]",
+        ),
+        method="stl",
+    )
     store = execute(cfg, quiet=True)
     m = store.read_json("metrics.json")
     assert store.path.name == f"stl-{backbone}{'' if loss == 'sup' else '-' + loss}-s0-seed0"

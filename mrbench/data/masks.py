@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MrbenchError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -224,18 +225,14 @@ class Gaussian2dMask(MaskFunc):
         return inverse, disc
 
 
-MASKS: dict[str, type[MaskFunc]] = {
+MASKS: Registry[type[MaskFunc]] = Registry("mask kind", {
     cls.name: cls for cls in (RandomMask, EquispacedMask, GaussianMask, Gaussian2dMask)
-}
+})
 
 
 def make_mask(kind: str, acceleration: float, center_fraction: float = 0.08) -> MaskFunc:
     """Look a mask kind up by name; an unknown name lists the valid ones."""
-    try:
-        cls = MASKS[kind]
-    except KeyError:
-        raise MrbenchError(f"unknown mask kind {kind!r}; valid: {', '.join(sorted(MASKS))}") from None
-    return cls(acceleration, center_fraction)
+    return MASKS.lookup(kind)(acceleration, center_fraction)
 
 
 def volume_seed(fname: str, *salt: object) -> int:

@@ -23,7 +23,7 @@ every step count (the curve), and tables read them at the chosen step count.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -52,7 +52,13 @@ def fixed_choice(method, cfg, steps: list[int]) -> dict:
     """No selection (``eval.select = "fixed"``): the method's first rule, the first lr, the
     largest step count."""
     rule = method.adapt_rules()[0] if method.learned else "none"
-    return {"selected_on": "fixed", "rule": rule, "lr": float(cfg.eval.adapt_lr[0]), "steps": max(steps), "candidates": []}
+    return {
+        "selected_on": "fixed",
+        "rule": rule,
+        "lr": float(cfg.eval.adapt_lr[0]),
+        "steps": max(steps),
+        "candidates": [],
+    }
 
 
 def select_adaptation(method, cfg, data, device, volumes, steps: list[int], batch: int = 8) -> dict:
@@ -83,12 +89,16 @@ def select_adaptation(method, cfg, data, device, volumes, steps: list[int], batc
     ]
     order = {c: i for i, c in enumerate(cands)}
     best = max(rows, key=lambda r: (round(r["ssim"], 6), -r["steps"], -order[(r["rule"], r["lr"])]))
-    return {"selected_on": "seen-validation", "rule": best["rule"], "lr": best["lr"], "steps": best["steps"], "candidates": rows}
+    return {
+        "selected_on": "seen-validation",
+        "rule": best["rule"],
+        "lr": best["lr"],
+        "steps": best["steps"],
+        "candidates": rows,
+    }
 
 
-def adapted_volumes(
-    method, ctx, support: Sample, choice: dict, steps: list[int], predict: Callable
-) -> dict[int, dict]:
+def adapted_volumes(method, ctx, support: Sample, choice: dict, steps: list[int], predict: Callable) -> dict[int, dict]:
     """``{k: predict(reconstructor after k steps)}`` with the chosen rule and lr, one trajectory."""
     out = {}
     rule = choice["rule"] if choice["rule"] != "none" else method.adapt_rules()[0]

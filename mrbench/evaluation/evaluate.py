@@ -10,7 +10,7 @@ volume's own maximum as the data range (fastMRI's evaluate.py).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

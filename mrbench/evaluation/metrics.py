@@ -47,9 +47,7 @@ def _as_volumes(gt: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, tor
     gt = torch.as_tensor(gt)
     pred = torch.as_tensor(pred)
     if gt.shape != pred.shape:
-        raise ValueError(
-            f"gt and pred must have the same shape, got gt {tuple(gt.shape)} and pred {tuple(pred.shape)}"
-        )
+        raise ValueError(f"gt and pred must have the same shape, got gt {tuple(gt.shape)} and pred {tuple(pred.shape)}")
     if gt.ndim not in (2, 3):
         raise ValueError(f"expected (slices, h, w) or (h, w) volumes, got shape {tuple(gt.shape)}")
     if gt.is_complex() or pred.is_complex():

@@ -5,6 +5,7 @@ plus one line here; ``train.loss`` picks it, its options live on its class."""
 from __future__ import annotations
 
 from ..errors import MrbenchError
+from ..registry import Registry
 from .base import Loss
 from .equivariant import EquivariantImaging, MultiOperator, MultiOperatorEquivariant
 from .mc import MeasurementConsistency
@@ -12,16 +13,19 @@ from .mixed import MixedSupervision
 from .ssdu import SSDU, Noise2Inverse, WeightedSSDU
 from .supervised import Supervised
 
-LOSSES: dict[str, type[Loss]] = {
-    "sup": Supervised,
-    "mc": MeasurementConsistency,
-    "ssdu": SSDU,
-    "noise2inverse": Noise2Inverse,
-    "weighted-ssdu": WeightedSSDU,
-    "ei": EquivariantImaging,
-    "moi": MultiOperator,
-    "mo-ei": MultiOperatorEquivariant,
-}
+LOSSES: Registry[type[Loss]] = Registry(
+    "loss",
+    {
+        "sup": Supervised,
+        "mc": MeasurementConsistency,
+        "ssdu": SSDU,
+        "noise2inverse": Noise2Inverse,
+        "weighted-ssdu": WeightedSSDU,
+        "ei": EquivariantImaging,
+        "moi": MultiOperator,
+        "mo-ei": MultiOperatorEquivariant,
+    },
+)
 
 
 def self_supervised(cfg) -> bool:

@@ -15,7 +15,8 @@ the supervised L1 is, so losses are comparable across datasets.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 

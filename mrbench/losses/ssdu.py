@@ -41,8 +41,9 @@ def acs_columns(mask: torch.Tensor, num_low_frequencies: torch.Tensor) -> torch.
     return ((cols >= start) & (cols < start + n)).view(b, 1, 1, w)
 
 
-def split_mask(mask: torch.Tensor, num_low_frequencies: torch.Tensor, ratio: float,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def split_mask(
+    mask: torch.Tensor, num_low_frequencies: torch.Tensor, ratio: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(Θ, Λ): disjoint 0/1 masks with Θ + Λ = the measured mask, the ACS columns in Θ."""
     measured = mask > 0
     one_d = bool((mask == mask[..., :1, :]).all())  # constant along rows: a column mask

@@ -1,5 +1,6 @@
 """Training regimes, looked up by name. Adding one is one file and one line here."""
 
+from ..registry import Registry
 from .base import Method, Phase, StepResult
 from .conditioned import Conditioned
 from .joint import Joint
@@ -11,6 +12,8 @@ from .stl import STL
 from .transfer import Transfer
 from .zero_filled import ZeroFilled
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL, MAML, MetaDrop, KMMAML, Conditioned)}
+METHODS: Registry[type[Method]] = Registry(
+    "method", {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL, MAML, MetaDrop, KMMAML, Conditioned)}
+)
 
 __all__ = ["METHODS", "Method", "Phase", "StepResult"]

@@ -13,8 +13,9 @@ support set and step counts for every method (docs/design.md §5, fair compariso
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -89,8 +90,9 @@ class Method:
         """Refuse, before anything is written, data this method cannot use (one line naming
         the file): e.g. metadata conditioning needs the acquisition numbers in every header."""
 
-    def __init__(self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module],
-                 loss=None):
+    def __init__(
+        self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module], loss=None
+    ):
         self.cfg = cfg
         self.tasks = list(tasks)
         self.scarce = list(scarce)
@@ -174,8 +176,9 @@ class Method:
             raise ValueError(f"{self.name} has no adaptation rule {rule!r} (it has {', '.join(self.adapt_rules())})")
         model = copy.deepcopy(self.models[self.model_key(self.nearest_task(ctx))])
         with self.loss.adapting_to(ctx):
-            yield from finetune_path(model, support, step_counts, lr, self.adapt_forward(ctx), self.loss,
-                                     batch=self.cfg.eval.adapt_batch)
+            yield from finetune_path(
+                model, support, step_counts, lr, self.adapt_forward(ctx), self.loss, batch=self.cfg.eval.adapt_batch
+            )
 
     def adapt_forward(self, ctx: Context) -> Callable[[nn.Module, Sample], torch.Tensor]:
         """The fine-tuned copy's complex image of a batch of the context ``ctx`` (task-aware
@@ -212,13 +215,23 @@ def support_minibatch(support: Sample, size: int, step: int) -> Sample:
 
 
 def finetune_path(
-    model: nn.Module, support: Sample, step_counts: Sequence[int], lr: float, forward: Callable, loss: Callable,
-    params=None, batch: int = 0,
+    model: nn.Module,
+    support: Sample,
+    step_counts: Sequence[int],
+    lr: float,
+    forward: Callable,
+    loss: Callable,
+    params=None,
+    batch: int = 0,
 ) -> Iterator[tuple[int, Reconstructor]]:
     """Adam at ``lr`` on the mean training ``loss`` of ``forward(model, ·)`` (the complex image)
     on ``support`` (over ``params``, default all of ``model``'s; ``batch`` slices per step,
     :func:`support_minibatch`), yielding ``(k, reconstructor)`` after k steps for each k."""
-    opt = torch.optim.Adam(list(params if params is not None else model.parameters()), lr=lr) if max(step_counts) else None
+    opt = (
+        torch.optim.Adam(list(params if params is not None else model.parameters()), lr=lr)
+        if max(step_counts)
+        else None
+    )
     done = 0
     for k in sorted(set(step_counts)):
         model.train()

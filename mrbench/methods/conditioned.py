@@ -64,7 +64,7 @@ class Conditioned(Joint):
                 where = "sequenceParameters/" + ", ".join(missing)
                 raise MrbenchError(
                     f"{volume.path}: its ismrmrd_header has no {where}, which condition.on = "
-                    f"{cfg.condition.on!r} needs (use condition.on = \"prompt\", which reads nothing from the file)"
+                    f'{cfg.condition.on!r} needs (use condition.on = "prompt", which reads nothing from the file)'
                 )
 
     def build(self, make_backbone):
@@ -92,4 +92,3 @@ class Conditioned(Joint):
         """The metadata embedding (B, E) of a batch (None with ``condition.on = "prompt"``)."""
         model = self.models["conditioned"]
         return model.embed(self.features(model, batch, ctx))
-

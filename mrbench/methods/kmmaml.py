@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -74,11 +74,10 @@ from torch.func import functional_call
 
 from ..data.dataset import Sample
 from ..errors import MrbenchError
-from .base import Method, Phase, StepResult, finetune_path
 from ..models.km_unet import KMUNet
+from .base import Method, Phase, StepResult, finetune_path
 from .meta import (
     MetaOptions,
-    refuse_vmap,
     episode_phase,
     episode_slices,
     episode_step,
@@ -86,6 +85,7 @@ from .meta import (
     inner_path,
     inner_rates,
     make_inner_rates,
+    refuse_vmap,
 )
 
 GROUPS = ("base", "hyper", "encoder")
@@ -167,7 +167,9 @@ class KMMAML(Method):
         def query_loss(support, query):
             z = net.context_embedding(support.kspace)
             loss = embedded_loss(z, self.loss)
-            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.hyper_names, loss=loss)
+            fast = inner_loop(
+                net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.hyper_names, loss=loss
+            )
             return loss(net, {**fast, **buffers}, query)  # grads into θ, ω, encoder
 
         return episode_step(self, source, query_loss, support_always=True)
@@ -209,10 +211,19 @@ class KMMAML(Method):
             for k in sorted(set(step_counts)):
                 yield k, (lambda batch: self.loss.reconstruct(lambda b: forward(net, b), batch))
         elif rule == "inner":
-            for k, tensors in inner_path(net, names, support, step_counts, inner_rates(self), loss=embedded_loss(z, self.loss),
-                                         batch=self.cfg.eval.adapt_batch):
+            for k, tensors in inner_path(
+                net,
+                names,
+                support,
+                step_counts,
+                inner_rates(self),
+                loss=embedded_loss(z, self.loss),
+                batch=self.cfg.eval.adapt_batch,
+            ):
                 yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: forward(net, b, t), batch))
         else:
             wanted = set(names)
             params = [p for n, p in net.named_parameters() if n in wanted]
-            yield from finetune_path(net, support, step_counts, lr, forward, self.loss, params, batch=self.cfg.eval.adapt_batch)
+            yield from finetune_path(
+                net, support, step_counts, lr, forward, self.loss, params, batch=self.cfg.eval.adapt_batch
+            )

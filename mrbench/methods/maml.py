@@ -51,11 +51,11 @@ from .meta import (
     episode_slices,
     episode_step,
     functional_image,
+    functional_loss,
     inner_loop,
     inner_path,
     inner_rates,
     make_inner_rates,
-    functional_loss,
     vmap_episode_step,
     vmap_query_losses,
 )
@@ -80,8 +80,10 @@ class MAML(Method):
     def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
         super().__init__(cfg, tasks, scarce, make_backbone, loss)
         if cfg.meta.vmap and (cfg.train.loss != "sup" or cfg.data.self_supervised):
-            raise MrbenchError("meta.vmap: needs the supervised loss on every task (train.loss = \"sup\", "
-                               "no data.self_supervised); set meta.vmap = false")
+            raise MrbenchError(
+                'meta.vmap: needs the supervised loss on every task (train.loss = "sup", '
+                "no data.self_supervised); set meta.vmap = false"
+            )
         self.models["net"] = make_backbone()
         self.adapt_names = adapt_names(self.models["net"], cfg.meta.adapt)  # MrbenchError if empty
         make_inner_rates(self, self.adapt_names)
@@ -102,13 +104,26 @@ class MAML(Method):
         loss = functional_loss(self.loss)
 
         def query_loss(support, query):
-            fast = inner_loop(net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.adapt_names, loss)
+            fast = inner_loop(
+                net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.adapt_names, loss
+            )
             return loss(net, {**fast, **buffers}, query)
 
         if m.vmap:
+
             def query_losses(supports, queries):
-                return vmap_query_losses(net, params, buffers, supports, queries, m.inner_steps, inner_rates(self),
-                                         m.order, self.adapt_names, loss)
+                return vmap_query_losses(
+                    net,
+                    params,
+                    buffers,
+                    supports,
+                    queries,
+                    m.inner_steps,
+                    inner_rates(self),
+                    m.order,
+                    self.adapt_names,
+                    loss,
+                )
 
             return vmap_episode_step(self, source, query_losses, query_loss)
         return episode_step(self, source, query_loss)
@@ -128,6 +143,13 @@ class MAML(Method):
             raise ValueError(f"maml has no adaptation rule {rule!r}")
         net = self.models["net"]
         with self.loss.adapting_to(ctx):
-            for k, tensors in inner_path(net, self.adapt_names, support, step_counts, inner_rates(self),
-                                         functional_loss(self.loss), batch=self.cfg.eval.adapt_batch):
+            for k, tensors in inner_path(
+                net,
+                self.adapt_names,
+                support,
+                step_counts,
+                inner_rates(self),
+                functional_loss(self.loss),
+                batch=self.cfg.eval.adapt_batch,
+            ):
                 yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: functional_image(net, t, b), batch))

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -52,7 +52,6 @@ from ..errors import MrbenchError
 from ..losses.base import l1_per_sample
 from ..models.outputs import backbone_args, magnitude
 from .base import Phase, StepResult, support_minibatch
-
 
 
 @dataclass
@@ -75,8 +74,11 @@ class MetaOptions:
 
         require(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
         require(self.inner_steps >= 0, "inner_steps", "must be ≥ 0")
-        require(self.inner_lr == "learned" or (isinstance(self.inner_lr, float) and self.inner_lr > 0),
-                "inner_lr", f'must be > 0 or "learned", got {self.inner_lr!r}')
+        require(
+            self.inner_lr == "learned" or (isinstance(self.inner_lr, float) and self.inner_lr > 0),
+            "inner_lr",
+            f'must be > 0 or "learned", got {self.inner_lr!r}',
+        )
         require(self.inner_lr_init > 0, "inner_lr_init", "must be > 0")
         require(self.support >= 0, "support", "must be ≥ 0 (0 = match eval.support)")
         for name in ("query", "tasks_per_batch"):
@@ -207,9 +209,7 @@ def inner_loop(
     with torch.enable_grad():
         for _ in range(steps):
             value = loss(model, {**fast, **buffers}, batch)
-            grads = torch.autograd.grad(
-                value, [fast[n] for n in names], create_graph=order == 2, allow_unused=True
-            )
+            grads = torch.autograd.grad(value, [fast[n] for n in names], create_graph=order == 2, allow_unused=True)
             sgd_step(fast, dict(zip(names, grads)), lr, order)
     return fast
 
@@ -218,8 +218,10 @@ def refuse_vmap(method) -> None:
     """``meta.vmap`` is MAML's option (the section is shared by every meta-learner): another
     meta-learner given it says so rather than ignore it."""
     if getattr(method.cfg.meta, "vmap", False):
-        raise MrbenchError(f"meta.vmap: only maml vectorises its inner loop over tasks; {method.name} has no "
-                           "vectorised step (set meta.vmap = false)")
+        raise MrbenchError(
+            f"meta.vmap: only maml vectorises its inner loop over tasks; {method.name} has no "
+            "vectorised step (set meta.vmap = false)"
+        )
 
 
 def sgd_step(fast: dict, grads: Mapping[str, torch.Tensor | None], lr, order: int) -> None:
@@ -284,7 +286,7 @@ def vmap_query_losses(
             support = s_first._replace(**s_fields)
 
             def support_loss(adapted):
-                return loss(model, {**fast, **adapted, **buffers}, support)
+                return loss(model, {**fast, **adapted, **buffers}, support)  # noqa: B023 (called at once, inside this iteration)
 
             grads = torch.func.grad(support_loss)({n: fast[n] for n in names})
             sgd_step(fast, grads, lr, order)
@@ -294,7 +296,12 @@ def vmap_query_losses(
 
 
 def inner_path(
-    model: nn.Module, names: Sequence[str], support, step_counts: Sequence[int], lr, loss: LossFn | None = None,
+    model: nn.Module,
+    names: Sequence[str],
+    support,
+    step_counts: Sequence[int],
+    lr,
+    loss: LossFn | None = None,
     batch: int = 0,
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """The test-time inner-loop trajectory: ``(k, tensors)`` (parameters and buffers) after k

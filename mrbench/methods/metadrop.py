@@ -53,8 +53,8 @@ fine-tuning (Adam at ``eval.adapt_lr``), like the non-meta methods.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -68,7 +68,9 @@ from .meta import MetaOptions, episode_phase, meta_support, refuse_vmap, task_dr
 RULES: dict[str, Callable[[Context, Context], bool]] = {
     "other-contrast": lambda a, b: b.contrast != a.contrast,
     "other-mask": lambda a, b: b.contrast == a.contrast and b.mask != a.mask,
-    "other-acceleration": lambda a, b: (b.contrast, b.mask) == (a.contrast, a.mask) and b.acceleration != a.acceleration,
+    "other-acceleration": lambda a, b: (
+        (b.contrast, b.mask) == (a.contrast, a.mask) and b.acceleration != a.acceleration
+    ),
     "any": lambda a, b: True,
 }
 
@@ -190,8 +192,12 @@ class MetaDropOptions:
     """``[meta]`` keys of metadrop only (the module docstring has the update they enter)."""
 
     alpha: float = 1.0  # φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇L_meta(φ̃)
-    eta_meta: float = 1.0  # plain SGD rate of the meta-gradient term (outer = notes | sgd); 1.0 chosen on seen validation (README)
-    outer: str = "notes"  # notes (Adam inner step, SGD η_meta outer) | adam (SGD inner, engine's Adam outer) | sgd (SGD both)
+    eta_meta: float = (
+        1.0  # plain SGD rate of the meta-gradient term (outer = notes | sgd); 1.0 chosen on seen validation (README)
+    )
+    outer: str = (
+        "notes"  # notes (Adam inner step, SGD η_meta outer) | adam (SGD inner, engine's Adam outer) | sgd (SGD both)
+    )
     meta_context: str = "any"  # other-contrast | other-mask | other-acceleration | any
 
     def check(self, key):
@@ -217,7 +223,9 @@ class MetaDrop(Method):
         super().__init__(cfg, tasks, scarce, make_backbone, loss)
         refuse_vmap(self)
         if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "notes":
-            raise MrbenchError('meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number')
+            raise MrbenchError(
+                'meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number'
+            )
         self.candidates, self.fallback = meta_candidates([t.context for t in self.tasks], cfg.meta.meta_context)
         self.models["net"] = make_backbone()
         params = [p for p in self.models["net"].parameters() if p.requires_grad]

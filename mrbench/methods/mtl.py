@@ -33,9 +33,9 @@ import torch
 
 from ..errors import MrbenchError
 from ..models import SIZES
+from ..models.mtl_varnet import MTLVarNet, default_blocks
 from ..models.outputs import image
 from .base import Method, Phase, Reconstructor, StepResult, _per_task
-from ..models.mtl_varnet import MTLVarNet, default_blocks
 from .weighting import WEIGHTINGS, make_weighting
 
 
@@ -46,8 +46,7 @@ class MtlOptions:
     weighting: str = "naive"  # naive | uncert | dwa | gradnorm | pcgrad (mrbench.methods.weighting.WEIGHTINGS)
 
     def check(self, key):
-        if self.weighting not in WEIGHTINGS:
-            raise MrbenchError(f"{key('weighting')}: unknown weighting {self.weighting!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
+        WEIGHTINGS.lookup(self.weighting, key("weighting"))
 
 
 def mtl_blocks(cfg) -> str:

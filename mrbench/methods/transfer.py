@@ -54,7 +54,15 @@ class Transfer(Method):
         abundant = [i for i, s in enumerate(self.scarce) if not s]
         scarce = [i for i, s in enumerate(self.scarce) if s]
         return [
-            Phase("pretrain", pre, train.lr, ["pretrained"], abundant, self.supervised_step("pretrained"), sampling=train.sampling),
+            Phase(
+                "pretrain",
+                pre,
+                train.lr,
+                ["pretrained"],
+                abundant,
+                self.supervised_step("pretrained"),
+                sampling=train.sampling,
+            ),
             Phase(
                 "finetune",
                 rest,

@@ -63,16 +63,27 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import MrbenchError
+from ..registry import Registry
 
-
-__all__ = ["WEIGHTINGS", "Weighting", "Naive", "Uncertainty", "DWA", "PCGrad", "GradNorm", "make_weighting", "pcgrad_project"]
+__all__ = [
+    "WEIGHTINGS",
+    "Weighting",
+    "Naive",
+    "Uncertainty",
+    "DWA",
+    "PCGrad",
+    "GradNorm",
+    "make_weighting",
+    "pcgrad_project",
+]
 
 
 @dataclass
@@ -100,7 +111,9 @@ class DWAOptions:
         if not self.dwa_temperature > 0:
             raise MrbenchError(f"{key('dwa_temperature')}: must be > 0")
         if not 0 <= self.dwa_period <= 0.5:
-            raise MrbenchError(f"{key('dwa_period')}: must be in [0, 0.5] (DWA needs ≥ 2 periods), got {self.dwa_period}")
+            raise MrbenchError(
+                f"{key('dwa_period')}: must be in [0, 0.5] (DWA needs ≥ 2 periods), got {self.dwa_period}"
+            )
 
 
 @dataclass
@@ -249,7 +262,12 @@ class DWA(Weighting):
     options = {"mtl": DWAOptions}
 
     def __init__(
-        self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False, epoch_slices: int | None = None,
+        self,
+        num_tasks,
+        cfg=None,
+        task_sizes=None,
+        inverse_frequency=False,
+        epoch_slices: int | None = None,
         budget: int | None = None,
     ):
         super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
@@ -281,7 +299,9 @@ class DWA(Weighting):
         self.seen += int(counts.sum())
         if int(self.seen) >= (int(self.epochs) + 1) * self.epoch_slices:
             means = torch.where(
-                self.loss_count > 0, self.loss_sum / self.loss_count.clamp_min(1), torch.full_like(self.loss_sum, math.nan)
+                self.loss_count > 0,
+                self.loss_sum / self.loss_count.clamp_min(1),
+                torch.full_like(self.loss_sum, math.nan),
             )
             self.end_epoch(means)
             self.loss_sum.zero_()
@@ -409,7 +429,11 @@ class GradNorm(Weighting):
             norms = []
             for t in present:
                 gs = torch.autograd.grad(losses[t], layer, retain_graph=True, allow_unused=True)
-                norms.append(torch.sqrt(sum((g.square().sum() for g in gs if g is not None), torch.zeros((), device=losses.device))))
+                norms.append(
+                    torch.sqrt(
+                        sum((g.square().sum() for g in gs if g is not None), torch.zeros((), device=losses.device))
+                    )
+                )
             idx = torch.tensor(present, device=self.task_weight.device)
             G = self.task_weight.index_select(0, idx) * torch.stack(norms).detach().to(self.task_weight)
             with torch.no_grad():
@@ -431,7 +455,9 @@ class GradNorm(Weighting):
 
 
 #: Weighting name → class (constructor ``(num_tasks, cfg, task_sizes, inverse_frequency)``).
-WEIGHTINGS: dict[str, type[Weighting]] = {cls.name: cls for cls in (Naive, Uncertainty, DWA, GradNorm, PCGrad)}
+WEIGHTINGS: Registry[type[Weighting]] = Registry(
+    "weighting", {cls.name: cls for cls in (Naive, Uncertainty, DWA, GradNorm, PCGrad)}
+)
 
 
 def make_weighting(
@@ -439,10 +465,7 @@ def make_weighting(
 ) -> Weighting:
     """Build weighting ``name``; an unknown name lists the valid ones. ``budget`` (slices) lets a
     weighting size its periods to the run (DWA)."""
-    try:
-        cls = WEIGHTINGS[name]
-    except KeyError:
-        raise MrbenchError(f"unknown weighting {name!r}; valid: {', '.join(sorted(WEIGHTINGS))}") from None
+    cls = WEIGHTINGS.lookup(name)
     if budget is not None and "budget" in inspect.signature(cls).parameters:
         return cls(num_tasks, cfg, task_sizes, inverse_frequency, budget=budget)
     return cls(num_tasks, cfg, task_sizes, inverse_frequency)

@@ -26,12 +26,13 @@ import inspect
 from torch import nn
 
 from mrbench.errors import MrbenchError
+from mrbench.models.km_unet import KMUNet
+from mrbench.models.modl import MoDL
+from mrbench.models.mtl_varnet import MTLVarNet
+from mrbench.models.rim import RIM
 from mrbench.models.unet import NormUNet, UNet, UNetRecon
 from mrbench.models.varnet import SensitivityModel, VarNet, VarNetCascade
-from mrbench.models.mtl_varnet import MTLVarNet  # noqa: E402
-from mrbench.models.km_unet import KMUNet  # noqa: E402
-from mrbench.models.modl import MoDL  # noqa: E402
-from mrbench.models.rim import RIM  # noqa: E402
+from mrbench.registry import Registry
 
 __all__ = [
     "BACKBONES",
@@ -48,14 +49,17 @@ __all__ = [
     "VarNetCascade",
 ]
 
-BACKBONES: dict[str, type[nn.Module]] = {
-    "unet": UNetRecon,
-    "varnet": VarNet,
-    "mtl-varnet": MTLVarNet,  # needs num_tasks (built by method mtl)
-    "km-unet": KMUNet,  # KM-MAML's kernel-modulated U-Net; without an embedding it uses each sample's own
-    "modl": MoDL,  # Aggarwal et al. 2019: shared CNN denoiser + CG data consistency, model.iterations
-    "rim": RIM,  # Putzky & Welling 2017: recurrent inference machine, model.iterations time steps
-}
+BACKBONES: Registry[type[nn.Module]] = Registry(
+    "backbone",
+    {
+        "unet": UNetRecon,
+        "varnet": VarNet,
+        "mtl-varnet": MTLVarNet,  # needs num_tasks (built by method mtl)
+        "km-unet": KMUNet,  # KM-MAML's kernel-modulated U-Net; without an embedding it uses each sample's own
+        "modl": MoDL,  # Aggarwal et al. 2019: shared CNN denoiser + CG data consistency, model.iterations
+        "rim": RIM,  # Putzky & Welling 2017: recurrent inference machine, model.iterations time steps
+    },
+)
 
 #: VarNet sizes: ``demo`` runs on a laptop CPU; ``paper`` is fastMRI's E2E-VarNet.
 SIZES: dict[str, dict[str, int]] = {

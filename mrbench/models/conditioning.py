@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,15 +82,23 @@ def metadata_features(acquisition: torch.Tensor, contexts: Sequence) -> torch.Te
     family = torch.where(torch.isnan(named), guess, named).long()
     onehot = torch.nn.functional.one_hot(family, 3).float()  # se, ir, gre
     cols = [
-        torch.log(tr / 1000.0), torch.log(te / 100.0), has_ti.float(), torch.where(has_ti, torch.log(ti / 1000.0), zero),
-        torch.sin(rad), torch.cos(rad), has_b0.float(), torch.where(has_b0, b0 / 3.0, zero),
-        onehot[:, 1], onehot[:, 2], onehot[:, 0],
+        torch.log(tr / 1000.0),
+        torch.log(te / 100.0),
+        has_ti.float(),
+        torch.where(has_ti, torch.log(ti / 1000.0), zero),
+        torch.sin(rad),
+        torch.cos(rad),
+        has_b0.float(),
+        torch.where(has_b0, b0 / 3.0, zero),
+        onehot[:, 1],
+        onehot[:, 2],
+        onehot[:, 0],
     ]
     sampling = torch.tensor([_sampling_features(c) for c in contexts], dtype=torch.float32, device=acq.device)
     return torch.cat([torch.stack(cols, dim=-1), sampling], dim=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sampling_features(ctx) -> tuple[float, ...]:
     """A context's mask kind one-hot, log₂ acceleration / 2 and 10 × centre fraction (computed
     once per context, not at every training step)."""
@@ -135,7 +143,7 @@ class ConditionedNormUNet(nn.Module):
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         params = self.head(cond)
         gammas = params[:, : sum(self.sizes)].split(self.sizes, dim=1)
-        betas = params[:, sum(self.sizes):].split(self.sizes, dim=1)
+        betas = params[:, sum(self.sizes) :].split(self.sizes, dim=1)
         for norm, g, b in zip(self.norms, gammas, betas):
             norm.film = (g, b)
         try:

@@ -43,14 +43,14 @@ so their gradients differ and they do not stay copies of one another.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrbench.physics import zero_filled
 from mrbench.models.unet import _VAR_EPS, InstanceNorm, NormUNet, UNet, UNetRecon, data_consistency
+from mrbench.physics import zero_filled
 
 __all__ = ["ContextEncoder", "KernelHyperNet", "KMUNet", "modulated_conv", "kernel_modulation"]
 

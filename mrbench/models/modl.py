@@ -50,8 +50,16 @@ class MoDL(nn.Module):
     preset_width = 2  # one shared denoiser: twice the VarNet's per-cascade width
     options = {"model": UnrolledOptions}
 
-    def __init__(self, iterations: int = 0, chans: int = 16, pools: int = 3, sens_chans: int = 4,
-                 sens_pools: int = 2, cg_iterations: int = 10, lam_init: float = 0.05):
+    def __init__(
+        self,
+        iterations: int = 0,
+        chans: int = 16,
+        pools: int = 3,
+        sens_chans: int = 4,
+        sens_pools: int = 2,
+        cg_iterations: int = 10,
+        lam_init: float = 0.05,
+    ):
         super().__init__()
         self.iterations = iterations or 3
         self.cg_iterations = cg_iterations

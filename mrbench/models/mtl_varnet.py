@@ -36,8 +36,8 @@ with ``task`` an int64 (B,) tensor. ``task_aware = True`` tells
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,9 @@ __all__ = ["MTLVarNet", "MTLCascade", "SplitBlock", "YBlock", "WBlock", "route",
 class MTLVarNetOptions:
     """``[model]`` keys of ``mtl-varnet``."""
 
-    blocks: str = ""  # one letter per cascade: I shared, V split, Y shared encoder, W attention; "" = "II" + "V"·(cascades − 2)
+    blocks: str = (
+        ""  # one letter per cascade: I shared, V split, Y shared encoder, W attention; "" = "II" + "V"·(cascades − 2)
+    )
     share_etas: bool = True  # one η per cascade (True) or one per task per cascade
 
     def check(self, key):
@@ -69,7 +71,9 @@ def default_blocks(cascades: int) -> str:
     return "I" * min(2, cascades) + "V" * max(0, cascades - 2)
 
 
-def route(task: torch.Tensor, num_tasks: int, fn: Callable[[int, torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def route(
+    task: torch.Tensor, num_tasks: int, fn: Callable[[int, torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
     """``out[b] = fn(task[b], x[b:b+1])`` computed group-wise: ``fn(t, x[task == t])`` once per task present.
 
     Results are concatenated and put back in batch order (out of place, so
@@ -299,7 +303,7 @@ class _WCore(nn.Module):
         super().__init__()
         self.unet = UNet(2, 2, chans=chans, pools=pools)
         _small_last_layer(self.unet.final)
-        widths = [chans * 2**l for l in range(pools + 1)]
+        widths = [chans * 2**level for level in range(pools + 1)]
         gated = widths[:-1] + [widths[-1]] + list(reversed(widths[:-1]))
         self.attention = nn.ModuleList(_Attention(gated) for _ in range(num_tasks))
 
@@ -414,8 +418,13 @@ class MTLVarNet(VarNet):
         self.blocks = blocks
         self.share_etas = share_etas
         self.config = dict(
-            num_tasks=num_tasks, blocks=blocks, chans=chans, pools=pools,
-            sens_chans=sens_chans, sens_pools=sens_pools, share_etas=share_etas,
+            num_tasks=num_tasks,
+            blocks=blocks,
+            chans=chans,
+            pools=pools,
+            sens_chans=sens_chans,
+            sens_pools=sens_pools,
+            share_etas=share_etas,
         )
         self.sens_net = SensitivityModel(sens_chans, sens_pools)
         self.cascades = nn.ModuleList(

@@ -121,9 +121,9 @@ class UNet(nn.Module):
             self.down.append(_conv_block(cin, w))
             cin = w
         self.bottleneck = _conv_block(cin, widths[-1])
-        # decoder, deepest first: upsample widths[l+1] → widths[l], concat skip, conv block
-        self.up = nn.ModuleList(_up_block(widths[l + 1], widths[l]) for l in reversed(range(pools)))
-        self.up_conv = nn.ModuleList(_conv_block(2 * widths[l], widths[l]) for l in reversed(range(pools)))
+        # decoder, deepest first: upsample widths[i+1] → widths[i], concat skip, conv block
+        self.up = nn.ModuleList(_up_block(widths[i + 1], widths[i]) for i in reversed(range(pools)))
+        self.up_conv = nn.ModuleList(_conv_block(2 * widths[i], widths[i]) for i in reversed(range(pools)))
         self.final = Conv1x1(widths[0], out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,9 +215,7 @@ class UNetRecon(nn.Module):
         self.chans, self.pools = chans, pools
         self.net = NormUNet(chans, pools, in_complex=1, correction=True)
 
-    def forward(
-        self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor) -> torch.Tensor:
         x0 = zero_filled(kspace)
         return data_consistency(x0 + self.net(x0), kspace, mask)[:, 0]
 

@@ -161,9 +161,7 @@ class VarNet(nn.Module):
         """Coil sensitivities (B, C, H, W) of centred masked k-space."""
         return self.sens_net(kspace, num_low_frequencies)
 
-    def forward(
-        self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies: torch.Tensor) -> torch.Tensor:
         return self.unroll(kspace, mask, num_low_frequencies)
 
     def unroll(

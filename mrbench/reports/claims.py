@@ -52,15 +52,15 @@ would detect a given Δ.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..errors import MrbenchError
 from ..config import read_toml
+from ..errors import MrbenchError
 from . import results as R
 from . import statistics as S
 
@@ -111,20 +111,22 @@ def read_claims(path: str | Path) -> list[Claim]:
             raise MrbenchError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         for key in ("paper", "claim", "method"):
             if not isinstance(c.get(key), str) or not c[key]:
-                raise MrbenchError(f"{where}: needs {key} = \"...\"")
+                raise MrbenchError(f'{where}: needs {key} = "..."')
         claim = Claim(**c)
         if claim.kind not in KINDS:
             raise MrbenchError(f"{where}.kind: must be {' or '.join(KINDS)}, got {claim.kind!r}")
         if claim.contexts not in CONTEXTS:
             raise MrbenchError(f"{where}.contexts: must be one of {', '.join(CONTEXTS)}, got {claim.contexts!r}")
         if claim.kind == "compare" and (not claim.reference or claim.expect not in EXPECT):
-            raise MrbenchError(f"{where}: a compare claim needs reference = \"...\" and expect = one of {', '.join(EXPECT)}")
+            raise MrbenchError(
+                f'{where}: a compare claim needs reference = "..." and expect = one of {", ".join(EXPECT)}'
+            )
         if claim.kind == "compare" and claim.expect != "better" and not claim.margin > 0:
-            raise MrbenchError(f"{where}: expect = \"{claim.expect}\" needs a stated margin > 0 (in the metric's units)")
+            raise MrbenchError(f'{where}: expect = "{claim.expect}" needs a stated margin > 0 (in the metric\'s units)')
         if not 0 <= claim.win_rate <= 1:
             raise MrbenchError(f"{where}.win_rate: must be a share in [0, 1], got {claim.win_rate}")
         if claim.kind == "ranking" and (len(claim.methods) < 2 or not all(isinstance(m, str) for m in claim.methods)):
-            raise MrbenchError(f"{where}: a ranking claim needs methods = [\"a\", \"b\", ...] (two or more rows)")
+            raise MrbenchError(f'{where}: a ranking claim needs methods = ["a", "b", ...] (two or more rows)')
         if claim.metric not in R.METRICS:
             raise MrbenchError(f"{where}.metric: must be one of {', '.join(R.METRICS)}")
         out.append(claim)
@@ -169,7 +171,9 @@ def paired_cells(df: pd.DataFrame, method: str, reference: str, metric: str) -> 
     """Per (context, scarcity, steps) both labels have: ``method − reference`` as a seeds ×
     volumes matrix (:func:`results.paired_matrix`), signed so that + favours ``method``."""
     sign = _orient(metric)
-    groups = {k: g for k, g in df[df["label"].isin([method, reference])].groupby(["label", "context", "scarcity", "steps"])}
+    groups = {
+        k: g for k, g in df[df["label"].isin([method, reference])].groupby(["label", "context", "scarcity", "steps"])
+    }
     out = []
     for (label, *cell), g in sorted(groups.items(), key=lambda kv: kv[0][1:]):
         ref = groups.get((reference, *cell))
@@ -215,10 +219,12 @@ class Test:
 
     def describe(self, metric: str) -> str:
         m = _fmt(self.margin, metric, "")
-        return {"better": "superiority (95 % interval > 0)",
-                "not worse": f"non-inferiority at −{m} (one-sided α 0.05)",
-                "within": f"non-inferiority at −{m} (one-sided α 0.05)",
-                "tie": f"equivalence within ±{m} (TOST, α 0.05)"}[self.expect]
+        return {
+            "better": "superiority (95 % interval > 0)",
+            "not worse": f"non-inferiority at −{m} (one-sided α 0.05)",
+            "within": f"non-inferiority at −{m} (one-sided α 0.05)",
+            "tie": f"equivalence within ±{m} (TOST, α 0.05)",
+        }[self.expect]
 
     def p_for(self, e: S.Estimate) -> float:
         """p of the claim's null hypothesis (small: the data support the claim)."""
@@ -298,8 +304,10 @@ def _convergence(claim: Claim, conv: pd.DataFrame, labels: Sequence[str], cells:
     if bad.empty:
         return f"converged: ×2 budget moved ≤ {c['change_db'].abs().max():.2f} dB; {of}", False
     worst = bad.loc[bad["change_db"].abs().idxmax()]
-    text = (f"{len(bad)} unconverged: ×2 budget moved {worst['label']} on {worst['context']} "
-            f"s{int(worst['scarcity'])} by {worst['change_db']:+.2f} dB; {of}")
+    text = (
+        f"{len(bad)} unconverged: ×2 budget moved {worst['label']} on {worst['context']} "
+        f"s{int(worst['scarcity'])} by {worst['change_db']:+.2f} dB; {of}"
+    )
     return text, not claim.at_budget
 
 
@@ -308,7 +316,9 @@ def _control_label(claim: Claim, df: pd.DataFrame) -> tuple[str | None, str]:
     self-supervised method. (label or None, note)."""
     zero = sorted(set(df.loc[df["method"] == "zero-filled", "label"]))
     if claim.control:
-        return (claim.control, "") if claim.control in set(df["label"]) else (None, f"no run of control {claim.control}")
+        return (
+            (claim.control, "") if claim.control in set(df["label"]) else (None, f"no run of control {claim.control}")
+        )
     if claim.kind != "compare" or claim.method in zero or claim.reference in zero:
         return None, ""
     loss = df.loc[df["label"] == claim.method, "loss"].astype(str)
@@ -316,8 +326,11 @@ def _control_label(claim: Claim, df: pd.DataFrame) -> tuple[str | None, str]:
         return None, ""
     if len(zero) == 1:
         return zero[0], ""
-    return None, ("no zero-filled control among the runs" if not zero
-                  else f"several zero-filled rows ({', '.join(zero)}): name one as control")
+    return None, (
+        "no zero-filled control among the runs"
+        if not zero
+        else f"several zero-filled rows ({', '.join(zero)}): name one as control"
+    )
 
 
 def _recovered(df: pd.DataFrame, claim: Claim, control: str) -> str:
@@ -335,11 +348,15 @@ def _recovered(df: pd.DataFrame, claim: Claim, control: str) -> str:
     common = _common_seeds([(k, n) for k, n, _ in pairs]) if pairs else []
     if not len(common):
         return ""
-    r = S.ratio([S.Cell(n.loc[common].to_numpy(), list(n.columns), k[0]) for k, n, _ in pairs],
-                [S.Cell(d.loc[common].to_numpy(), list(d.columns), k[0]) for k, _, d in pairs])
+    r = S.ratio(
+        [S.Cell(n.loc[common].to_numpy(), list(n.columns), k[0]) for k, n, _ in pairs],
+        [S.Cell(d.loc[common].to_numpy(), list(d.columns), k[0]) for k, _, d in pairs],
+    )
     gap = S.crossed([S.Cell(d.loc[common].to_numpy(), list(d.columns), k[0]) for k, _, d in pairs])
-    return (f"; recovers {100 * r.delta:.0f} % [{100 * r.lo:.0f}, {100 * r.hi:.0f}] of {claim.reference}'s gain over "
-            f"{control} ({_fmt(gap.delta, claim.metric)} [{_fmt(gap.lo, claim.metric)}, {_fmt(gap.hi, claim.metric)}])")
+    return (
+        f"; recovers {100 * r.delta:.0f} % [{100 * r.lo:.0f}, {100 * r.hi:.0f}] of {claim.reference}'s gain over "
+        f"{control} ({_fmt(gap.delta, claim.metric)} [{_fmt(gap.lo, claim.metric)}, {_fmt(gap.hi, claim.metric)}])"
+    )
 
 
 def _resolve_text(e: S.Estimate, resolve: float | None, metric: str) -> str:
@@ -362,13 +379,17 @@ def _compare(claim: Claim, df: pd.DataFrame, resolve: float | None) -> dict:
     test = Test(claim.expect, claim.margin)
     n = len(cells)
     lo, hi = e.interval()
-    head = (f"{claim.method} − {claim.reference}: Δ {_fmt(e.delta, claim.metric)} [{_fmt(lo, claim.metric)}, "
-            f"{_fmt(hi, claim.metric)}] over {n} cell{'s' if n > 1 else ''} (cells {_span([x.delta for x in per_cell], claim.metric)})")
+    head = (
+        f"{claim.method} − {claim.reference}: Δ {_fmt(e.delta, claim.metric)} [{_fmt(lo, claim.metric)}, "
+        f"{_fmt(hi, claim.metric)}] over {n} cell{'s' if n > 1 else ''} (cells {_span([x.delta for x in per_cell], claim.metric)})"
+    )
     if claim.win_rate:
         share, low, high = win_share(per_cell)
         verdict = "supported" if low >= claim.win_rate else "refuted" if high < claim.win_rate else "inconclusive"
-        measured = (f"{head}; better mean in {100 * share:.0f} % of cells, simultaneous 95 % interval "
-                    f"[{100 * low:.0f} %, {100 * high:.0f} %] vs claimed {100 * claim.win_rate:.0f} %")
+        measured = (
+            f"{head}; better mean in {100 * share:.0f} % of cells, simultaneous 95 % interval "
+            f"[{100 * low:.0f} %, {100 * high:.0f} %] vs claimed {100 * claim.win_rate:.0f} %"
+        )
         test_text = f"win rate ≥ {100 * claim.win_rate:.0f} % (Bonferroni-simultaneous cell intervals)"
     else:
         verdict = test.verdict(e)
@@ -378,8 +399,16 @@ def _compare(claim: Claim, df: pd.DataFrame, resolve: float | None) -> dict:
         if claim.expect != "better":
             lo90, hi90 = e.interval(0.90)
             measured += f"; 90 % interval [{_fmt(lo90, claim.metric)}, {_fmt(hi90, claim.metric)}]"
-    return {"test": test_text, "measured": measured, "estimate": e, "keys": [k for k, _ in cells], "verdict": verdict,
-            "seeds": e.seeds, "volumes": e.volumes, "n": n}
+    return {
+        "test": test_text,
+        "measured": measured,
+        "estimate": e,
+        "keys": [k for k, _ in cells],
+        "verdict": verdict,
+        "seeds": e.seeds,
+        "volumes": e.volumes,
+        "n": n,
+    }
 
 
 def _adaptation(claim: Claim, df: pd.DataFrame) -> dict:
@@ -402,23 +431,48 @@ def _adaptation(claim: Claim, df: pd.DataFrame) -> dict:
     half = claim.gain / 2
     verdict = "supported" if lo > 0 and hi >= half else "refuted" if hi < half else "inconclusive"
     per_cell = [R.cell_estimate(d) for _, d in cells]
-    measured = (f"gain {_fmt(e.delta, claim.metric)} [{_fmt(lo, claim.metric)}, {_fmt(hi, claim.metric)}] over "
-                f"{len(cells)} cells (cells {_span([x.delta for x in per_cell], claim.metric)}; claimed "
-                f"{_fmt(claim.gain, claim.metric)}); interval above 0 in {sum(x.lo > 0 for x in per_cell)} of {len(cells)} cells")
-    return {"test": f"gain > 0 and ≥ half the claimed {_fmt(claim.gain, claim.metric, '')}", "measured": measured,
-            "estimate": e, "keys": [k for k, _ in cells], "verdict": verdict,
-            "seeds": e.seeds, "volumes": e.volumes, "n": len(cells)}
+    measured = (
+        f"gain {_fmt(e.delta, claim.metric)} [{_fmt(lo, claim.metric)}, {_fmt(hi, claim.metric)}] over "
+        f"{len(cells)} cells (cells {_span([x.delta for x in per_cell], claim.metric)}; claimed "
+        f"{_fmt(claim.gain, claim.metric)}); interval above 0 in {sum(x.lo > 0 for x in per_cell)} of {len(cells)} cells"
+    )
+    return {
+        "test": f"gain > 0 and ≥ half the claimed {_fmt(claim.gain, claim.metric, '')}",
+        "measured": measured,
+        "estimate": e,
+        "keys": [k for k, _ in cells],
+        "verdict": verdict,
+        "seeds": e.seeds,
+        "volumes": e.volumes,
+        "n": len(cells),
+    }
 
 
-def check(claim: Claim, df: pd.DataFrame, diverged: Sequence[R.Run] = (), *, conv: pd.DataFrame | None = None,
-          resolve: float | None = None) -> list[dict]:
+def check(
+    claim: Claim,
+    df: pd.DataFrame,
+    diverged: Sequence[R.Run] = (),
+    *,
+    conv: pd.DataFrame | None = None,
+    resolve: float | None = None,
+) -> list[dict]:
     """The ledger row(s) for ``claim`` from the records ``df`` (:func:`results.records`, all
     budgets): the claim's row, then its zero-filled control's row when it has one."""
     lost = sorted(r.name for r in diverged if r.label in (claim.method, claim.reference, *claim.methods))
-    row = {"paper": claim.paper, "claim": claim.claim, "test": "", "diverged": len(lost), "cells": "", "power": "",
-           "budget": "", "convergence": ""}
+    row = {
+        "paper": claim.paper,
+        "claim": claim.claim,
+        "test": "",
+        "diverged": len(lost),
+        "cells": "",
+        "power": "",
+        "budget": "",
+        "convergence": "",
+    }
     labels = set(df["label"])
-    needed = list(dict.fromkeys([claim.method] + ([claim.reference] if claim.kind == "compare" else []) + list(claim.methods)))
+    needed = list(
+        dict.fromkeys([claim.method] + ([claim.reference] if claim.kind == "compare" else []) + list(claim.methods))
+    )
     missing = [n for n in needed if n not in labels]
     if missing:
         return [{**row, "measured": f"no finished run of {', '.join(missing)}", "verdict": "not assessable"}]
@@ -429,12 +483,18 @@ def check(claim: Claim, df: pd.DataFrame, diverged: Sequence[R.Run] = (), *, con
         ranked = _ranking(claim, _select(R.at_compared_steps(read), claim.contexts))
         keys = ranked.pop("keys")
         text, blocked = _convergence(claim, conv, claim.methods, keys)
-        out = {**row, **ranked, "test": "ranking" + (" in the listed order" if claim.order else " the same in every cell"),
-               "convergence": text}
+        out = {
+            **row,
+            **ranked,
+            "test": "ranking" + (" in the listed order" if claim.order else " the same in every cell"),
+            "convergence": text,
+        }
         if blocked:
             out["verdict"] = "not assessable"
         return [out]
-    result = (_compare(claim, R.at_compared_steps(read), resolve) if claim.kind == "compare" else _adaptation(claim, read))
+    result = (
+        _compare(claim, R.at_compared_steps(read), resolve) if claim.kind == "compare" else _adaptation(claim, read)
+    )
     if "estimate" not in result:
         return [{**row, **result}]
     e = result.pop("estimate")
@@ -450,12 +510,21 @@ def check(claim: Claim, df: pd.DataFrame, diverged: Sequence[R.Run] = (), *, con
         out["verdict"] = "not assessable"
     elif control:
         out["measured"] += _recovered(R.at_compared_steps(read), claim, control)
-        twin = Claim(**{**claim.__dict__, "method": control, "claim": f"control: {control} under the same test",
-                        "control": control})
+        twin = Claim(
+            **{
+                **claim.__dict__,
+                "method": control,
+                "claim": f"control: {control} under the same test",
+                "control": control,
+            }
+        )
         ctrl = _compare(twin, R.at_compared_steps(read), resolve)
-        ctrl_row = {**row, "claim": twin.claim, **{k: v for k, v in ctrl.items()
-                                                   if k not in ("estimate", "keys", "seeds", "volumes", "n")},
-                    "budget": _budget_text(read, [control, claim.reference])}
+        ctrl_row = {
+            **row,
+            "claim": twin.claim,
+            **{k: v for k, v in ctrl.items() if k not in ("estimate", "keys", "seeds", "volumes", "n")},
+            "budget": _budget_text(read, [control, claim.reference]),
+        }
         if ctrl.get("estimate") is not None:
             ctrl_row["power"] = f"mde {_fmt(ctrl['estimate'].mde(), claim.metric, '')}"
         rows.append(ctrl_row)
@@ -470,7 +539,7 @@ def check(claim: Claim, df: pd.DataFrame, diverged: Sequence[R.Run] = (), *, con
 def _short_names(labels: Sequence[str], stem: str) -> dict[str, str]:
     """Labels without the claim method's name in front (``stl-modl-ei`` → ``ei`` for the stem
     ``stl-modl``); the stem itself and labels of other families stay whole."""
-    return {lab: lab[len(stem) + 1:] if lab.startswith(stem + "-") else lab for lab in labels}
+    return {lab: lab[len(stem) + 1 :] if lab.startswith(stem + "-") else lab for lab in labels}
 
 
 def _ranking(claim: Claim, df: pd.DataFrame) -> dict:
@@ -506,12 +575,19 @@ def _ranking(claim: Claim, df: pd.DataFrame) -> dict:
 
     if claim.order:
         steps = list(zip(methods, methods[1:]))
-        reversed_ = [(a, b, c) for a, b in steps for c, verdict in pair.get((a, b), pd.Series(dtype=str)).items()
-                     if verdict == "worse"]
+        reversed_ = [
+            (a, b, c)
+            for a, b in steps
+            for c, verdict in pair.get((a, b), pd.Series(dtype=str)).items()
+            if verdict == "worse"
+        ]
         resolved = all(significant([x for x in methods if x in r], c) for c, r in rankings)
         verdict = "refuted" if reversed_ else "supported" if resolved else "inconclusive"
-        note = (f"; reversed: {', '.join(sorted({f'{short[a]} < {short[b]} on {c[0]}' for a, b, c in reversed_}))}"
-                if reversed_ else "")
+        note = (
+            f"; reversed: {', '.join(sorted({f'{short[a]} < {short[b]} on {c[0]}' for a, b, c in reversed_}))}"
+            if reversed_
+            else ""
+        )
     else:
         flips = [(a, b) for (a, b), v in pair.items() if a < b and (v == "better").any() and (v == "worse").any()]
         same = len({tuple(r) for _, r in orders}) == 1
@@ -521,16 +597,38 @@ def _ranking(claim: Claim, df: pd.DataFrame) -> dict:
     text = "; ".join(f"{c}: {' > '.join(short[x] for x in r)}" for c, r in orders) + note
     seeds = int(df.groupby(["label", "context", "scarcity"])["seed"].nunique().min()) if len(df) else 0
     vols = int(df.groupby(["label", "context", "scarcity", "seed"])["volume"].nunique().max()) if len(df) else 0
-    return {"measured": f"means ranked {text}", "cells": f"{seeds} seeds × ≤ {vols} volumes in {len(cells)} cells",
-            "verdict": verdict, "keys": cells}
+    return {
+        "measured": f"means ranked {text}",
+        "cells": f"{seeds} seeds × ≤ {vols} volumes in {len(cells)} cells",
+        "verdict": verdict,
+        "keys": cells,
+    }
 
 
-LEDGER_COLUMNS = ["paper", "claim", "experiment", "test", "measured", "cells", "power", "budget", "convergence",
-                  "diverged", "verdict"]
+LEDGER_COLUMNS = [
+    "paper",
+    "claim",
+    "experiment",
+    "test",
+    "measured",
+    "cells",
+    "power",
+    "budget",
+    "convergence",
+    "diverged",
+    "verdict",
+]
 
 
-def ledger(claims: Sequence[Claim], df: pd.DataFrame | Sequence[R.Run], diverged: Sequence[R.Run], experiment: str,
-           *, resolve: float | None = None, ladder: pd.DataFrame | Sequence[R.Run] | None = None) -> pd.DataFrame:
+def ledger(
+    claims: Sequence[Claim],
+    df: pd.DataFrame | Sequence[R.Run],
+    diverged: Sequence[R.Run],
+    experiment: str,
+    *,
+    resolve: float | None = None,
+    ladder: pd.DataFrame | Sequence[R.Run] | None = None,
+) -> pd.DataFrame:
     """One row per claim (two for a claim with a control), from the runs or their records.
     ``ladder``: the runs (or records) of a budget ladder of the same experiment — each label is
     read at its budget B in ``df`` and the ladder's rungs at 2B (or B/2) gate its cells."""
@@ -553,16 +651,22 @@ def convergence_gate(df: pd.DataFrame, ladder: pd.DataFrame | Sequence[R.Run] | 
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    lines = ["| paper | claim | experiment | test | measured (claim-level Δ, 95 % interval) | seeds × volumes | power "
-             "| budget · parameters | convergence | diverged | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---:|---|"]
+    lines = [
+        "| paper | claim | experiment | test | measured (claim-level Δ, 95 % interval) | seeds × volumes | power "
+        "| budget · parameters | convergence | diverged | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---:|---|",
+    ]
     for _, r in table.iterrows():
-        lines.append(f"| {r['paper']} | {r['claim']} | {r['experiment']} | {r['test']} | {r['measured']} | {r['cells']} "
-                     f"| {r['power']} | {r['budget']} | {r['convergence']} | {r['diverged']} | **{r['verdict']}** |")
-    legend = ("\nVerdicts: " + "; ".join(f"*{k}*: {v}" for k, v in VERDICTS.items()) + ". Intervals: crossed seeds × "
-              "volumes model over the claim's cells (docs/design.md §6); cell counts Holm-corrected within each claim "
-              "(the family: its cells); no correction across claims — read the ledger as a list of separate tests. "
-              "mde: the smallest Δ the claim's test detects with 80 % power.\n")
+        lines.append(
+            f"| {r['paper']} | {r['claim']} | {r['experiment']} | {r['test']} | {r['measured']} | {r['cells']} "
+            f"| {r['power']} | {r['budget']} | {r['convergence']} | {r['diverged']} | **{r['verdict']}** |"
+        )
+    legend = (
+        "\nVerdicts: " + "; ".join(f"*{k}*: {v}" for k, v in VERDICTS.items()) + ". Intervals: crossed seeds × "
+        "volumes model over the claim's cells (docs/design.md §6); cell counts Holm-corrected within each claim "
+        "(the family: its cells); no correction across claims — read the ledger as a list of separate tests. "
+        "mde: the smallest Δ the claim's test detects with 80 % power.\n"
+    )
     if table["experiment"].astype(str).str.contains("simulated from magnitude").any():
         legend += f"\n{R.SIMULATED_NOTE}.\n"
     return "\n".join(lines) + "\n" + legend
@@ -573,5 +677,17 @@ def experiment_names(runs: Sequence[R.Run]) -> str:
     return ", ".join(names) if names else "?"
 
 
-__all__ = ["Claim", "LEDGER_COLUMNS", "Test", "VERDICTS", "check", "claim_estimate", "experiment_names", "ledger",
-           "paired_cells", "read_claims", "to_markdown", "win_share"]
+__all__ = [
+    "Claim",
+    "LEDGER_COLUMNS",
+    "Test",
+    "VERDICTS",
+    "check",
+    "claim_estimate",
+    "experiment_names",
+    "ledger",
+    "paired_cells",
+    "read_claims",
+    "to_markdown",
+    "win_share",
+]

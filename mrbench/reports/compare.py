@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -186,15 +186,23 @@ def build_layout(
     reference_required: bool = False,
 ) -> LayoutDOM:
     """The report's Bokeh layout (what :func:`write_report` renders); separate so tests can inspect it."""
-    data = prepare(runs, baselines=baselines, reference=reference, metric=metric,
-                   reference_required=reference_required)
+    data = prepare(runs, baselines=baselines, reference=reference, metric=metric, reference_required=reference_required)
     return layout_of(data, title)
 
 
 def layout_of(data: ReportData, title: str) -> LayoutDOM:
     """The panels of :func:`build_layout` for already prepared data."""
-    panels = [header_div(data, title), scarcity_panel(data), budget_panel(data), heatmap_panel(data),
-              verdict_panel(data), unseen_panel(data), support_panel(data), viewer_panel(data), cost_panel(data)]
+    panels = [
+        header_div(data, title),
+        scarcity_panel(data),
+        budget_panel(data),
+        heatmap_panel(data),
+        verdict_panel(data),
+        unseen_panel(data),
+        support_panel(data),
+        viewer_panel(data),
+        cost_panel(data),
+    ]
     return column(*[p for p in panels if p is not None])
 
 
@@ -213,8 +221,7 @@ def write_report(
     path = Path(out)
     if path.is_dir():
         raise MrbenchError(f"{path} is a directory; give the report's file name (e.g. {path / 'report.html'})")
-    data = prepare(runs, baselines=baselines, reference=reference, metric=metric,
-                   reference_required=reference_required)
+    data = prepare(runs, baselines=baselines, reference=reference, metric=metric, reference_required=reference_required)
     atomic.write_text(path, file_html(layout_of(data, title), resources=INLINE, title=title))
     # the numbers behind the report, in the long form baselines/ holds and --baselines reads
     results.write_summary_csv(data.summary, path.with_name("summary.csv"))
@@ -241,15 +248,18 @@ def header_div(data: ReportData, title: str) -> Div:
         + "</tr>"
         for label in data.labels
     )
-    return Div(text=(
-        f"<h1>{html.escape(title)}</h1>"
-        f"<p>{len(data.runs)} runs · experiment(s): {html.escape(', '.join(experiments))} · "
-        f"{len(data.labels)} labels · reference: {reference}</p>"
-        f"<p>Mean {_UNITS[data.metric]} over seen contexts (each context weighs equally), "
-        f"per scarcity level s&lt;N&gt; (higher N = fewer training slices of the scarce contrast):</p>"
-        f"<table border='1' style='border-collapse:collapse;text-align:right'>"
-        f"<tr><th>label</th>{head}</tr>{body}</table>"
-    ), width=900)
+    return Div(
+        text=(
+            f"<h1>{html.escape(title)}</h1>"
+            f"<p>{len(data.runs)} runs · experiment(s): {html.escape(', '.join(experiments))} · "
+            f"{len(data.labels)} labels · reference: {reference}</p>"
+            f"<p>Mean {_UNITS[data.metric]} over seen contexts (each context weighs equally), "
+            f"per scarcity level s&lt;N&gt; (higher N = fewer training slices of the scarce contrast):</p>"
+            f"<table border='1' style='border-collapse:collapse;text-align:right'>"
+            f"<tr><th>label</th>{head}</tr>{body}</table>"
+        ),
+        width=900,
+    )
 
 
 def _cell_text(table: pd.DataFrame, label: str, level: int, metric: str) -> str:
@@ -275,12 +285,14 @@ def _heading(title: str, text: str) -> Div:
 
 def scarcity_panel(data: ReportData) -> LayoutDOM:
     """How each method degrades as the scarce contrast loses training data, per context."""
-    blocks = [_heading(
-        "Metric vs scarcity level per context",
-        "One line per label: mean ± std over test volumes (and seeds). Unseen contexts after each run's "
-        "adaptation step count chosen on seen validation. Click a legend entry to hide its line."
-        + (" Dashed lines: baselines." if data.baselines is not None else ""),
-    )]
+    blocks = [
+        _heading(
+            "Metric vs scarcity level per context",
+            "One line per label: mean ± std over test volumes (and seeds). Unseen contexts after each run's "
+            "adaptation step count chosen on seen validation. Click a legend entry to hide its line."
+            + (" Dashed lines: baselines." if data.baselines is not None else ""),
+        )
+    ]
     for metric in _curve_metrics(data.metric):
         figs = [_scarcity_figure(data, ctx, metric) for ctx in data.contexts]
         blocks.append(gridplot(figs, ncols=min(3, len(figs)), toolbar_location="right"))
@@ -295,9 +307,20 @@ def _curve_metrics(metric: str) -> list[str]:
 def _scarcity_figure(data: ReportData, context: str, metric: str) -> figure:
     cells = data.final[data.final["context"] == context]
     steps = data.final_steps(context)
-    kind = "seen" if context in data.seen else ("unseen, chosen steps" if steps == results.CHOSEN else f"unseen, {steps} steps")
-    fig = figure(name=f"scarcity:{metric}:{context}", title=f"{context} ({kind})", width=430, height=300,
-                 tools=_CURVE_TOOLS, x_axis_label="scarcity level", y_axis_label=_UNITS[metric])
+    kind = (
+        "seen"
+        if context in data.seen
+        else ("unseen, chosen steps" if steps == results.CHOSEN else f"unseen, {steps} steps")
+    )
+    fig = figure(
+        name=f"scarcity:{metric}:{context}",
+        title=f"{context} ({kind})",
+        width=430,
+        height=300,
+        tools=_CURVE_TOOLS,
+        x_axis_label="scarcity level",
+        y_axis_label=_UNITS[metric],
+    )
     fig.xaxis.ticker = sorted(int(v) for v in cells["scarcity"].unique())
     markers = []
     present = [lab for lab in data.labels if lab in set(cells["label"])]
@@ -320,8 +343,9 @@ def _baseline_series(fig: figure, data: ReportData, context: str, metric: str) -
     for (label, source), g in b.groupby(["label", "source"], sort=True):
         legend = _baseline_legend(label, source)
         g = g.sort_values("scarcity").assign(runs=f"baseline {source}")
-        markers.append(_series(fig, _series_source(g, metric, g["scarcity"]), data.colours[legend], legend,
-                               dash="dashed"))
+        markers.append(
+            _series(fig, _series_source(g, metric, g["scarcity"]), data.colours[legend], legend, dash="dashed")
+        )
     return markers
 
 
@@ -335,23 +359,27 @@ def _dodge(i: int, k: int, x: pd.Series) -> float:
 def _series_source(cells: pd.DataFrame, metric: str, x) -> ColumnDataSource:
     """Columns of one line: position, mean ± std for the whisker, and what the hover shows."""
     mean = cells[f"{metric}_mean"].to_numpy(dtype=np.float64)
-    std = (cells[f"{metric}_std"] if f"{metric}_std" in cells else pd.Series(0.0, index=cells.index))
+    std = cells[f"{metric}_std"] if f"{metric}_std" in cells else pd.Series(0.0, index=cells.index)
     std = std.fillna(0.0).to_numpy(dtype=np.float64)
-    return ColumnDataSource({
-        "x": np.asarray(x, dtype=np.float64),
-        "mean": mean,
-        "std": std,
-        "lo": mean - std,
-        "hi": mean + std,
-        "label": cells["label"].astype(str).to_list(),
-        "context": cells["context"].astype(str).to_list(),
-        "level": cells["scarcity"].astype(int).to_list(),
-        "steps": cells["steps"].astype(int).to_list(),
-        "steps_shown": _steps_shown(cells["steps"]),
-        "train_slices": cells["train_slices"].astype(int).to_list() if "train_slices" in cells else [0] * len(cells),
-        "n": cells["n"].astype(int).to_list() if "n" in cells else [0] * len(cells),
-        "runs": cells["runs"].astype(str).to_list(),
-    })
+    return ColumnDataSource(
+        {
+            "x": np.asarray(x, dtype=np.float64),
+            "mean": mean,
+            "std": std,
+            "lo": mean - std,
+            "hi": mean + std,
+            "label": cells["label"].astype(str).to_list(),
+            "context": cells["context"].astype(str).to_list(),
+            "level": cells["scarcity"].astype(int).to_list(),
+            "steps": cells["steps"].astype(int).to_list(),
+            "steps_shown": _steps_shown(cells["steps"]),
+            "train_slices": cells["train_slices"].astype(int).to_list()
+            if "train_slices" in cells
+            else [0] * len(cells),
+            "n": cells["n"].astype(int).to_list() if "n" in cells else [0] * len(cells),
+            "runs": cells["runs"].astype(str).to_list(),
+        }
+    )
 
 
 def _series(fig: figure, source: ColumnDataSource, colour: str, legend: str, dash: str = "solid"):
@@ -363,16 +391,21 @@ def _series(fig: figure, source: ColumnDataSource, colour: str, legend: str, das
 
 def _finish(fig: figure, markers: list, metric: str) -> None:
     """Hover on the markers and a legend outside the plot whose entries hide their series."""
-    fig.add_tools(HoverTool(renderers=markers, tooltips=[
-        ("method", "@label"),
-        ("context", "@context"),
-        ("level", "s@level"),
-        ("steps", "@steps_shown"),
-        ("training slices", "@train_slices"),
-        (metric, f"@mean{{{_hover_format(metric)}}} ± @std{{{_hover_format(metric)}}}"),
-        ("n", "@n"),
-        ("runs", "@runs"),
-    ]))
+    fig.add_tools(
+        HoverTool(
+            renderers=markers,
+            tooltips=[
+                ("method", "@label"),
+                ("context", "@context"),
+                ("level", "s@level"),
+                ("steps", "@steps_shown"),
+                ("training slices", "@train_slices"),
+                (metric, f"@mean{{{_hover_format(metric)}}} ± @std{{{_hover_format(metric)}}}"),
+                ("n", "@n"),
+                ("runs", "@runs"),
+            ],
+        )
+    )
     fig.legend.click_policy = "hide"
     fig.legend.label_text_font_size = "8pt"
     fig.add_layout(fig.legend[0], "right")
@@ -402,8 +435,11 @@ def heatmap_panel(data: ReportData) -> LayoutDOM:
     cells = heatmap_cells(data)
     kind = {ctx: "seen" if ctx in data.seen else "unseen" for ctx in data.contexts}
     cells = cells.assign(x=[(kind[c], c, f"s{lvl}") for c, lvl in zip(cells["context"], cells["scarcity"])])
-    factors = [(kind[c], c, f"s{lvl}") for c in data.contexts
-               for lvl in sorted(cells.loc[cells["context"] == c, "scarcity"].unique())]
+    factors = [
+        (kind[c], c, f"s{lvl}")
+        for c in data.contexts
+        for lvl in sorted(cells.loc[cells["context"] == c, "scarcity"].unique())
+    ]
     labels = [lab for lab in data.labels if lab in set(cells["label"])]
     better_high = HIGHER_IS_BETTER[m]
     if data.reference is not None:
@@ -412,48 +448,82 @@ def heatmap_panel(data: ReportData) -> LayoutDOM:
         mapper = LinearColorMapper(palette=palette, low=-lim, high=lim)
         text = [_fmt(v, m, sign="+") for v in cells["value"]]
         title = f"gain in {unit} over {data.reference}"
-        note = (f"Cell = a label's mean {unit} minus the reference <b>{html.escape(data.reference)}</b>'s, "
-                f"same context and scarcity level; unseen contexts after each run's chosen adaptation step count. "
-                f"Blue = better than the reference, red = worse (colour scale centred on 0).")
+        note = (
+            f"Cell = a label's mean {unit} minus the reference <b>{html.escape(data.reference)}</b>'s, "
+            f"same context and scarcity level; unseen contexts after each run's chosen adaptation step count. "
+            f"Blue = better than the reference, red = worse (colour scale centred on 0)."
+        )
     else:
         palette = Viridis256 if better_high else tuple(reversed(Viridis256))  # bright = better
         mapper = LinearColorMapper(palette=palette, low=float(cells["value"].min()), high=float(cells["value"].max()))
         text = [_fmt(v, m) for v in cells["value"]]
         title = f"mean {unit}, no reference"
-        note = (f"<b>The reference {html.escape(data.requested_reference)!r} is not among the labels</b>, so cells "
-                f"show absolute mean {unit} instead of gains; pass --reference with one of the labels.")
-    source = ColumnDataSource({
-        "x": cells["x"].to_list(),
-        "label": cells["label"].to_list(),
-        "context": cells["context"].to_list(),
-        "kind": [kind[c] for c in cells["context"]],
-        "level": cells["scarcity"].astype(int).to_list(),
-        "steps": cells["steps"].astype(int).to_list(),
-        "steps_shown": _steps_shown(cells["steps"]),
-        "mean": cells["mean"].to_numpy(),
-        "reference": cells["reference"].to_numpy(),
-        "value": cells["value"].to_numpy(),
-        "n": cells["n"].astype(int).to_list(),
-        "text": text,
-        "ink": _ink(cells["value"].to_numpy(), mapper),
-    })
-    fig = figure(name="heatmap", title=title, x_range=FactorRange(*factors), y_range=FactorRange(*reversed(labels)),
-                 width=260 + 85 * len(factors), height=150 + 34 * len(labels), tools="save", toolbar_location="right")
-    cells_renderer = fig.rect("x", "label", width=1, height=1, source=source, line_color="white",
-                              fill_color={"field": "value", "transform": mapper})
-    fig.text("x", "label", text="text", source=source, text_color="ink", text_align="center",
-             text_baseline="middle", text_font_size="9pt")
+        note = (
+            f"<b>The reference {html.escape(data.requested_reference)!r} is not among the labels</b>, so cells "
+            f"show absolute mean {unit} instead of gains; pass --reference with one of the labels."
+        )
+    source = ColumnDataSource(
+        {
+            "x": cells["x"].to_list(),
+            "label": cells["label"].to_list(),
+            "context": cells["context"].to_list(),
+            "kind": [kind[c] for c in cells["context"]],
+            "level": cells["scarcity"].astype(int).to_list(),
+            "steps": cells["steps"].astype(int).to_list(),
+            "steps_shown": _steps_shown(cells["steps"]),
+            "mean": cells["mean"].to_numpy(),
+            "reference": cells["reference"].to_numpy(),
+            "value": cells["value"].to_numpy(),
+            "n": cells["n"].astype(int).to_list(),
+            "text": text,
+            "ink": _ink(cells["value"].to_numpy(), mapper),
+        }
+    )
+    fig = figure(
+        name="heatmap",
+        title=title,
+        x_range=FactorRange(*factors),
+        y_range=FactorRange(*reversed(labels)),
+        width=260 + 85 * len(factors),
+        height=150 + 34 * len(labels),
+        tools="save",
+        toolbar_location="right",
+    )
+    cells_renderer = fig.rect(
+        "x",
+        "label",
+        width=1,
+        height=1,
+        source=source,
+        line_color="white",
+        fill_color={"field": "value", "transform": mapper},
+    )
+    fig.text(
+        "x",
+        "label",
+        text="text",
+        source=source,
+        text_color="ink",
+        text_align="center",
+        text_baseline="middle",
+        text_font_size="9pt",
+    )
     fig.add_layout(ColorBar(color_mapper=mapper, width=12), "right")
-    fig.add_tools(HoverTool(renderers=[cells_renderer], tooltips=[
-        ("method", "@label"),
-        ("context", "@context (@kind)"),
-        ("level", "s@level"),
-        ("steps", "@steps_shown"),
-        (m, f"@mean{{{_hover_format(m)}}}"),
-        ("reference", f"@reference{{{_hover_format(m)}}}"),
-        ("cell", f"@value{{{_hover_format(m)}}}"),
-        ("n", "@n"),
-    ]))
+    fig.add_tools(
+        HoverTool(
+            renderers=[cells_renderer],
+            tooltips=[
+                ("method", "@label"),
+                ("context", "@context (@kind)"),
+                ("level", "s@level"),
+                ("steps", "@steps_shown"),
+                (m, f"@mean{{{_hover_format(m)}}}"),
+                ("reference", f"@reference{{{_hover_format(m)}}}"),
+                ("cell", f"@value{{{_hover_format(m)}}}"),
+                ("n", "@n"),
+            ],
+        )
+    )
     fig.grid.visible = False
     fig.axis.axis_line_color = None
     return column(_heading("Seen / unseen contexts: gain over the reference", note), fig)
@@ -463,10 +533,12 @@ def verdict_panel(data: ReportData) -> LayoutDOM:
     """Each method against the reference per context × level: Δ with its 95 % interval over
     seeds × volumes and the verdict better / worse / tie (within noise) — the heat map's gains
     with the noise that says which of them are real (:func:`results.verdicts`)."""
-    heading = _heading("Verdicts against the reference",
-                       "Δ = method − reference, mean over seeds × test volumes (paired by seed and volume); "
-                       "95 % interval from the crossed seeds × volumes model (training and test-volume noise, "
-                       "docs/design.md §6); a difference whose interval contains 0 is a tie within noise.")
+    heading = _heading(
+        "Verdicts against the reference",
+        "Δ = method − reference, mean over seeds × test volumes (paired by seed and volume); "
+        "95 % interval from the crossed seeds × volumes model (training and test-volume noise, "
+        "docs/design.md §6); a difference whose interval contains 0 is a tie within noise.",
+    )
     if data.reference is None:
         return column(heading, Div(text="<p>No reference method among the runs: no verdicts.</p>"))
     v = results.verdicts(data.records, data.reference, data.metric)
@@ -474,9 +546,15 @@ def verdict_panel(data: ReportData) -> LayoutDOM:
         return column(heading, Div(text="<p>No cell shared with the reference.</p>"))
     seeds = int(v["seeds"].max())
     conv = results.convergence(data.records)
-    moved = {(r.label, r.context, r.scarcity, r.steps): r for r in conv.itertuples(index=False) if r.change_db == r.change_db}
-    note = ("<p><b>Single seed</b>: the intervals hold test-volume noise only; seeds moved demo cells by up to "
-            "~1 dB, so run ≥ 3 seeds before reading a ranking.</p>" if seeds == 1 else "")
+    moved = {
+        (r.label, r.context, r.scarcity, r.steps): r for r in conv.itertuples(index=False) if r.change_db == r.change_db
+    }
+    note = (
+        "<p><b>Single seed</b>: the intervals hold test-volume noise only; seeds moved demo cells by up to "
+        "~1 dB, so run ≥ 3 seeds before reading a ranking.</p>"
+        if seeds == 1
+        else ""
+    )
     rows = []
     for r in v.sort_values(["context", "scarcity", "label"]).itertuples(index=False):
         colour = {"better": "#1a7f37", "worse": "#b42318", "tie": "#555"}[r.verdict]
@@ -487,9 +565,12 @@ def verdict_panel(data: ReportData) -> LayoutDOM:
             f"<td>{r.seeds} × {r.volumes}</td><td style='color:{colour}'>{'tie (within noise)' if r.verdict == 'tie' else r.verdict}</td>"
             f"<td>{_fmt(r.mde, data.metric, '')}</td><td>{_moved(moved.get((r.label, r.context, r.scarcity, r.steps)))}</td></tr>"
         )
-    table = ("<table><tr><th>method</th><th>context (level)</th><th>Δ</th><th>95 % interval</th>"
-             "<th>seeds × volumes</th><th>verdict</th><th>mde (80 % power)</th><th>budget ×2</th></tr>"
-             + "".join(rows) + "</table>")
+    table = (
+        "<table><tr><th>method</th><th>context (level)</th><th>Δ</th><th>95 % interval</th>"
+        "<th>seeds × volumes</th><th>verdict</th><th>mde (80 % power)</th><th>budget ×2</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
     return column(heading, Div(text=note + table, width=900))
 
 
@@ -521,8 +602,11 @@ def unseen_panel(data: ReportData) -> LayoutDOM:
         return _heading(title, "No unseen contexts in these runs (data.unseen is empty), so no adaptation curves.")
     figs = [_steps_figure(data, ctx) for ctx in data.unseen]
     return column(
-        _heading(title, "One line per label (per label × scarcity level when there are few): mean ± std over "
-                        "test volumes after fine-tuning on the context's support slices for that many steps."),
+        _heading(
+            title,
+            "One line per label (per label × scarcity level when there are few): mean ± std over "
+            "test volumes after fine-tuning on the context's support slices for that many steps.",
+        ),
         gridplot(figs, ncols=min(3, len(figs)), toolbar_location="right"),
     )
 
@@ -534,8 +618,15 @@ def _steps_figure(data: ReportData, context: str) -> figure:
     if len(present) * len(levels) > 8:
         levels = levels[:1]  # one line per label: the level with the most training data
     title = f"{context} (unseen)" + (f", level s{levels[0]}" if len(levels) == 1 else "")
-    fig = figure(name=f"steps:{context}", title=title, width=430, height=300, tools=_CURVE_TOOLS,
-                 x_axis_label="adaptation steps", y_axis_label=_UNITS[data.metric])
+    fig = figure(
+        name=f"steps:{context}",
+        title=title,
+        width=430,
+        height=300,
+        tools=_CURVE_TOOLS,
+        x_axis_label="adaptation steps",
+        y_axis_label=_UNITS[data.metric],
+    )
     fig.xaxis.ticker = sorted(int(v) for v in cells["steps"].unique())
     series = [(lab, lvl) for lab in present for lvl in levels]
     markers = []
@@ -545,8 +636,15 @@ def _steps_figure(data: ReportData, context: str) -> figure:
             continue
         legend = label if len(levels) == 1 else f"{label} s{level}"
         x = g["steps"] + _dodge(i, len(series), cells["steps"])
-        markers.append(_series(fig, _series_source(g, data.metric, x), data.colours[label], legend,
-                               dash=_DASHES[levels.index(level) % len(_DASHES)]))
+        markers.append(
+            _series(
+                fig,
+                _series_source(g, data.metric, x),
+                data.colours[label],
+                legend,
+                dash=_DASHES[levels.index(level) % len(_DASHES)],
+            )
+        )
     _finish(fig, markers, data.metric)
     return fig
 
@@ -562,25 +660,48 @@ def budget_panel(data: ReportData) -> LayoutDOM | None:
     figs = []
     for ctx in [c for c in data.seen if c in set(per_run["context"])]:
         cells = per_run[(per_run["context"] == ctx) & (per_run["scarcity"] == per_run["scarcity"].min())]
-        fig = figure(name=f"budget:{ctx}", title=f"{ctx} (seen), level s{int(cells['scarcity'].min())}", width=430,
-                     height=300, tools=_CURVE_TOOLS, x_axis_label="training budget (slices)", y_axis_label=_UNITS[data.metric])
+        fig = figure(
+            name=f"budget:{ctx}",
+            title=f"{ctx} (seen), level s{int(cells['scarcity'].min())}",
+            width=430,
+            height=300,
+            tools=_CURVE_TOOLS,
+            x_axis_label="training budget (slices)",
+            y_axis_label=_UNITS[data.metric],
+        )
         fig.xaxis.ticker = sorted(int(v) for v in cells["budget"].unique())
         present = [lab for lab in data.labels if lab in set(cells["label"])]
         markers = []
         for i, label in enumerate(present):
-            g = cells[cells["label"] == label].groupby("budget")[data.metric].agg(["mean", "std", "count"]).reset_index()
-            table = pd.DataFrame({"label": label, "context": ctx, "scarcity": int(cells["scarcity"].min()), "steps": 0,
-                                  f"{data.metric}_mean": g["mean"], f"{data.metric}_std": g["std"].fillna(0.0),
-                                  "n": g["count"], "runs": g["count"].astype(str) + " seed(s)"})
+            g = (
+                cells[cells["label"] == label]
+                .groupby("budget")[data.metric]
+                .agg(["mean", "std", "count"])
+                .reset_index()
+            )
+            table = pd.DataFrame(
+                {
+                    "label": label,
+                    "context": ctx,
+                    "scarcity": int(cells["scarcity"].min()),
+                    "steps": 0,
+                    f"{data.metric}_mean": g["mean"],
+                    f"{data.metric}_std": g["std"].fillna(0.0),
+                    "n": g["count"],
+                    "runs": g["count"].astype(str) + " seed(s)",
+                }
+            )
             x = g["budget"] + _dodge(i, len(present), cells["budget"])
             markers.append(_series(fig, _series_source(table, data.metric, x), data.colours[label], label))
         _finish(fig, markers, data.metric)
         figs.append(fig)
     return column(
-        _heading(f"{_UNITS[data.metric]} vs training budget on seen contexts",
-                 "The budget ladder: a line still rising at the largest budget is not converged "
-                 f"(the tables and verdicts mark † a move > min({results.CONVERGENCE_DB} dB, the cell's 95 % half-width) "
-                 "when the budget doubles); mean ± std over seeds."),
+        _heading(
+            f"{_UNITS[data.metric]} vs training budget on seen contexts",
+            "The budget ladder: a line still rising at the largest budget is not converged "
+            f"(the tables and verdicts mark † a move > min({results.CONVERGENCE_DB} dB, the cell's 95 % half-width) "
+            "when the budget doubles); mean ± std over seeds.",
+        ),
         gridplot(figs, ncols=min(3, len(figs)), toolbar_location="right"),
     )
 
@@ -592,7 +713,9 @@ def support_panel(data: ReportData) -> LayoutDOM:
     title = f"{_UNITS[data.metric]} vs support size on unseen contexts"
     rec = results.support_records(data.runs)
     if rec.empty:
-        return _heading(title, "No support curves in these runs (`mrbench evaluate RUNS --support-sizes 1,2,4,8` adds them).")
+        return _heading(
+            title, "No support curves in these runs (`mrbench evaluate RUNS --support-sizes 1,2,4,8` adds them)."
+        )
     rec = rec[rec["steps"] == rec.groupby("context")["steps"].transform("max")]
     figs = []
     for ctx in [c for c in data.unseen if c in set(rec["context"])]:
@@ -600,26 +723,48 @@ def support_panel(data: ReportData) -> LayoutDOM:
         level = int(cells["scarcity"].min())
         cells = cells[cells["scarcity"] == level]
         steps = int(cells["steps"].max())
-        fig = figure(name=f"support:{ctx}", title=f"{ctx} (unseen), level s{level}, {steps} steps", width=430,
-                     height=300, tools=_CURVE_TOOLS, x_axis_label="support set size", y_axis_label=_UNITS[data.metric])
+        fig = figure(
+            name=f"support:{ctx}",
+            title=f"{ctx} (unseen), level s{level}, {steps} steps",
+            width=430,
+            height=300,
+            tools=_CURVE_TOOLS,
+            x_axis_label="support set size",
+            y_axis_label=_UNITS[data.metric],
+        )
         fig.xaxis.ticker = sorted(int(v) for v in cells["support"].unique())
         markers = []
         present = [lab for lab in data.labels if lab in set(cells["label"])]
         for i, label in enumerate(present):
-            g = (cells[cells["label"] == label].groupby("support")[data.metric]
-                 .agg(["mean", "std", "count"]).reset_index().sort_values("support"))
-            table = pd.DataFrame({
-                "label": label, "context": ctx, "scarcity": level, "steps": steps,
-                f"{data.metric}_mean": g["mean"], f"{data.metric}_std": g["std"].fillna(0.0),
-                "n": g["count"], "runs": g["count"].astype(str) + " seed(s)",
-            })
+            g = (
+                cells[cells["label"] == label]
+                .groupby("support")[data.metric]
+                .agg(["mean", "std", "count"])
+                .reset_index()
+                .sort_values("support")
+            )
+            table = pd.DataFrame(
+                {
+                    "label": label,
+                    "context": ctx,
+                    "scarcity": level,
+                    "steps": steps,
+                    f"{data.metric}_mean": g["mean"],
+                    f"{data.metric}_std": g["std"].fillna(0.0),
+                    "n": g["count"],
+                    "runs": g["count"].astype(str) + " seed(s)",
+                }
+            )
             x = g["support"] + _dodge(i, len(present), cells["support"])
             markers.append(_series(fig, _series_source(table, data.metric, x), data.colours[label], label))
         _finish(fig, markers, data.metric)
         figs.append(fig)
     return column(
-        _heading(title, "After the most adaptation steps each run evaluated, with its own rule and lr chosen on "
-                        "seen validation; mean ± std over seeds (whiskers: the seed band)."),
+        _heading(
+            title,
+            "After the most adaptation steps each run evaluated, with its own rule and lr chosen on "
+            "seen validation; mean ± std over seeds (whiskers: the seed band).",
+        ),
         gridplot(figs, ncols=min(3, len(figs)), toolbar_location="right"),
     )
 
@@ -665,8 +810,11 @@ def _viewer_grid(context: str, entries: dict[str, dict], runs: dict[str, Run]) -
     """Row 1: target, zero-filled, each method; row 2: their |error| maps; linked ranges."""
     first = next(iter(entries.values()))
     target, zero_filled = first["target"], first["zero_filled"]
-    same_slice = {lab: e for lab, e in entries.items()
-                  if (e["volume"], e["slice"]) == (first["volume"], first["slice"]) and e["pred"].shape == target.shape}
+    same_slice = {
+        lab: e
+        for lab, e in entries.items()
+        if (e["volume"], e["slice"]) == (first["volume"], first["slice"]) and e["pred"].shape == target.shape
+    }
     h, w = target.shape
     ranges = Range1d(0, w, bounds=(0, w)), Range1d(0, h, bounds=(0, h))
     peak = float(target.max())
@@ -680,8 +828,10 @@ def _viewer_grid(context: str, entries: dict[str, dict], runs: dict[str, Run]) -
         return image(f"{name}:error", f"|error| ×{ERROR_GAIN}", ERROR_GAIN * np.abs(img - target), error_mapper)
 
     # two-line titles everywhere in the row, so that every frame keeps the same size
-    top = [image("target", f"target\nslice {first['slice']}", target, image_mapper),
-           image("zero-filled", f"zero-filled\n{_slice_psnr(target, zero_filled):.2f} dB", zero_filled, image_mapper)]
+    top = [
+        image("target", f"target\nslice {first['slice']}", target, image_mapper),
+        image("zero-filled", f"zero-filled\n{_slice_psnr(target, zero_filled):.2f} dB", zero_filled, image_mapper),
+    ]
     bottom = [None, error("zero-filled", zero_filled)]
     for label, run in runs.items():
         if label in same_slice:
@@ -689,21 +839,30 @@ def _viewer_grid(context: str, entries: dict[str, dict], runs: dict[str, Run]) -
             top.append(image(label, f"{label} s{run.scarcity}\n{_slice_psnr(target, pred):.2f} dB", pred, image_mapper))
             bottom.append(error(label, pred))
     steps = f", after {first['steps']} adaptation steps" if first["steps"] else ""
-    caption = Div(text=f"<h3>{html.escape(context)}</h3><p>volume {html.escape(first['volume'])}, "
-                       f"slice {first['slice']}{steps}</p>")
+    caption = Div(
+        text=f"<h3>{html.escape(context)}</h3><p>volume {html.escape(first['volume'])}, "
+        f"slice {first['slice']}{steps}</p>"
+    )
     return column(caption, gridplot([top, bottom], toolbar_location="right"))
 
 
-def _image_figure(name: str, title: str, img: np.ndarray, mapper: LinearColorMapper,
-                  ranges: tuple[Range1d, Range1d], size: int = 150) -> figure:
+def _image_figure(
+    name: str, title: str, img: np.ndarray, mapper: LinearColorMapper, ranges: tuple[Range1d, Range1d], size: int = 150
+) -> figure:
     """One magnitude image; ``ranges`` are shared by the context's images (linked pan/zoom).
 
     The frame has the image's aspect ratio and box zoom keeps it (ranges are explicit, so
     Bokeh's ``match_aspect`` for data ranges would not apply)."""
     h, w = img.shape
-    fig = figure(name=name, title=title, x_range=ranges[0], y_range=ranges[1], frame_width=size,
-                 frame_height=max(1, round(size * h / w)),
-                 tools=[PanTool(), WheelZoomTool(), BoxZoomTool(match_aspect=True), ResetTool()])
+    fig = figure(
+        name=name,
+        title=title,
+        x_range=ranges[0],
+        y_range=ranges[1],
+        frame_width=size,
+        frame_height=max(1, round(size * h / w)),
+        tools=[PanTool(), WheelZoomTool(), BoxZoomTool(match_aspect=True), ResetTool()],
+    )
     # row 0 of an MR image is its top; Bokeh's image origin is the bottom left
     fig.image(image=[np.ascontiguousarray(img[::-1], dtype=np.float32)], x=0, y=0, dw=w, dh=h, color_mapper=mapper)
     fig.add_tools(HoverTool(tooltips=[("x, y", "$x{0}, $y{0}"), ("value", "@image")]))
@@ -734,35 +893,55 @@ def cost_panel(data: ReportData) -> LayoutDOM:
     )
     labels = [lab for lab in data.labels if lab in per.index]
     per = per.loc[labels]
-    source = ColumnDataSource({
-        "label": labels,
-        "wall_seconds": per["wall_seconds"].to_numpy(),
-        "parameters": per["parameters"].to_numpy(),
-        "trained_slices": per["trained_slices"].to_numpy(),
-        "runs": per["runs"].to_list(),
-        "device": per["device"].to_list(),
-        "threads": per["threads"].to_list(),
-        "colour": [data.colours[lab] for lab in labels],
-    })
-    figs = [_cost_figure(source, labels, "wall_seconds", "mean wall seconds per run", "0.0"),
-            _cost_figure(source, labels, "parameters", "parameters (mean over runs)", "0,0")]
-    return column(_heading("Cost per method", "Mean over each label's runs: wall-clock seconds of a run "
-                                              "(training and evaluation, manifest.json) and trainable parameters."),
-                  row(figs))
+    source = ColumnDataSource(
+        {
+            "label": labels,
+            "wall_seconds": per["wall_seconds"].to_numpy(),
+            "parameters": per["parameters"].to_numpy(),
+            "trained_slices": per["trained_slices"].to_numpy(),
+            "runs": per["runs"].to_list(),
+            "device": per["device"].to_list(),
+            "threads": per["threads"].to_list(),
+            "colour": [data.colours[lab] for lab in labels],
+        }
+    )
+    figs = [
+        _cost_figure(source, labels, "wall_seconds", "mean wall seconds per run", "0.0"),
+        _cost_figure(source, labels, "parameters", "parameters (mean over runs)", "0,0"),
+    ]
+    return column(
+        _heading(
+            "Cost per method",
+            "Mean over each label's runs: wall-clock seconds of a run "
+            "(training and evaluation, manifest.json) and trainable parameters.",
+        ),
+        row(figs),
+    )
 
 
 def _cost_figure(source: ColumnDataSource, labels: list[str], field: str, title: str, fmt: str) -> figure:
-    fig = figure(name=f"cost:{field}", title=title, x_range=FactorRange(*labels), width=max(320, 70 * len(labels)),
-                 height=320, tools="save")
+    fig = figure(
+        name=f"cost:{field}",
+        title=title,
+        x_range=FactorRange(*labels),
+        width=max(320, 70 * len(labels)),
+        height=320,
+        tools="save",
+    )
     bars = fig.vbar(x="label", top=field, width=0.7, source=source, fill_color="colour", line_color=None)
-    fig.add_tools(HoverTool(renderers=[bars], tooltips=[
-        ("method", "@label"),
-        (field.replace("_", " "), f"@{field}{{{fmt}}}"),
-        ("trained slices", "@trained_slices{0,0}"),
-        ("runs", "@runs"),
-        ("device", "@device"),
-        ("threads", "@threads"),
-    ]))
+    fig.add_tools(
+        HoverTool(
+            renderers=[bars],
+            tooltips=[
+                ("method", "@label"),
+                (field.replace("_", " "), f"@{field}{{{fmt}}}"),
+                ("trained slices", "@trained_slices{0,0}"),
+                ("runs", "@runs"),
+                ("device", "@device"),
+                ("threads", "@threads"),
+            ],
+        )
+    )
     fig.xaxis.major_label_orientation = 0.8
     fig.y_range.start = 0
     fig.xgrid.visible = False

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -30,11 +30,25 @@ NAME = "records.csv.gz"
 def write_records(runs: Sequence[R.Run], diverged: Sequence[R.Run], path: str | os.PathLike) -> pd.DataFrame:
     """Write the records of ``runs`` (and one row per diverged run) to ``path``, atomically."""
     df = R.records(runs).assign(status="done")
-    lost = pd.DataFrame([{"label": r.label, "method": r.method, "run": r.name, "experiment": r.experiment,
-                          "scarcity": r.scarcity, "seed": r.seed, "status": "diverged"} for r in diverged])
+    lost = pd.DataFrame(
+        [
+            {
+                "label": r.label,
+                "method": r.method,
+                "run": r.name,
+                "experiment": r.experiment,
+                "scarcity": r.scarcity,
+                "seed": r.seed,
+                "status": "diverged",
+            }
+            for r in diverged
+        ]
+    )
     out = pd.concat([df, lost], ignore_index=True) if len(lost) else df
     buf = io.BytesIO()
-    out.reindex(columns=[*R.RECORD_COLUMNS, "status"]).to_csv(buf, index=False, compression={"method": "gzip", "mtime": 0})
+    out.reindex(columns=[*R.RECORD_COLUMNS, "status"]).to_csv(
+        buf, index=False, compression={"method": "gzip", "mtime": 0}
+    )
     atomic.write_bytes(path, buf.getvalue())
     return out
 
@@ -59,9 +73,12 @@ def read_records(paths: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, list
         if p is None:
             raise MrbenchError(f"{path}: not a records file (expected {NAME}, or a directory holding one)")
         try:
-            frame = pd.read_csv(p, compression="gzip", keep_default_na=True, dtype={"volume": str, "adaptation": str,
-                                                                                  "setting": str, "loss": str,
-                                                                                  "kspace_source": str})
+            frame = pd.read_csv(
+                p,
+                compression="gzip",
+                keep_default_na=True,
+                dtype={"volume": str, "adaptation": str, "setting": str, "loss": str, "kspace_source": str},
+            )
         except Exception as exc:  # a truncated or foreign file: one line, not a traceback
             raise MrbenchError(f"{p}: not a readable records file ({exc})") from None
         for col in R.OPTIONAL_COLUMNS:
@@ -69,7 +86,9 @@ def read_records(paths: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, list
                 frame[col] = ""
         missing = [c for c in R.RECORD_COLUMNS if c not in frame.columns]
         if missing:
-            raise MrbenchError(f"{p}: missing column(s) {', '.join(missing)} (expected a records file written by mrbench)")
+            raise MrbenchError(
+                f"{p}: missing column(s) {', '.join(missing)} (expected a records file written by mrbench)"
+            )
         frames.append(frame)
     df = pd.concat(frames, ignore_index=True)
     status = df.pop("status") if "status" in df else pd.Series("done", index=df.index)
@@ -81,8 +100,18 @@ def read_records(paths: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, list
     df["scarce"] = df["scarce"].astype(bool)
     for col in ("scarcity", "seed", "steps", "train_slices", "budget", "parameters"):
         df[col] = df[col].astype(int)
-    diverged = [R.Run(Path(r.run), {"method": r.method, "scarcity": int(r.scarcity), "train": {"seed": int(r.seed)},
-                                    "run": {"experiment": r.experiment}}) for r in lost.itertuples(index=False)]
+    diverged = [
+        R.Run(
+            Path(r.run),
+            {
+                "method": r.method,
+                "scarcity": int(r.scarcity),
+                "train": {"seed": int(r.seed)},
+                "run": {"experiment": r.experiment},
+            },
+        )
+        for r in lost.itertuples(index=False)
+    ]
     return df, diverged
 
 

@@ -18,17 +18,17 @@ reference's (the form of KM-MAML's "generalises to 80 % / 92 % of unseen context
 
 from __future__ import annotations
 
-from .. import atomic
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .. import atomic
 from ..errors import MrbenchError
 from ..store import RunStore
 from . import statistics as S
@@ -192,40 +192,67 @@ def records(runs: Sequence[Run]) -> pd.DataFrame:
             c = ctx.get("context", {})
             for steps, res in ctx.get("steps", {}).items():
                 for volume, m in res.get("volumes", {}).items():
-                    rows.append({
-                        "label": run.label,
-                        "method": run.method,
-                        "run": run.name,
-                        "experiment": run.experiment,
-                        "scarcity": run.scarcity,
-                        "seed": run.seed,
-                        "context": ctx_name,
-                        "contrast": c.get("contrast", ctx_name.split("/")[0]),
-                        "mask": c.get("mask", ""),
-                        "acceleration": c.get("acceleration", float("nan")),
-                        "seen": bool(ctx.get("seen", True)),
-                        "scarce": bool(ctx.get("scarce", False)),
-                        "steps": int(steps),
-                        "volume": volume,
-                        "train_slices": int(ctx.get("train_slices", 0)),
-                        "chosen_steps": float(ctx.get("chosen_steps", float("nan"))),
-                        "kspace_source": str(ctx.get("kspace_source", "")),
-                        **per_run,
-                        **{k: float(m[k]) for k in METRICS},
-                    })
+                    rows.append(
+                        {
+                            "label": run.label,
+                            "method": run.method,
+                            "run": run.name,
+                            "experiment": run.experiment,
+                            "scarcity": run.scarcity,
+                            "seed": run.seed,
+                            "context": ctx_name,
+                            "contrast": c.get("contrast", ctx_name.split("/")[0]),
+                            "mask": c.get("mask", ""),
+                            "acceleration": c.get("acceleration", float("nan")),
+                            "seen": bool(ctx.get("seen", True)),
+                            "scarce": bool(ctx.get("scarce", False)),
+                            "steps": int(steps),
+                            "volume": volume,
+                            "train_slices": int(ctx.get("train_slices", 0)),
+                            "chosen_steps": float(ctx.get("chosen_steps", float("nan"))),
+                            "kspace_source": str(ctx.get("kspace_source", "")),
+                            **per_run,
+                            **{k: float(m[k]) for k in METRICS},
+                        }
+                    )
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
 #: the per-volume records: what a table, a claim and the report read, and what ``baselines/``
 #: stores (``records.csv.gz``) so that anyone can recompute them
-RECORD_COLUMNS = ["label", "method", "run", "experiment", "scarcity", "seed", "context", "contrast", "mask",
-                  "acceleration", "seen", "scarce", "steps", "volume", "train_slices", "chosen_steps", "budget",
-                  "budget_rule", "parameters", "loss", "adaptation", "setting", "kspace_source", *METRICS]
+RECORD_COLUMNS = [
+    "label",
+    "method",
+    "run",
+    "experiment",
+    "scarcity",
+    "seed",
+    "context",
+    "contrast",
+    "mask",
+    "acceleration",
+    "seen",
+    "scarce",
+    "steps",
+    "volume",
+    "train_slices",
+    "chosen_steps",
+    "budget",
+    "budget_rule",
+    "parameters",
+    "loss",
+    "adaptation",
+    "setting",
+    "kspace_source",
+    *METRICS,
+]
 #: columns a records file written before they existed may lack (read as empty)
 OPTIONAL_COLUMNS = ("kspace_source",)
 #: what the tables and the ledger say beside results on k-space made from magnitude images
-SIMULATED_NOTE = ("k-space simulated from magnitude images (mrbench data import): reconstruction looks easier than "
-                  "on raw data (Shimron et al., PNAS 2022)")
+SIMULATED_NOTE = (
+    "k-space simulated from magnitude images (mrbench data import): reconstruction looks easier than "
+    "on raw data (Shimron et al., PNAS 2022)"
+)
 
 
 def simulated_kspace(df: pd.DataFrame) -> bool:
@@ -261,8 +288,17 @@ def support_records(runs: Sequence[Run]) -> pd.DataFrame:
         for ctx_name, ctx in (run.metrics or {}).get("contexts", {}).items():
             for k, by_steps in ctx.get("support_curve", {}).items():
                 for steps, m in by_steps.items():
-                    rows.append({"label": run.label, "scarcity": run.scarcity, "seed": run.seed, "context": ctx_name,
-                                 "support": int(k), "steps": int(steps), **{x: float(m[x]) for x in METRICS}})
+                    rows.append(
+                        {
+                            "label": run.label,
+                            "scarcity": run.scarcity,
+                            "seed": run.seed,
+                            "context": ctx_name,
+                            "support": int(k),
+                            "steps": int(steps),
+                            **{x: float(m[x]) for x in METRICS},
+                        }
+                    )
     return pd.DataFrame(rows, columns=["label", "scarcity", "seed", "context", "support", "steps", *METRICS])
 
 
@@ -272,14 +308,19 @@ def _setting_parts(run: Run) -> dict[str, str]:
         "backbone": str(run.config.get("model", {}).get("backbone", "?")),
         "params": (f"{params / 1e3:.0f}k" if params < 10**6 else f"{params / 1e6:.2f}M") + " params",
         "sampling": str(run.config.get("train", {}).get("sampling", "?")),
-        "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}" + (
+        "loss": f"loss {run.config.get('train', {}).get('loss', 'sup')}"
+        + (
             f" + {run.config['train'].get('ssl_loss', 'ei')} on {'/'.join(run.config['data']['self_supervised'])}"
-            if run.config.get("data", {}).get("self_supervised") else ""),
+            if run.config.get("data", {}).get("self_supervised")
+            else ""
+        ),
     }
     train = run.config.get("train", {})
     parts["budget"] = f"budget {int(train.get('budget', 0))}/{train.get('budget_per', 'run')}"
     if run.lr_search:
-        parts["lr"] = f"lr {float(run.config['train']['lr']):g} of {'/'.join(f'{lr:g}' for lr in sorted(run.lr_search))}"
+        parts["lr"] = (
+            f"lr {float(run.config['train']['lr']):g} of {'/'.join(f'{lr:g}' for lr in sorted(run.lr_search))}"
+        )
     choice = (run.metrics or {}).get("adaptation")
     if choice and choice.get("rule") not in (None, "none"):
         lr = f" {choice['lr']:g}" if choice.get("lr") else ""
@@ -301,11 +342,19 @@ def row_settings(runs: Sequence[Run] | pd.DataFrame) -> dict[str, str]:
     (the ``setting`` column)."""
     if isinstance(runs, pd.DataFrame):
         texts = runs.drop_duplicates("run")[["label", "setting"]].fillna("").itertuples(index=False)
-        per_run = [(label, {_part_key(i, p): p for i, p in enumerate(str(t).split(" · "))} if t else {})
-                   for label, t in texts]
+        per_run = [
+            (label, {_part_key(i, p): p for i, p in enumerate(str(t).split(" · "))} if t else {}) for label, t in texts
+        ]
     else:
-        per_run = [(run.label, {} if run.method == "zero-filled" else
-                    {_part_key(i, p): p for i, p in enumerate(_setting_parts(run).values())}) for run in runs]
+        per_run = [
+            (
+                run.label,
+                {}
+                if run.method == "zero-filled"
+                else {_part_key(i, p): p for i, p in enumerate(_setting_parts(run).values())},
+            )
+            for run in runs
+        ]
     seen: dict[str, dict[str, list[str]]] = {}
     for label, parts in per_run:
         row = seen.setdefault(label, {})
@@ -321,21 +370,37 @@ def costs(runs: Sequence[Run]) -> pd.DataFrame:
     for run in runs:
         cost = (run.metrics or {}).get("cost", {})
         man = run.manifest or {}
-        rows.append({
-            "label": run.label,
-            "method": run.method,
-            "run": run.name,
-            "scarcity": run.scarcity,
-            "seed": run.seed,
-            "wall_seconds": float(man.get("wall_seconds", float("nan"))),
-            "train_seconds": float(man.get("train_seconds", float("nan"))),
-            "parameters": int(cost.get("parameters", 0)),
-            "trained_slices": int(cost.get("trained_slices", 0)),
-            "device": man.get("device", ""),
-            "threads": man.get("threads", 0),
-        })
-    return pd.DataFrame(rows, columns=["label", "method", "run", "scarcity", "seed", "wall_seconds",
-                                       "train_seconds", "parameters", "trained_slices", "device", "threads"])
+        rows.append(
+            {
+                "label": run.label,
+                "method": run.method,
+                "run": run.name,
+                "scarcity": run.scarcity,
+                "seed": run.seed,
+                "wall_seconds": float(man.get("wall_seconds", float("nan"))),
+                "train_seconds": float(man.get("train_seconds", float("nan"))),
+                "parameters": int(cost.get("parameters", 0)),
+                "trained_slices": int(cost.get("trained_slices", 0)),
+                "device": man.get("device", ""),
+                "threads": man.get("threads", 0),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "label",
+            "method",
+            "run",
+            "scarcity",
+            "seed",
+            "wall_seconds",
+            "train_seconds",
+            "parameters",
+            "trained_slices",
+            "device",
+            "threads",
+        ],
+    )
 
 
 # ---------------------------------------------------------------------- aggregation
@@ -352,8 +417,14 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, statistic=np.mean) -> tuple[
         return (v, v) if len(values) else (float("nan"), float("nan"))
     from scipy.stats import bootstrap
 
-    res = bootstrap((values,), statistic, confidence_level=0.95, n_resamples=2000, method="percentile",
-                    random_state=np.random.default_rng(seed))
+    res = bootstrap(
+        (values,),
+        statistic,
+        confidence_level=0.95,
+        n_resamples=2000,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -453,8 +524,17 @@ def paired_difference(x: pd.DataFrame, y: pd.DataFrame, resolve: float | None = 
         return None
     e = cell_estimate(d)
     lo, hi = e.interval()
-    out = {"delta": e.delta, "lo": lo, "hi": hi, "se": e.se, "df": e.df, "p": e.p_two_sided(), "mde": e.mde(),
-           "seeds": e.seeds, "volumes": e.volumes}
+    out = {
+        "delta": e.delta,
+        "lo": lo,
+        "hi": hi,
+        "se": e.se,
+        "df": e.df,
+        "p": e.p_two_sided(),
+        "mde": e.mde(),
+        "seeds": e.seeds,
+        "volumes": e.volumes,
+    }
     if resolve is not None:
         out["seeds_needed"] = float(S.seeds_to_resolve(e, resolve) or float("nan"))
     return out
@@ -471,8 +551,23 @@ def interval_verdict(lo: float, hi: float, metric: str, words=("better", "worse"
     return words[2]
 
 
-VERDICT_COLUMNS = ["label", "context", "scarcity", "steps", "delta", "lo", "hi", "se", "df", "p", "p_holm", "mde",
-                   "seeds", "volumes", "verdict"]
+VERDICT_COLUMNS = [
+    "label",
+    "context",
+    "scarcity",
+    "steps",
+    "delta",
+    "lo",
+    "hi",
+    "se",
+    "df",
+    "p",
+    "p_holm",
+    "mde",
+    "seeds",
+    "volumes",
+    "verdict",
+]
 
 
 def verdicts(df: pd.DataFrame, reference: str, metric: str, resolve: float | None = None) -> pd.DataFrame:
@@ -495,15 +590,25 @@ def verdicts(df: pd.DataFrame, reference: str, metric: str, resolve: float | Non
         diff = paired_difference(seed_volume_matrix(g, metric), seed_volume_matrix(ref, metric), resolve)
         if diff is None:
             continue
-        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, **diff,
-                     "verdict": interval_verdict(diff["lo"], diff["hi"], metric)})
+        rows.append(
+            {
+                "label": label,
+                "context": context,
+                "scarcity": scarcity,
+                "steps": steps,
+                **diff,
+                "verdict": interval_verdict(diff["lo"], diff["hi"], metric),
+            }
+        )
     out = pd.DataFrame(rows, columns=VERDICT_COLUMNS + (["seeds_needed"] if resolve is not None else []))
     for _, idx in out.groupby(["context", "scarcity", "steps"]).groups.items():
         out.loc[idx, "p_holm"] = S.holm(out.loc[idx, "p"].to_numpy(dtype=np.float64))
     return out
 
 
-def adaptation_gains(runs: Sequence[Run] | pd.DataFrame, metric: str = "psnr", df: pd.DataFrame | None = None) -> pd.DataFrame:
+def adaptation_gains(
+    runs: Sequence[Run] | pd.DataFrame, metric: str = "psnr", df: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Whether test-time adaptation helps, per (label, unseen context, level): ``metric``
     after each run's chosen step count minus at 0 steps, paired by seed and volume, with the
     verdicts' 95 % interval — ``helps`` / ``hurts`` when it excludes 0, else ``within
@@ -536,13 +641,43 @@ def adaptation_gains(runs: Sequence[Run] | pd.DataFrame, metric: str = "psnr", d
         if gain is None or (curve and most is None):
             continue
         most = most or {"delta": float("nan"), "lo": float("nan"), "hi": float("nan")}
-        rows.append({"label": label, "context": context, "scarcity": int(level),
-                     "choices": ", ".join(sorted(chosen_by[(label, level)])), "gain": gain["delta"],
-                     "lo": gain["lo"], "hi": gain["hi"], "seeds": gain["seeds"], "volumes": gain["volumes"],
-                     "verdict": interval_verdict(gain["lo"], gain["hi"], metric, ("helps", "hurts", "within noise")),
-                     "max_steps": k, "gain_max": most["delta"], "lo_max": most["lo"], "hi_max": most["hi"]})
-    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "choices", "gain", "lo", "hi", "seeds", "volumes",
-                                       "verdict", "max_steps", "gain_max", "lo_max", "hi_max"])
+        rows.append(
+            {
+                "label": label,
+                "context": context,
+                "scarcity": int(level),
+                "choices": ", ".join(sorted(chosen_by[(label, level)])),
+                "gain": gain["delta"],
+                "lo": gain["lo"],
+                "hi": gain["hi"],
+                "seeds": gain["seeds"],
+                "volumes": gain["volumes"],
+                "verdict": interval_verdict(gain["lo"], gain["hi"], metric, ("helps", "hurts", "within noise")),
+                "max_steps": k,
+                "gain_max": most["delta"],
+                "lo_max": most["lo"],
+                "hi_max": most["hi"],
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "label",
+            "context",
+            "scarcity",
+            "choices",
+            "gain",
+            "lo",
+            "hi",
+            "seeds",
+            "volumes",
+            "verdict",
+            "max_steps",
+            "gain_max",
+            "lo_max",
+            "hi_max",
+        ],
+    )
 
 
 def at_compared_steps(df: pd.DataFrame) -> pd.DataFrame:
@@ -590,11 +725,23 @@ def convergence(df: pd.DataFrame, read: dict[str, int] | None = None) -> pd.Data
             lo, hi = S.one_cell(seed_volume_matrix(g[g["budget"] == top], "psnr").to_numpy()).interval()
             if np.isfinite(hi - lo):
                 threshold = min(CONVERGENCE_DB, (hi - lo) / 2)
-        rows.append({"label": label, "context": context, "scarcity": scarcity, "steps": steps, "budget": top,
-                     "compared": other if rung else 0, "change_db": change, "threshold": threshold,
-                     "converged": bool(not abs(change) > threshold)})
-    return pd.DataFrame(rows, columns=["label", "context", "scarcity", "steps", "budget", "compared", "change_db",
-                                       "threshold", "converged"])
+        rows.append(
+            {
+                "label": label,
+                "context": context,
+                "scarcity": scarcity,
+                "steps": steps,
+                "budget": top,
+                "compared": other if rung else 0,
+                "change_db": change,
+                "threshold": threshold,
+                "converged": bool(not abs(change) > threshold),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["label", "context", "scarcity", "steps", "budget", "compared", "change_db", "threshold", "converged"],
+    )
 
 
 def win_rates(summary: pd.DataFrame, reference: str, metric: str, steps: int | None = None) -> dict[str, float]:
@@ -658,7 +805,9 @@ def read_baselines(directory: str | os.PathLike) -> pd.DataFrame:
             raise MrbenchError(f"{f}: not a readable CSV ({exc})") from None
         missing = [c for c in ("label", "context", "seen", "scarcity", "steps", "psnr_mean") if c not in frame.columns]
         if missing:
-            raise MrbenchError(f"{f}: missing column(s) {', '.join(missing)} (expected a summary.csv written by mrbench)")
+            raise MrbenchError(
+                f"{f}: missing column(s) {', '.join(missing)} (expected a summary.csv written by mrbench)"
+            )
         frame["source"] = str(f.parent.relative_to(root)) if f.parent != root else root.name
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -33,8 +33,8 @@ tables say so).
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
-from typing import Hashable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -111,7 +111,7 @@ class Estimate:
             return float("nan")
         return (self._t(1 - alpha / 2) + self._t(power)) * self.se
 
-    def with_seeds(self, seeds: int) -> "Estimate":
+    def with_seeds(self, seeds: int) -> Estimate:
         """The same experiment projected to ``seeds`` seeds: the seed term scales as 1/seeds, the
         volume term stays (it holds the residual's share at the current seeds: conservative).
         Needs at least 2 seeds measured (a single seed says nothing about training noise)."""
@@ -189,8 +189,17 @@ def crossed(cells: Sequence[Cell]) -> Estimate:
     se, df = combine(terms)
     # the volume terms' own df, for projections (Satterthwaite over the strata alone)
     vdf = combine(terms[1:] if s > 1 else terms)[1] if volume_df else 0.0
-    return Estimate(delta, se, df, seeds=s, volumes=len(weight), seed_var=seed_var, volume_var=volume_var,
-                    seed_df=s - 1, volume_df=vdf)
+    return Estimate(
+        delta,
+        se,
+        df,
+        seeds=s,
+        volumes=len(weight),
+        seed_var=seed_var,
+        volume_var=volume_var,
+        seed_df=s - 1,
+        volume_df=vdf,
+    )
 
 
 def one_cell(matrix: np.ndarray, volumes: Sequence[Hashable] | None = None) -> Estimate:
@@ -209,8 +218,10 @@ def ratio(numerator: Sequence[Cell], denominator: Sequence[Cell]) -> Estimate:
     if d.delta == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), n.seeds, n.volumes)
     r = n.delta / d.delta
-    lin = [Cell((np.asarray(a.matrix) - r * np.asarray(b.matrix)) / d.delta, a.volumes, a.stratum)
-           for a, b in zip(numerator, denominator)]
+    lin = [
+        Cell((np.asarray(a.matrix) - r * np.asarray(b.matrix)) / d.delta, a.volumes, a.stratum)
+        for a, b in zip(numerator, denominator)
+    ]
     e = crossed(lin)
     return replace(e, delta=r)
 

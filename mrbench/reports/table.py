@@ -14,8 +14,8 @@ rate over unseen contexts.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,7 +57,11 @@ class Tables:
 
 
 def _column_title(context: str, seen: bool, scarcity: int, steps: int) -> str:
-    tag = f"s{scarcity}" if seen else f"s{scarcity}, unseen, " + ("chosen steps" if steps == R.CHOSEN else f"{steps} steps")
+    tag = (
+        f"s{scarcity}"
+        if seen
+        else f"s{scarcity}, unseen, " + ("chosen steps" if steps == R.CHOSEN else f"{steps} steps")
+    )
     return f"{context} ({tag})"
 
 
@@ -113,29 +117,42 @@ def build_tables(
     if diverged:
         names = ", ".join(sorted(r.name for r in diverged))
         note = "; ".join(filter(None, [note, f"diverged (stored as such, not averaged in): {names}"]))
-    out = Tables(reference=ref, runs=int(all_records["run"].nunique()), note=note, adaptation=R.adaptation_gains(all_records),
-                 diverged={(r.label, r.scarcity) for r in diverged}, resolve=resolve,
-                 simulated=R.simulated_kspace(all_records))
+    out = Tables(
+        reference=ref,
+        runs=int(all_records["run"].nunique()),
+        note=note,
+        adaptation=R.adaptation_gains(all_records),
+        diverged={(r.label, r.scarcity) for r in diverged},
+        resolve=resolve,
+        simulated=R.simulated_kspace(all_records),
+    )
     settings = R.row_settings(all_records)
     for m in metrics:
         cells = summary[["label", "context", "seen", "scarcity", "steps", "n", "seeds", f"{m}_mean", f"{m}_std"]].copy()
         cells.columns = ["label", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std"]
         sign = 1 if R.HIGHER_IS_BETTER[m] else -1
-        best = cells.groupby(["context", "scarcity", "steps"])["mean"].transform(lambda v: (sign * v).max())
+        best = cells.groupby(["context", "scarcity", "steps"])["mean"].transform(lambda v: (sign * v).max())  # noqa: B023 (called at once, inside this iteration)
         cells["best"] = np.isclose(sign * cells["mean"], best, rtol=0, atol=1e-12)
         rates = R.win_rates(R.summarise(df, [m]), ref, m) if ref is not None else {}
         v = R.verdicts(df, ref, m, resolve) if ref is not None else None
         max_pairs = int(v["volumes"].max()) if v is not None and len(v) else 0
         if v is not None:
-            cells = cells.merge(v.drop(columns=["seeds", "volumes", "seeds_needed"], errors="ignore"), how="left",
-                                on=["label", "context", "scarcity", "steps"])
+            cells = cells.merge(
+                v.drop(columns=["seeds", "volumes", "seeds_needed"], errors="ignore"),
+                how="left",
+                on=["label", "context", "scarcity", "steps"],
+            )
         else:
             cells["p_holm"] = np.nan
         cells["significant"] = cells["p_holm"] < 0.05
-        cells = cells.merge(conv[["label", "context", "scarcity", "steps", "change_db", "converged"]], how="left",
-                            on=["label", "context", "scarcity", "steps"])
-        out.tables.append(Table(m, labels, columns, cells, ref, rates, max_pairs, settings, v,
-                                int(cells["seeds"].max())))
+        cells = cells.merge(
+            conv[["label", "context", "scarcity", "steps", "change_db", "converged"]],
+            how="left",
+            on=["label", "context", "scarcity", "steps"],
+        )
+        out.tables.append(
+            Table(m, labels, columns, cells, ref, rates, max_pairs, settings, v, int(cells["seeds"].max()))
+        )
     return out
 
 
@@ -156,9 +173,14 @@ def _unconverged(row: pd.Series) -> bool:
 
 
 def _legend(t: Table, tables: Tables) -> str:
-    parts = ["mean ± std over test volumes" + (" × seeds" if (t.cells["seeds"] > 1).any() else ""), "bold: best in column"]
+    parts = [
+        "mean ± std over test volumes" + (" × seeds" if (t.cells["seeds"] > 1).any() else ""),
+        "bold: best in column",
+    ]
     if t.max_seeds == 1:
-        parts.insert(0, "SINGLE SEED: intervals and tests cover test-volume noise only, not seed-to-seed noise (run ≥ 3 seeds)")
+        parts.insert(
+            0, "SINGLE SEED: intervals and tests cover test-volume noise only, not seed-to-seed noise (run ≥ 3 seeds)"
+        )
     if t.reference:
         parts.append(
             f"* p < 0.05 vs {t.reference}, paired by seed and test volume (≤ {t.max_pairs} volumes), crossed seeds × volumes "
@@ -166,9 +188,11 @@ def _legend(t: Table, tables: Tables) -> str:
         )
         parts.append(f"win rate: share of unseen context × level cells beating {t.reference}")
     if (t.cells["converged"] == False).any():  # noqa: E712 (NaN-safe)
-        parts.append(f"† not converged: doubling the budget moved the mean PSNR by more than min({R.CONVERGENCE_DB} dB, "
-                     "the cell's 95 % half-width) — "
-                     "do not read a ranking off this cell")
+        parts.append(
+            f"† not converged: doubling the budget moved the mean PSNR by more than min({R.CONVERGENCE_DB} dB, "
+            "the cell's 95 % half-width) — "
+            "do not read a ranking off this cell"
+        )
     if tables.note:
         parts.append(tables.note)
     if tables.simulated:
@@ -217,17 +241,27 @@ def _adaptation_markdown(a: pd.DataFrame) -> str:
     """Does adaptation help each method on the unseen contexts (chosen steps vs 0 steps)?"""
     buf = io.StringIO()
     buf.write("**Adaptation on unseen contexts: PSNR after the chosen steps − at 0 steps**\n\n")
-    buf.write("| method | unseen context (level) | chosen on seen validation (rule×steps) | Δ PSNR (dB) | 95 % interval "
-              "| seeds × volumes | verdict | diagnostic: Δ at the most steps [95 %] |\n")
+    buf.write(
+        "| method | unseen context (level) | chosen on seen validation (rule×steps) | Δ PSNR (dB) | 95 % interval "
+        "| seeds × volumes | verdict | diagnostic: Δ at the most steps [95 %] |\n"
+    )
     buf.write("|---|---|---|---:|---:|---:|---|---:|\n")
     for r in a.itertuples(index=False):
-        buf.write(f"| {r.label} | {r.context} (s{r.scarcity}) | {r.choices} | {r.gain:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] "
-                  f"| {r.seeds} × {r.volumes} | {r.verdict} | "
-                  + (f"{r.gain_max:+.3f} at {r.max_steps} [{r.lo_max:+.3f}, {r.hi_max:+.3f}]" if r.gain_max == r.gain_max
-                     else "– (eval.curve off)") + " |\n")
-    buf.write("\nPaired by seed and volume; 95 % interval from the crossed seeds × volumes model; a run that chose 0 steps "
-              "has Δ = 0 by construction. The last column reads the test set at the largest step count — what more "
-              "adaptation would have done, shown as a diagnostic and never used to choose.\n\n")
+        buf.write(
+            f"| {r.label} | {r.context} (s{r.scarcity}) | {r.choices} | {r.gain:+.3f} | [{r.lo:+.3f}, {r.hi:+.3f}] "
+            f"| {r.seeds} × {r.volumes} | {r.verdict} | "
+            + (
+                f"{r.gain_max:+.3f} at {r.max_steps} [{r.lo_max:+.3f}, {r.hi_max:+.3f}]"
+                if r.gain_max == r.gain_max
+                else "– (eval.curve off)"
+            )
+            + " |\n"
+        )
+    buf.write(
+        "\nPaired by seed and volume; 95 % interval from the crossed seeds × volumes model; a run that chose 0 steps "
+        "has Δ = 0 by construction. The last column reads the test set at the largest step count — what more "
+        "adaptation would have done, shown as a diagnostic and never used to choose.\n\n"
+    )
     return buf.getvalue()
 
 
@@ -245,7 +279,8 @@ def _verdict_markdown(t: Table, tables: Tables) -> str:
     buf = io.StringIO()
     resolve = tables.resolve
     head = ["vs " + str(t.reference), *[_column_title(*c) for c in t.columns]] + (
-        [f"seeds to resolve ±{resolve:g} in every cell"] if resolve is not None else [])
+        [f"seeds to resolve ±{resolve:g} in every cell"] if resolve is not None else []
+    )
     buf.write(f"**{_NAMES[t.metric]}: difference from {t.reference}, 95 % CI, verdict**\n\n")
     buf.write("| " + " | ".join(head) + " |\n")
     buf.write("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|\n")
@@ -254,17 +289,26 @@ def _verdict_markdown(t: Table, tables: Tables) -> str:
             continue
         row = [label]
         for col in t.columns:
-            hit = v[(v["label"] == label) & (v["context"] == col[0]) & (v["scarcity"] == col[2]) & (v["steps"] == col[3])]
+            hit = v[
+                (v["label"] == label) & (v["context"] == col[0]) & (v["scarcity"] == col[2]) & (v["steps"] == col[3])
+            ]
             if hit.empty:
                 row.append("–")
                 continue
             r = hit.iloc[0]
-            row.append(f"{r['delta']:+.{d}f} [{r['lo']:+.{d}f}, {r['hi']:+.{d}f}] {_MARK[r['verdict']]}"
-                       + f", mde {r['mde']:.{d}f}")
+            row.append(
+                f"{r['delta']:+.{d}f} [{r['lo']:+.{d}f}, {r['hi']:+.{d}f}] {_MARK[r['verdict']]}"
+                + f", mde {r['mde']:.{d}f}"
+            )
         if resolve is not None:
             need = v.loc[v["label"] == label, "seeds_needed"]
-            row.append("unknown (one seed)" if seeds_of(v) < 2 else
-                       "> 100 (volume-bound)" if need.isna().any() else f"{int(need.max())}")
+            row.append(
+                "unknown (one seed)"
+                if seeds_of(v) < 2
+                else "> 100 (volume-bound)"
+                if need.isna().any()
+                else f"{int(need.max())}"
+            )
         buf.write("| " + " | ".join(row) + " |\n")
     seeds, vols = int(v["seeds"].max()), int(v["volumes"].max())
     buf.write(
@@ -290,14 +334,46 @@ def to_csv(tables: Tables) -> str:
         c["order"] = c["label"].map({lab: i for i, lab in enumerate(t.labels)})
         frames.append(c.sort_values(["order", "seen", "context", "scarcity"], ascending=[True, False, True, True]))
     out = pd.concat(frames, ignore_index=True).drop(columns="order")
-    cols = ["metric", "label", "setting", "context", "seen", "scarcity", "steps", "n", "seeds", "mean", "std", "best",
-            "p_holm", "significant", "reference", "win_rate", "delta", "lo", "hi", "verdict", "change_db", "converged"]
+    cols = [
+        "metric",
+        "label",
+        "setting",
+        "context",
+        "seen",
+        "scarcity",
+        "steps",
+        "n",
+        "seeds",
+        "mean",
+        "std",
+        "best",
+        "p_holm",
+        "significant",
+        "reference",
+        "win_rate",
+        "delta",
+        "lo",
+        "hi",
+        "verdict",
+        "change_db",
+        "converged",
+    ]
     out = out.reindex(columns=cols)
     return out[cols].to_csv(index=False, float_format="%.6g")
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _tex(text: str) -> str:
