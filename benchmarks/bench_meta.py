@@ -79,10 +79,29 @@ from mrbench.methods.base import l1_per_sample, reconstruct
 from mrbench.methods.kmmaml import KMMAML
 from mrbench.methods.maml import MAML
 from mrbench.models import UNetRecon
-from mrbench.reports.results import bootstrap_ci
 
 CONFIGS = [(1, 1), (2, 1), (1, 3), (2, 3)]  # (order, inner steps)
 INNER_LR = 1e-2
+
+
+def bootstrap_ci(values: np.ndarray, seed: int = 0, statistic=np.mean) -> tuple[float, float]:
+    """95 % percentile bootstrap CI of ``statistic`` (default the mean; NaNs for no values,
+    the statistic itself for fewer than 2 values or no spread)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2 or np.ptp(values) == 0:
+        v = float(statistic(values)) if len(values) else float("nan")
+        return (v, v) if len(values) else (float("nan"), float("nan"))
+    from scipy.stats import bootstrap
+
+    res = bootstrap(
+        (values,),
+        statistic,
+        confidence_level=0.95,
+        n_resamples=2000,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def make_batch(n: int, size: int, seed: int, device: torch.device) -> Sample:
@@ -261,7 +280,7 @@ def interleaved(args, order: int, inner: int) -> dict:
     steps ran seconds apart — so machine-wide drifts (this VM's speed moved by 30 %
     within minutes) cancel. Reported: the median seconds per implementation, and per
     library the median of the paired ratios with a 95 % bootstrap interval of that
-    median (the reports' percentile bootstrap, :func:`mrbench.reports.results.bootstrap_ci`).
+    median (the reports' percentile bootstrap, :func:`bootstrap_ci` below).
     """
     device = torch.device(args.device)
     steps = {

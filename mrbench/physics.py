@@ -252,8 +252,6 @@ class MRIOperator:
         """A^H A x."""
         return self.adjoint(self.forward(x))
 
-    A_normal = normal
-
     def solve(
         self,
         b: torch.Tensor,

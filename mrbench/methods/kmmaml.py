@@ -88,7 +88,6 @@ from .meta import (
     refuse_vmap,
 )
 
-GROUPS = ("base", "hyper", "encoder")
 TEST_MODES = {"on-the-fly": (), "hyper": ("hyper",), "all": ("base", "hyper")}  # groups adapted at test time
 
 

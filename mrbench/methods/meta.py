@@ -85,7 +85,6 @@ class MetaOptions:
             require(getattr(self, name) > 0, name, "must be > 0")
 
 
-Tensors = Mapping[str, torch.Tensor]
 LossFn = Callable[[nn.Module, dict, object], torch.Tensor]
 
 #: ``meta.adapt`` group → predicate on a parameter name (see the module docstring).

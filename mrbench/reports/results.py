@@ -408,26 +408,6 @@ def costs(runs: Sequence[Run]) -> pd.DataFrame:
 _CELL = ["label", "method", "context", "seen", "scarcity", "steps"]
 
 
-def bootstrap_ci(values: np.ndarray, seed: int = 0, statistic=np.mean) -> tuple[float, float]:
-    """95 % percentile bootstrap CI of ``statistic`` (default the mean; NaNs for no values,
-    the statistic itself for fewer than 2 values or no spread)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2 or np.ptp(values) == 0:
-        v = float(statistic(values)) if len(values) else float("nan")
-        return (v, v) if len(values) else (float("nan"), float("nan"))
-    from scipy.stats import bootstrap
-
-    res = bootstrap(
-        (values,),
-        statistic,
-        confidence_level=0.95,
-        n_resamples=2000,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def summarise(df: pd.DataFrame, metrics: Sequence[str] = METRICS, ci: bool = False) -> pd.DataFrame:
     """Per (label, context, scarcity, steps): mean, std and n of each metric over volumes × seeds,
     the training slices of the context and the runs behind the cell; ``ci`` adds the 95 % interval

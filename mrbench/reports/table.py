@@ -23,7 +23,6 @@ import pandas as pd
 from ..errors import MrbenchError
 from . import results as R
 
-FORMATS = ("md", "csv", "latex")
 _NAMES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "nmse": "NMSE"}
 _DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4}
 

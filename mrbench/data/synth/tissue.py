@@ -3,7 +3,7 @@
 Two sources, same output format (:class:`TissueMaps`, float32 fractions in
 [0, 1] per voxel, ``csf + gm + wm + fat <= 1``, background 0):
 
-* :func:`mni_tissue_maps` — the MNI ICBM152 2009a (symmetric) template that
+* :func:`mni_slab` — the MNI ICBM152 2009a (symmetric) template that
   ships inside the nilearn wheel (GM/WM probability maps and the brain-extracted
   T1, 197×233×189 at 1 mm). CSF is the brain mask minus GM and WM, so the
   ventricles, the sulci and a thin sub-arachnoid layer come out as CSF. The
@@ -174,34 +174,11 @@ def _derive(gm: np.ndarray, wm: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack([csf, gm, wm, fat]).astype(np.float32, copy=False)
 
 
-@functools.lru_cache(maxsize=1)
-def _mni_stack() -> np.ndarray:
-    gm, wm, mask = _mni_raw()
-    out = _pad_inplane(_derive(gm, wm, mask), int(MNI_FOV_MM))
-    out.setflags(write=False)
-    return out
-
-
-def mni_tissue_maps() -> TissueMaps:
-    """Full 3-D MNI tissue maps, shape ``(189, 256, 256)`` (Z, Y, X) at 1 mm.
-
-    The template (233×197 in-plane) is padded to a 256 mm square FOV so the
-    scalp shell fits. Cached in-process (~1-2 s to build); arrays are read-only.
-    Subject simulation does not need it (it uses :func:`mni_slab`).
-    """
-    return TissueMaps(*_mni_stack())
-
-
 def _z_extent(brain: np.ndarray) -> tuple[int, int]:
     zs = np.flatnonzero(brain.any(axis=(1, 2)))
     if zs.size == 0:
         raise ValueError("tissue maps contain no brain")
     return int(zs[0]), int(zs[-1])
-
-
-def brain_z_extent(maps: TissueMaps) -> tuple[int, int]:
-    """First and last slice index containing brain (``csf+gm+wm > 0.5``)."""
-    return _z_extent(maps.brain() > 0.5)
 
 
 def _positions(lo: int, hi: int, n_slices: int, z_range: tuple[float, float]) -> np.ndarray:
@@ -214,13 +191,6 @@ def _positions(lo: int, hi: int, n_slices: int, z_range: tuple[float, float]) ->
     if n_slices == 1:
         return np.array([lo + 0.5 * (f0 + f1) * ext])
     return np.linspace(lo + f0 * ext, lo + f1 * ext, n_slices)
-
-
-def slab_positions(
-    maps: TissueMaps, n_slices: int, z_range: tuple[float, float] = DEFAULT_Z_RANGE
-) -> np.ndarray:
-    """Evenly spaced (fractional) slice positions covering ``z_range`` of the brain."""
-    return _positions(*brain_z_extent(maps), n_slices, z_range)
 
 
 def _resample_inplane(stack: np.ndarray, size: int, side: int | None = None) -> np.ndarray:
@@ -239,33 +209,6 @@ def _resample_inplane(stack: np.ndarray, size: int, side: int | None = None) -> 
     return np.clip(flat, 0.0, 1.0).astype(np.float32).reshape(lead + (size, size))
 
 
-def _interp_slices(stack: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Linear interpolation of ``(4, Z, H, W)`` at fractional slice positions."""
-    nz = stack.shape[1]
-    z = np.clip(z, 0, nz - 1)
-    z0 = np.floor(z).astype(int)
-    z1 = np.minimum(z0 + 1, nz - 1)
-    t = (z - z0).astype(np.float32)[None, :, None, None]
-    return stack[:, z0] * (1 - t) + stack[:, z1] * t
-
-
-def axial_slab(
-    maps: TissueMaps,
-    n_slices: int,
-    size: int,
-    z_range: tuple[float, float] = DEFAULT_Z_RANGE,
-) -> TissueMaps:
-    """``(n_slices, size, size)`` axial slices through the brain.
-
-    Slices are evenly spaced over ``z_range`` (fractions of the brain's axial
-    extent, default :data:`DEFAULT_Z_RANGE`), zero-padded in-plane to a square
-    and resampled to ``size × size`` (linear). Orientation is kept (anterior up).
-    """
-    z = slab_positions(maps, n_slices, z_range)
-    stack = _interp_slices(maps.stack(), z)
-    return TissueMaps.from_stack(_resample_inplane(stack, size))
-
-
 @functools.lru_cache(maxsize=8)
 def mni_slab(size: int, z_range: tuple[float, float] = DEFAULT_Z_RANGE, margin_mm: int = 12):
     """Cached in-plane-resampled MNI slab at native 1 mm slice spacing.
@@ -275,7 +218,7 @@ def mni_slab(size: int, z_range: tuple[float, float] = DEFAULT_Z_RANGE, margin_m
     slices of ``z_range`` extended by ``margin_mm`` each side; ``z_lo``/``z_hi``
     are the (fractional) positions of the ``z_range`` ends in ``stack``'s slice
     index; ``pixel_mm`` the in-plane pixel size. Same content as the matching
-    part of :func:`mni_tissue_maps` but derived from a crop of the template
+    part of the full template but derived from a crop of the template
     only, so per-subject simulation never touches the full volume.
     """
     gm, wm, mask = _mni_raw()
