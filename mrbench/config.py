@@ -107,7 +107,7 @@ class TrainConfig:
     budget: int = 2000  # slices through forward+backward, equal for every method
     budget_per: str = "run"  # run: budget is the run's, split between a method's networks (equal compute) | network: each network's (equal steps)
     batch: int = 4
-    lr: float = 3e-3  # measured best of {1e-3, 3e-3} for CPU-sized budgets (README)
+    lr: float = 3e-3  # measured best of {1e-3, 3e-3} for CPU-sized budgets (docs/guide.md)
     seed: int = 0
     schedule: str = "cosine"  # cosine | constant
     grad_clip: float = 1.0  # max gradient norm, 0 = off

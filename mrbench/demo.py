@@ -7,7 +7,7 @@ inside the package (``evaluate/demo.toml`` in the repository links to it) so an 
 mrbench can run its demo anywhere.
 
 Its size (:data:`DEMO_SYNTH`, the experiment file's budget) is what two CPU cores train
-in 38–62 min for 126 runs (README, "Measured"; 135 since STL at equal steps per network joined); issue 15's 15-minute target for three seeds
+in 38–62 min for 126 runs (benchmarks/RESULTS.md; 135 since STL at equal steps per network joined); issue 15's 15-minute target for three seeds
 is not met. The time is in convolutions already at oneDNN's speed, so meeting it would mean
 smaller images or a shorter budget; the budget ladder (``baselines/demo-ladder``) shows 1200
 slices is already short of convergence, so the demo keeps its size.

@@ -51,7 +51,7 @@ def select_device(name: str, precision: str = "fp32") -> torch.device:
 
 def cpu_bf16_supported() -> bool:
     """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 / AMX): there
-    ``train.precision = "bf16"`` makes a demo-size VarNet's training step ~1.3× faster (README,
+    ``train.precision = "bf16"`` makes a demo-size VarNet's training step ~1.3× faster (benchmarks/RESULTS.md,
     "Speed"); elsewhere bf16 would be emulated, slower than fp32, so it is refused."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

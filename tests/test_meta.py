@@ -253,7 +253,7 @@ def test_metadrop_update_on_a_linear_model_by_hand():
     assert lt == pytest.approx(float((ra**2).sum())) and lm == pytest.approx(float((rb**2).sum()))
     assert lin.weight.grad is None and lin.bias.grad is None  # the engine's Adam step changes nothing
 
-    # outer = "adam": parameters stop at φ₀ + α(φ̃ − φ₀), the meta gradient waits in .grad
+    # outer = "adam-outer": parameters stop at φ₀ + α(φ̃ − φ₀), the meta gradient waits in .grad
     lin2 = nn.Linear(3, 2).double()
     with torch.no_grad():
         lin2.weight.copy_(W0)
@@ -290,7 +290,16 @@ def test_metadrop_notes_variant_adam_inner_step_then_plain_sgd_meta_term():
     assert int(inner.opt.state[lin.weight]["step"]) == 2  # moments carried across steps
     from mrbench.config import Config
 
-    assert Config().meta.outer == "notes"
+    assert Config().meta.outer == "adam-inner"
+
+
+def test_meta_outer_old_names_are_aliases_with_a_deprecation_line(capsys):
+    from mrbench.config import load_config
+
+    cfg = load_config(None, ["meta.outer=notes"], method="metadrop")
+    assert cfg.meta.outer == "adam-inner"
+    assert 'meta.outer = "notes" is deprecated; it is now "adam-inner"' in capsys.readouterr().err
+    assert load_config(None, ["meta.outer=adam"], method="metadrop").meta.outer == "adam-outer"
 
 
 GRID = context_grid(["AXT1", "AXT2"], ["equispaced", "random"], [4.0, 8.0])

@@ -70,7 +70,7 @@ class VolumeIndex:
 
     def notes(self) -> list[str]:
         """What ``data info`` reports beside the problems: the sizes, when there are several
-        (batches then stack slices of one size: README, "Mixed sizes")."""
+        (batches then stack slices of one size: docs/guide.md, "Mixed sizes")."""
         sizes = shape_kinds([v for vols in self.volumes.values() for v in vols])
         if len(sizes) > 1:
             return [f"{len(sizes)} sizes, batched by size: " + "; ".join(f"{k}: {n} volumes" for k, n in sorted(sizes.items()))]

@@ -54,7 +54,7 @@ class MixedSupervision(Loss):
     def __call__(self, run: Run, batch: Sample) -> torch.Tensor:
         """Per-sample losses; the self-supervised samples' scaled by ``train.ssl_weight`` (at the
         demo budget, weight 1 let the EI samples pull the shared network off the supervised
-        contrast too: README, the demo's findings)."""
+        contrast too: baselines/demo/README.md)."""
         w = float(getattr(getattr(self.cfg, "train", None), "ssl_weight", 1.0))
         return self._gather(batch, lambda part, b: part(run, b) * (w if part is self.parts[1] else 1.0))
 

@@ -19,9 +19,10 @@ One network ``models["net"] = make_backbone()``. A step (:meth:`MetaDrop.step`):
 4. φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇_φ̃ L_meta(φ̃) with α = ``meta.alpha`` (the
    first-order form: the gradient is taken at φ̃, not through the inner step).
 
-``meta.outer`` names how steps 2 and 4 are taken:
+``meta.outer`` names how steps 2 and 4 are taken (the names before issue 32, ``notes`` and
+``adam``, still work and print a deprecation line):
 
-* ``notes`` (default) — as the Meta-Drop notes write it: φ̃ is *the training
+* ``adam-inner`` (default; was ``notes``) — as the Meta-Drop notes write it: φ̃ is *the training
   optimiser's step*, one Adam step at the engine's scheduled ``train.lr`` with
   its own moments carried from step to step (:class:`AdamInnerStep`,
   checkpointed with the method), and the last term is plain SGD at
@@ -31,8 +32,8 @@ One network ``models["net"] = make_backbone()``. A step (:meth:`MetaDrop.step`):
   tasks): SSIM 0.603 / 0.597 / 0.633 / 0.695 / 0.729 at η_meta = 1e-3 / 1e-2 / 0.1 /
   1 / 3 with 1 + 3 slices per step, and 0.755 at η_meta = 1 with 3 + 1 slices
   (the Adam step on A does most of the learning, so A's batch is the larger one);
-  the ``adam`` variant reached 0.725 at 1 + 3.
-* ``adam`` — the variant used before: φ̃ by SGD at ``meta.inner_lr``, the last
+  the ``adam-outer`` variant reached 0.725 at 1 + 3.
+* ``adam-outer`` (was ``adam``) — the variant used before: φ̃ by SGD at ``meta.inner_lr``, the last
   term replaced by the engine's Adam step on ∇_φ̃ L_meta(φ̃) at ``train.lr``
   (schedule and clipping included), as MAML's outer loop. The steps are
   swapped relative to the notes (Adam on the meta gradient, SGD on the
@@ -40,9 +41,9 @@ One network ``models["net"] = make_backbone()``. A step (:meth:`MetaDrop.step`):
 * ``sgd`` — SGD for both (``meta.inner_lr`` and ``meta.eta_meta``): moves a
   VarNet by almost nothing within a CPU budget.
 
-With ``notes`` and ``sgd`` the update is written in place under ``no_grad`` and
+With ``adam-inner`` and ``sgd`` the update is written in place under ``no_grad`` and
 every ``.grad`` is left ``None``, so the engine's Adam step changes nothing; with
-``adam`` the parameters are set to φ₀ + α(φ̃ − φ₀) and ``.grad`` to the meta
+``adam-outer`` the parameters are set to φ₀ + α(φ̃ − φ₀) and ``.grad`` to the meta
 gradient for the engine's step. The random draws use torch's global generator
 (checkpointed by the engine), the batches the engine's sampler: runs resume exactly.
 
@@ -53,6 +54,7 @@ fine-tuning (Adam at ``eval.adapt_lr``), like the non-meta methods.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -193,11 +195,10 @@ class MetaDropOptions:
 
     alpha: float = 1.0  # φ ← φ₀ + α(φ̃ − φ₀) − η_meta ∇L_meta(φ̃)
     eta_meta: float = (
-        1.0  # plain SGD rate of the meta-gradient term (outer = notes | sgd); 1.0 chosen on seen validation (README)
+        1.0  # plain SGD rate of the meta-gradient term (outer = adam-inner | sgd); 1.0 chosen on seen validation
     )
-    outer: str = (
-        "notes"  # notes (Adam inner step, SGD η_meta outer) | adam (SGD inner, engine's Adam outer) | sgd (SGD both)
-    )
+    # adam-inner (Adam inner step, SGD η_meta outer) | adam-outer (SGD inner, the engine's Adam outer) | sgd (both SGD)
+    outer: str = "adam-inner"
     meta_context: str = "any"  # other-contrast | other-mask | other-acceleration | any
 
     def check(self, key):
@@ -207,11 +208,17 @@ class MetaDropOptions:
             raise MrbenchError(f"{key('eta_meta')}: must be > 0")
         if self.meta_context not in RULES:
             raise MrbenchError(f"{key('meta_context')}: must be {', '.join(RULES)}, got {self.meta_context!r}")
+        if self.outer in OUTER_ALIASES:
+            new = OUTER_ALIASES[self.outer]
+            print(f'warning: {key("outer")} = "{self.outer}" is deprecated; it is now "{new}"', file=sys.stderr)
+            self.outer = new
         if self.outer not in OUTER:
             raise MrbenchError(f"{key('outer')}: must be {', '.join(OUTER)}, got {self.outer!r}")
 
 
-OUTER = ("notes", "adam", "sgd")
+OUTER = ("adam-inner", "adam-outer", "sgd")
+#: the names before issue 32 (a document's name, not a behaviour's) → today's
+OUTER_ALIASES = {"notes": "adam-inner", "adam": "adam-outer"}
 
 
 class MetaDrop(Method):
@@ -222,7 +229,7 @@ class MetaDrop(Method):
     def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
         super().__init__(cfg, tasks, scarce, make_backbone, loss)
         refuse_vmap(self)
-        if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "notes":
+        if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "adam-inner":
             raise MrbenchError(
                 'meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number'
             )
@@ -254,13 +261,13 @@ class MetaDrop(Method):
         def loss(batch):
             return lambda: self.loss(lambda b: image(net, b), batch).mean()
 
-        # notes/sgd: in place, .grad left None, the engine's step changes nothing; adam: the engine steps
-        if m.outer == "notes":
+        # adam-inner/sgd: in place, .grad left None, the engine's step changes nothing; adam-outer: the engine steps
+        if m.outer == "adam-inner":
             self.inner_adam.set_lr(source.lr)
             inner = self.inner_adam
         else:
             inner = m.inner_lr
-        eta = None if m.outer == "adam" else m.eta_meta
+        eta = None if m.outer == "adam-outer" else m.eta_meta
         lt, lm = metadrop_update(net, loss(batch_a), loss(batch_b), inner, m.alpha, eta)
         n = n_a + m.query
         # logged loss: the mean L1 over both batches' slices (A's at φ₀, B's at φ̃)

@@ -21,7 +21,7 @@ class TransferOptions:
     """``[train]`` keys of transfer."""
 
     pretrain_fraction: float = 0.5  # share of the budget spent pre-training
-    finetune_lr_factor: float = 0.3  # fine-tuning lr = lr × this (0.3 measured better than 0.1, README)
+    finetune_lr_factor: float = 0.3  # fine-tuning lr = lr × this (0.3 measured better than 0.1, docs/guide.md)
 
     def check(self, key):
         if not 0 < self.pretrain_fraction < 1:

@@ -67,7 +67,7 @@ from . import statistics as S
 KINDS = ("compare", "adaptation", "ranking")
 EXPECT = ("better", "not worse", "tie", "within")
 CONTEXTS = ("all", "seen", "unseen", "scarce", "abundant")
-#: the verdict words, each explained in one line (README, "The claims ledger")
+#: the verdict words, each explained in one line (README.md, "The claims ledger")
 VERDICTS = {
     "supported": "the claim-level interval clears the claim's test at its α",
     "refuted": "the interval lies on the far side of the test: the data contradict the claim",
