@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrbench.models.unet import _VAR_EPS, InstanceNorm, NormUNet, UNet, UNetRecon, data_consistency
+from mrbench.models.unet import _VAR_EPS, InstanceNorm, UNetRecon, data_consistency
 from mrbench.physics import zero_filled
 
 __all__ = ["ContextEncoder", "KernelHyperNet", "KMUNet", "modulated_conv", "kernel_modulation"]
@@ -206,7 +206,8 @@ class KMUNet(nn.Module):
         followed by the ``unet`` backbone's single-coil data consistency."""
         x0 = zero_filled(kspace) if x0 is None else x0
         it = iter(mods)
-        out = data_consistency(x0 + _norm_unet(self.base.net, x0, it), kspace, mask)[:, 0]
+        modulated = self.base.net(x0, block=lambda seq, x: _block(seq, x, it))
+        out = data_consistency(x0 + modulated, kspace, mask)[:, 0]
         if next(it, None) is not None:
             raise ValueError("more modulations than modulated convolutions")
         return out
@@ -232,40 +233,3 @@ def _block(seq: nn.Sequential, x: torch.Tensor, mods: Iterator[Modulation]) -> t
             x = layer(x)
             i += 1
     return x
-
-
-def _unet(unet: UNet, x: torch.Tensor, mods: Iterator[Modulation]) -> torch.Tensor:
-    """:meth:`UNet.forward` with modulated 3×3 convolutions."""
-    h, w = x.shape[-2:]
-    mult = 2**unet.pools
-    ph, pw = (-h) % mult, (-w) % mult
-    if ph or pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    skips = []
-    for block in unet.down:
-        x = _block(block, x, mods)
-        skips.append(x)
-        x = F.avg_pool2d(x, 2)
-    x = _block(unet.bottleneck, x, mods)
-    for up, conv in zip(unet.up, unet.up_conv):
-        x = _block(conv, torch.cat([up(x), skips.pop()], dim=1), mods)
-    x = unet.final(x)
-    if ph or pw:
-        x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
-    return x
-
-
-def _norm_unet(net: NormUNet, z: torch.Tensor, mods: Iterator[Modulation]) -> torch.Tensor:
-    """:meth:`NormUNet.forward` with modulated 3×3 convolutions."""
-    b, n, h, w = z.shape
-    x = torch.cat([z.real, z.imag], dim=1)
-    var, mean = torch.var_mean(x.view(b, 2, n * h * w), dim=2, correction=1, keepdim=True)
-    std = torch.sqrt(var + _VAR_EPS).unsqueeze(-1)
-    mean = mean.unsqueeze(-1)
-    if n > 1:
-        std = std.repeat_interleave(n, dim=1)
-        mean = mean.repeat_interleave(n, dim=1)
-    inv = 1.0 / std
-    x = _unet(net.unet, torch.addcmul(-mean * inv, x, inv), mods)
-    x = x * std if net.correction else torch.addcmul(mean, x, std)
-    return torch.complex(x[:, :n], x[:, n:])

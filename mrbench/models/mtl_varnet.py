@@ -40,11 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrbench.errors import MrbenchError
-from mrbench.models.unet import NormUNet, UNet
+from mrbench.models.unet import NormUNet, UNet, crop_padding, decode, encode, pad_to_multiple
 from mrbench.models.varnet import SensitivityModel, VarNet, VarNetCascade
 from mrbench.physics import MRIOperator
 
@@ -103,23 +102,6 @@ def _check_task(task: torch.Tensor, num_tasks: int, batch: int) -> torch.Tensor:
     return task
 
 
-def _pad(x: torch.Tensor, pools: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Centred zero padding to a multiple of ``2**pools`` (as :class:`UNet` does)."""
-    h, w = x.shape[-2:]
-    mult = 2**pools
-    ph, pw = (-h) % mult, (-w) % mult
-    if ph or pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    return x, (ph, pw, h, w)
-
-
-def _crop(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
-    ph, pw, h, w = pad
-    if ph or pw:
-        x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
-    return x
-
-
 def _small_last_layer(conv: nn.Conv2d) -> None:
     """NormUNet(correction=True)'s initialisation of the final projection."""
     with torch.no_grad():
@@ -141,23 +123,19 @@ class _TaskNormUNet(NormUNet):
         self.unet = _Bound(core)
 
     def forward(self, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        self.unet.task = task
-        try:
-            return super().forward(z)
-        finally:
-            self.unet.task = None
+        return super().forward(z, task=task)
 
 
 class _Bound(nn.Module):
-    """Calls ``core(x, task)`` with the task set by :class:`_TaskNormUNet` for one forward."""
+    """Holds the routed ``core`` where NormUNet keeps its U-Net (the state-dict keys stay
+    ``unet.core.*``) and passes the task on."""
 
     def __init__(self, core: nn.Module):
         super().__init__()
         self.core = core
-        self.task: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.core(x, self.task)
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return self.core(x, task)
 
 
 class SharedBlock(nn.Module):
@@ -213,10 +191,7 @@ class _Decoder(nn.Module):
         self.up, self.up_conv, self.final = unet.up, unet.up_conv, unet.final
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        skips = list(skips)
-        for up, conv in zip(self.up, self.up_conv):
-            x = conv(torch.cat([up(x), skips.pop()], dim=1))
-        return self.final(x)
+        return decode(self.up, self.up_conv, self.final, x, skips)
 
 
 class _YCore(nn.Module):
@@ -234,24 +209,19 @@ class _YCore(nn.Module):
             self.decoders.append(dec)
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        x, pad = _pad(x, self.pools)
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.avg_pool2d(x, 2)
-        x = self.bottleneck(x)
+        x, pad = pad_to_multiple(x, self.pools)
+        x, skips = encode(self.down, self.bottleneck, x)
         n = len(skips)
         # route the bottleneck features and the skips together
         packed = torch.cat([x.flatten(1)] + [s.flatten(1) for s in skips], dim=1)
         shapes = [x.shape[1:]] + [s.shape[1:] for s in skips]
         sizes = [int(torch.Size(s).numel()) for s in shapes]
 
-        def decode(t: int, p: torch.Tensor) -> torch.Tensor:
+        def decode_task(t: int, p: torch.Tensor) -> torch.Tensor:
             parts = [q.reshape(p.shape[0], *s) for q, s in zip(p.split(sizes, dim=1), shapes)]
             return self.decoders[t](parts[0], parts[1 : n + 1])
 
-        return _crop(route(task, len(self.decoders), decode, packed), pad)
+        return crop_padding(route(task, len(self.decoders), decode_task, packed), pad)
 
 
 class YBlock(nn.Module):
@@ -312,21 +282,7 @@ class _WCore(nn.Module):
         return f * mask
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        u = self.unet
-        x, pad = _pad(x, u.pools)
-        level = 0
-        skips = []
-        for block in u.down:
-            x = self._gate(level, block(x), task)
-            level += 1
-            skips.append(x)
-            x = F.avg_pool2d(x, 2)
-        x = self._gate(level, u.bottleneck(x), task)
-        level += 1
-        for up, conv in zip(u.up, u.up_conv):
-            x = self._gate(level, conv(torch.cat([up(x), skips.pop()], dim=1)), task)
-            level += 1
-        return _crop(u.final(x), pad)
+        return self.unet(x, gate=lambda level, f: self._gate(level, f, task))
 
 
 class WBlock(nn.Module):

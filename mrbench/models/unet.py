@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,6 +101,69 @@ def _up_block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+Block = Callable[[nn.Sequential, torch.Tensor], torch.Tensor]  # runs one conv block on x
+Gate = Callable[[int, torch.Tensor], torch.Tensor]  # (level, features) → features
+
+
+def run_block(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The plain way to run a conv block (km-unet swaps in its modulated convolutions)."""
+    return block(x)
+
+
+def no_gate(level: int, x: torch.Tensor) -> torch.Tensor:
+    """The plain U-Net's features are not gated (the W block gates them per task)."""
+    return x
+
+
+def pad_to_multiple(x: torch.Tensor, pools: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Centred zero padding of H, W to a multiple of ``2**pools``; the pad for :func:`crop_padding`."""
+    h, w = x.shape[-2:]
+    mult = 2**pools
+    ph, pw = (-h) % mult, (-w) % mult
+    if ph or pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return x, (ph, pw, h, w)
+
+
+def crop_padding(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    ph, pw, h, w = pad
+    if ph or pw:
+        x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+    return x
+
+
+def encode(
+    down: nn.ModuleList, bottleneck: nn.Sequential, x: torch.Tensor, block: Block = run_block, gate: Gate = no_gate
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The U-Net's down path and bottleneck: ``(bottleneck features, skips)``. Gated levels are
+    each encoder level's block output (before it is kept as a skip and pooled), then the bottleneck."""
+    skips = []
+    for level, b in enumerate(down):
+        x = gate(level, block(b, x))
+        skips.append(x)
+        x = F.avg_pool2d(x, 2)
+    return gate(len(down), block(bottleneck, x)), skips
+
+
+def decode(
+    up: nn.ModuleList,
+    up_conv: nn.ModuleList,
+    final: nn.Module,
+    x: torch.Tensor,
+    skips: list[torch.Tensor],
+    block: Block = run_block,
+    gate: Gate = no_gate,
+) -> torch.Tensor:
+    """The up path (upsample, concatenate the skip, conv block; gated after the encoder's
+    levels) and the final 1×1 convolution."""
+    skips = list(skips)
+    level = len(skips) + 1
+    for u, conv in zip(up, up_conv):
+        x = gate(level, block(conv, torch.cat([u(x), skips.pop()], dim=1)))
+        level += 1
+    return final(x)
+
+
 class UNet(nn.Module):
     """Real-valued U-Net: (N, in_chans, H, W) → (N, out_chans, H, W), any H, W.
 
@@ -107,6 +172,11 @@ class UNet(nn.Module):
     architecture (and parameter count) as fastMRI's ``Unet`` without
     dropout. Instance norm needs more than one pixel per channel, so H or W
     must exceed ``2**pools`` (else the bottleneck is 1×1).
+
+    The one U-Net forward pass of the package: ``block`` runs each conv block (km-unet's
+    modulated convolutions, :mod:`mrbench.models.km_unet`) and ``gate`` gates the features of
+    each level (the W block's task attention); :func:`encode` and :func:`decode` are its two
+    halves (the Y block shares the first and routes the second per task).
     """
 
     def __init__(self, in_chans: int, out_chans: int, chans: int = 16, pools: int = 3):
@@ -126,24 +196,10 @@ class UNet(nn.Module):
         self.up_conv = nn.ModuleList(_conv_block(2 * widths[i], widths[i]) for i in reversed(range(pools)))
         self.final = Conv1x1(widths[0], out_chans)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        mult = 2**self.pools
-        ph, pw = (-h) % mult, (-w) % mult
-        if ph or pw:  # centred zero padding to a multiple of 2**pools
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.avg_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for up, conv in zip(self.up, self.up_conv):
-            x = conv(torch.cat([up(x), skips.pop()], dim=1))
-        x = self.final(x)
-        if ph or pw:
-            x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
-        return x
+    def forward(self, x: torch.Tensor, block: Block = run_block, gate: Gate = no_gate) -> torch.Tensor:
+        x, pad = pad_to_multiple(x, self.pools)
+        x, skips = encode(self.down, self.bottleneck, x, block, gate)
+        return crop_padding(decode(self.up, self.up_conv, self.final, x, skips, block, gate), pad)
 
 
 class NormUNet(nn.Module):
@@ -180,7 +236,8 @@ class NormUNet(nn.Module):
                 self.unet.final.weight.mul_(0.01)
                 self.unet.final.bias.zero_()
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, **unet_args) -> torch.Tensor:
+        """``unet_args`` go to the U-Net (``block``, ``gate``; a task-routed core's ``task``)."""
         b, n, h, w = z.shape
         x = torch.cat([z.real, z.imag], dim=1)  # (B, 2n, H, W) NCHW-contiguous: one copy
         var, mean = torch.var_mean(x.view(b, 2, n * h * w), dim=2, correction=1, keepdim=True)
@@ -190,7 +247,7 @@ class NormUNet(nn.Module):
             std = std.repeat_interleave(n, dim=1)
             mean = mean.repeat_interleave(n, dim=1)
         inv = 1.0 / std
-        x = self.unet(torch.addcmul(-mean * inv, x, inv))  # (x - mean) / std in one pass
+        x = self.unet(torch.addcmul(-mean * inv, x, inv), **unet_args)  # (x - mean) / std in one pass
         x = x * std if self.correction else torch.addcmul(mean, x, std)  # x * std (+ mean)
         return torch.complex(x[:, :n], x[:, n:])
 

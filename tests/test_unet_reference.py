@@ -1,0 +1,84 @@
+"""The one U-Net (issue 32 item 4): ``unet``, ``km-unet`` and the multi-task blocks (I, V, Y, W)
+run through :class:`mrbench.models.unet.UNet`'s one forward pass (its ``block`` and ``gate``
+hooks), and give *bit-identical* images and gradients to the three copies of that pass they
+replaced. The reference (``tests/data/unet_reference.pt``) was written by this module's
+``__main__`` before the change; regenerate only on purpose: ``python tests/test_unet_reference.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrbench.models import build_backbone
+
+REFERENCE = Path(__file__).parent / "data" / "unet_reference.pt"
+
+CASES = {
+    "unet": ("unet", dict(chans=4, pools=2)),
+    "km-unet": ("km-unet", dict(chans=4, pools=2, embedding=8, rank=2)),
+    "mtl-IVYW": ("mtl-varnet", dict(num_tasks=2, blocks="IVYW", chans=4, pools=2, sens_chans=2, sens_pools=1)),
+}
+
+
+def _digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes: equal exactly when every bit is (keeps the reference small)."""
+    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _outputs(cases=tuple(CASES)) -> dict[str, torch.Tensor]:
+    """On one thread: a multi-threaded reduction may sum in another order, and bit-identity
+    is the claim (the reference was written on one thread too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _outputs_one_thread(cases)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _outputs_one_thread(cases) -> dict[str, torch.Tensor]:
+    out = {}
+    for case in cases:
+        name, kwargs = CASES[case]
+        for coils in (1, 3):
+            torch.manual_seed(0)
+            model = build_backbone(name, **kwargs)
+            with torch.no_grad():
+                for p in model.parameters():  # off the identity/zero-correction start: every layer matters
+                    p.add_(0.05 * torch.randn_like(p))
+            g = torch.Generator().manual_seed(7 + coils)
+            k = torch.randn(3, coils, 18, 20, generator=g, dtype=torch.complex64)
+            mask = (torch.rand(3, 1, 1, 20, generator=g) < 0.4).float().expand(3, 1, 18, 20).contiguous()
+            mask[..., 8:12] = 1.0
+            args = (k * mask, mask, torch.full((3,), 4, dtype=torch.long))
+            if name == "mtl-varnet":
+                args = (*args, torch.tensor([0, 1, 0]))
+            image = model(*args)
+            params = [p for p in model.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(image.abs().square().mean(), params, allow_unused=True)
+            key = f"{case}/{coils}coil"
+            out[key + "/image"] = image.detach()
+            for (pname, _), grad in zip(model.named_parameters(), grads):
+                if grad is not None:
+                    out[f"{key}/grad/{pname}"] = _digest(grad)
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_unet_gives_bit_identical_outputs_and_gradients(case):
+    ref = torch.load(REFERENCE)
+    now = _outputs([case])
+    keys = sorted(k for k in ref if k.startswith(case + "/"))
+    assert keys and sorted(now) == keys  # same parameters (names), same gradients present
+    for key in keys:
+        same = now[key] == ref[key] if isinstance(ref[key], str) else torch.equal(now[key], ref[key])
+        assert same, key
+
+
+if __name__ == "__main__":
+    torch.save(_outputs(), REFERENCE)
+    print(f"wrote {REFERENCE}")
