@@ -103,9 +103,8 @@ def test_meta_support_matches_the_test_time_support_set(data_root, tmp_path):
     assert cfg.meta.support == 0
     data = assemble(cfg.data, 0, cfg.eval.support, cfg.eval.support_unit)
     method = build_method(cfg, data, torch.device("cpu"))
-    from mrbench.methods.meta import meta_support
 
-    assert meta_support(method) == 2 * 4  # 2 volumes × 4 slices, as the support sets above
+    assert method.support_slices() == 2 * 4  # 2 volumes × 4 slices, as the support sets above
 
 
 def _spy_batches(method, rule, support, ctx, lr=1e-3):

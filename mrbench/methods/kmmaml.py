@@ -75,17 +75,12 @@ from torch.func import functional_call
 from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..models.km_unet import KMUNet
-from .base import Method, Phase, StepResult, finetune_path
+from .base import StepResult, finetune_path
 from .meta import (
+    Episodic,
     MetaOptions,
-    episode_phase,
-    episode_slices,
-    episode_step,
     inner_loop,
     inner_path,
-    inner_rates,
-    make_inner_rates,
-    refuse_vmap,
 )
 
 TEST_MODES = {"on-the-fly": (), "hyper": ("hyper",), "all": ("base", "hyper")}  # groups adapted at test time
@@ -135,27 +130,18 @@ def embedded_loss(z: torch.Tensor, loss: Callable) -> Callable:
     return fn
 
 
-class KMMAML(Method):
+class KMMAML(Episodic):
     name = "kmmaml"
-    data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
+    support_always = True  # the context embedding reads the support set even without an inner step
     backbones = ("km-unet", "unet")  # unet: the same base network, modulated
     options = {"meta": (MetaOptions, KMMAMLOptions)}
 
     def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
         super().__init__(cfg, tasks, scarce, make_backbone, loss)
-        refuse_vmap(self)
 
         self.models["net"] = KMUNet(**kmunet_kwargs(cfg))
         self.hyper_names = group_names(self.models["net"], ("hyper",))
-        make_inner_rates(self, self.hyper_names)
-
-    # -- training
-    def phases(self) -> list[Phase]:
-        return episode_phase(self)
-
-    def episode_slices(self) -> int:
-        """Slices one episode pushes through forward+backward (the budget accounting rule)."""
-        return episode_slices(self, support_always=True)
+        self.make_inner_rates(self.hyper_names)
 
     def step(self, source) -> StepResult:
         m = self.cfg.meta
@@ -167,11 +153,11 @@ class KMMAML(Method):
             z = net.context_embedding(support.kspace)
             loss = embedded_loss(z, self.loss)
             fast = inner_loop(
-                net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.hyper_names, loss=loss
+                net, params, buffers, support, m.inner_steps, self.inner_rates(), m.order, self.hyper_names, loss=loss
             )
             return loss(net, {**fast, **buffers}, query)  # grads into θ, ω, encoder
 
-        return episode_step(self, source, query_loss, support_always=True)
+        return self.episode_step(source, query_loss)
 
     # -- inference
     def model_key(self, task: int) -> str:
@@ -215,7 +201,7 @@ class KMMAML(Method):
                 names,
                 support,
                 step_counts,
-                inner_rates(self),
+                self.inner_rates(),
                 loss=embedded_loss(z, self.loss),
                 batch=self.cfg.eval.adapt_batch,
             ):

@@ -43,20 +43,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import MrbenchError
-from .base import Method, Phase, StepResult
+from .base import StepResult
 from .meta import (
+    Episodic,
     MetaOptions,
     adapt_names,
-    episode_phase,
-    episode_slices,
-    episode_step,
     functional_image,
     functional_loss,
     inner_loop,
     inner_path,
-    inner_rates,
-    make_inner_rates,
-    vmap_episode_step,
     vmap_query_losses,
 )
 
@@ -72,9 +67,9 @@ class VmapOption:
     vmap: bool = False
 
 
-class MAML(Method):
+class MAML(Episodic):
     name = "maml"
-    data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
+    vectorised = True  # meta.vmap
     options = {"meta": (MetaOptions, VmapOption)}
 
     def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
@@ -86,14 +81,7 @@ class MAML(Method):
             )
         self.models["net"] = make_backbone()
         self.adapt_names = adapt_names(self.models["net"], cfg.meta.adapt)  # MrbenchError if empty
-        make_inner_rates(self, self.adapt_names)
-
-    def phases(self) -> list[Phase]:
-        return episode_phase(self)
-
-    def episode_slices(self) -> int:
-        """Slices one episode pushes through forward+backward (the budget accounting rule)."""
-        return episode_slices(self)
+        self.make_inner_rates(self.adapt_names)
 
     def step(self, source) -> StepResult:
         m = self.cfg.meta
@@ -105,7 +93,7 @@ class MAML(Method):
 
         def query_loss(support, query):
             fast = inner_loop(
-                net, params, buffers, support, m.inner_steps, inner_rates(self), m.order, self.adapt_names, loss
+                net, params, buffers, support, m.inner_steps, self.inner_rates(), m.order, self.adapt_names, loss
             )
             return loss(net, {**fast, **buffers}, query)
 
@@ -119,14 +107,14 @@ class MAML(Method):
                     supports,
                     queries,
                     m.inner_steps,
-                    inner_rates(self),
+                    self.inner_rates(),
                     m.order,
                     self.adapt_names,
                     loss,
                 )
 
-            return vmap_episode_step(self, source, query_losses, query_loss)
-        return episode_step(self, source, query_loss)
+            return self.vmap_episode_step(source, query_losses, query_loss)
+        return self.episode_step(source, query_loss)
 
     def adapt_rules(self) -> tuple[str, ...]:
         """``inner``: MAML's own rule (SGD at the meta-learned or fixed inner rate on the
@@ -148,7 +136,7 @@ class MAML(Method):
                 self.adapt_names,
                 support,
                 step_counts,
-                inner_rates(self),
+                self.inner_rates(),
                 functional_loss(self.loss),
                 batch=self.cfg.eval.adapt_batch,
             ):

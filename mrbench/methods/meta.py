@@ -42,6 +42,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ from ..data.dataset import Sample
 from ..errors import MrbenchError
 from ..losses.base import l1_per_sample
 from ..models.outputs import backbone_args, magnitude
-from .base import Phase, StepResult, support_minibatch
+from .base import Method, Phase, StepResult, support_minibatch
 
 
 @dataclass
@@ -116,20 +117,6 @@ class InnerRates(nn.Module):
         out = defaultdict(lambda: self.init)
         out.update({n: self.rates[i] for i, n in enumerate(self.names)})
         return out
-
-
-def make_inner_rates(method, names: Sequence[str]) -> None:
-    """With ``meta.inner_lr = "learned"``, give ``method`` its :class:`InnerRates` (trained and
-    checkpointed with the network as ``models["inner_lr"]``)."""
-    if method.cfg.meta.inner_lr == "learned":
-        method.models["inner_lr"] = InnerRates(names, method.cfg.meta.inner_lr_init)
-
-
-def inner_rates(method) -> float | dict[str, torch.Tensor]:
-    """The inner step size(s) of ``method``: the fixed ``meta.inner_lr`` or the learned ones."""
-    if "inner_lr" in method.models:
-        return method.models["inner_lr"].as_dict()
-    return float(method.cfg.meta.inner_lr)
 
 
 def adapt_names(model: nn.Module, group: str) -> list[str]:
@@ -211,16 +198,6 @@ def inner_loop(
             grads = torch.autograd.grad(value, [fast[n] for n in names], create_graph=order == 2, allow_unused=True)
             sgd_step(fast, dict(zip(names, grads)), lr, order)
     return fast
-
-
-def refuse_vmap(method) -> None:
-    """``meta.vmap`` is MAML's option (the section is shared by every meta-learner): another
-    meta-learner given it says so rather than ignore it."""
-    if getattr(method.cfg.meta, "vmap", False):
-        raise MrbenchError(
-            f"meta.vmap: only maml vectorises its inner loop over tasks; {method.name} has no "
-            "vectorised step (set meta.vmap = false)"
-        )
 
 
 def sgd_step(fast: dict, grads: Mapping[str, torch.Tensor | None], lr, order: int) -> None:
@@ -326,16 +303,6 @@ def detached_params(model: nn.Module, names: Sequence[str] = ()) -> dict[str, to
     return {n: p.detach().clone().requires_grad_(n in wanted) for n, p in model.named_parameters()}
 
 
-def task_draw_weights(method) -> torch.Tensor | None:
-    """How a meta-learner draws its tasks under ``train.sampling``, the rule every method
-    shares: ``stratified`` — every task equally often (``None``: the scarce task up-sampled,
-    as joint's stratified sampler does); ``uniform`` — in proportion to the tasks' training
-    slices (as joint's uniform sampler does)."""
-    if method.cfg.train.sampling == "stratified":
-        return None
-    return torch.tensor([float(t.num_slices) for t in method.tasks])
-
-
 def sample_tasks(
     num_tasks: int, per_batch: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None
 ) -> list[int]:
@@ -348,85 +315,129 @@ def sample_tasks(
     return [int(i) for i in torch.multinomial(weights, k, replacement=False, generator=generator)]
 
 
-def meta_support(method) -> int:
-    """Support slices per task per episode: ``meta.support``, or with 0 (the default) as many
-    as the test-time support set has — ``eval.support`` slices, or ``eval.support`` volumes
-    times the mean slices per training volume — so meta-training adapts on support sets of the
-    size it will be tested with (issue: a 4-slice set made Adam overfit, 32 slices helped)."""
-    m, e = method.cfg.meta, method.cfg.eval
-    if m.support:
-        return m.support
-    if e.support_unit == "slices":
-        return e.support
-    vols = [v for t in method.tasks for v in t.volumes]
-    per_volume = sum(v.num_slices for v in vols) / max(1, len(vols))
-    return max(1, round(e.support * per_volume))
+class Episodic(Method):
+    """A meta-learner (MAML, Meta-Drop, KM-MAML): one phase over every seen task in which the
+    method draws its own episodes from the engine's batch source (``custom_step``), support
+    sets of the size it is tested with, tasks drawn by ``train.sampling``, optionally Meta-SGD's
+    learned inner rates. Subclasses build ``models["net"]`` and write :meth:`step`.
 
+    ``vectorised``: the method has a ``meta.vmap`` step (MAML); any other refuses the option
+    (the ``[meta]`` section is shared) rather than ignore it. ``support_always``: the support
+    set is read even without an inner step (KM-MAML's context embedding), so it counts in the
+    budget once at least.
+    """
 
-def episode_slices(method, support_always: bool = False) -> int:
-    """Slices one episode pushes through forward+backward (the budget accounting rule):
-    per task ``support × inner steps + query``; ``support_always`` (KM-MAML, whose context
-    embedding reads the support set even without an inner step) counts the support once at least."""
-    m = method.cfg.meta
-    passes = max(m.inner_steps, 1) if support_always else m.inner_steps
-    return min(m.tasks_per_batch, len(method.tasks)) * (meta_support(method) * passes + m.query)
+    data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
+    vectorised: ClassVar[bool] = False
+    support_always: ClassVar[bool] = False
 
+    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
+        super().__init__(cfg, tasks, scarce, make_backbone, loss)
+        if getattr(cfg.meta, "vmap", False) and not self.vectorised:
+            raise MrbenchError(
+                f"meta.vmap: only maml vectorises its inner loop over tasks; {self.name} has no "
+                "vectorised step (set meta.vmap = false)"
+            )
 
-def episode_step(method, source, query_loss: Callable, support_always: bool = False) -> StepResult:
-    """One meta-batch of ``method`` (MAML, KM-MAML): ``meta.tasks_per_batch`` tasks, each with a
-    support batch (drawn when an inner step or ``support_always`` needs it) and a query batch;
-    ``query_loss(support, query)`` runs the inner loop and returns the query loss, whose
-    meta-gradient is accumulated into the parameters' ``.grad`` (mean over the tasks)."""
-    m = method.cfg.meta
-    tasks = sample_tasks(len(method.tasks), m.tasks_per_batch, weights=task_draw_weights(method))
-    losses: dict[int, float] = {}
-    for t in tasks:
-        support = source(meta_support(method), task=t) if (m.inner_steps or support_always) else None
-        query = source(m.query, task=t)
-        q_loss = query_loss(support, query)
-        (q_loss / len(tasks)).backward()
-        losses[t] = float(q_loss.detach())
-    slices = episode_slices(method, support_always)
-    return StepResult(sum(losses.values()) / len(losses), slices, losses)
+    def step(self, source) -> StepResult:
+        raise NotImplementedError
 
+    # -- the one phase
+    def phases(self) -> list[Phase]:
+        return [
+            Phase(
+                name=self.name,
+                budget=self.cfg.train.budget,
+                lr=self.cfg.train.lr,
+                modules=["net", *(["inner_lr"] if "inner_lr" in self.models else [])],
+                tasks=list(range(len(self.tasks))),
+                custom_step=self.step,
+            )
+        ]
 
-def vmap_episode_step(method, source, query_losses: Callable, query_loss: Callable) -> StepResult:
-    """:func:`episode_step` with every task of the meta-batch at once: the support and query
-    batches drawn in the loop's order, then ``query_losses(supports, queries)`` → (T,) losses
-    (:func:`vmap_query_losses`), whose mean is back-propagated once. Where the tasks' batches
-    cannot be stacked (``None``: image sizes differ), the same batches go through the loop's
-    ``query_loss(support, query)`` task by task."""
-    m = method.cfg.meta
-    tasks = sample_tasks(len(method.tasks), m.tasks_per_batch, weights=task_draw_weights(method))
-    supports, queries = [], []
-    for t in tasks:
-        if m.inner_steps:
-            supports.append(source(meta_support(method), task=t))
-        queries.append(source(m.query, task=t))
-    losses = query_losses(supports if m.inner_steps else None, queries)
-    if losses is None:
-        values = []
-        for i, query in enumerate(queries):
-            value = query_loss(supports[i] if m.inner_steps else None, query)
-            (value / len(tasks)).backward()
-            values.append(value.detach())
-        losses = torch.stack(values)
-    else:
-        losses.mean().backward()
-    per_task = {t: float(v) for t, v in zip(tasks, losses.detach())}
-    return StepResult(sum(per_task.values()) / len(per_task), episode_slices(method), per_task)
+    # -- inner step sizes
+    def make_inner_rates(self, names: Sequence[str]) -> None:
+        """With ``meta.inner_lr = "learned"``, the :class:`InnerRates` of ``names`` (trained and
+        checkpointed with the network as ``models["inner_lr"]``)."""
+        if self.cfg.meta.inner_lr == "learned":
+            self.models["inner_lr"] = InnerRates(names, self.cfg.meta.inner_lr_init)
 
+    def inner_rates(self) -> float | dict[str, torch.Tensor]:
+        """The inner step size(s): the fixed ``meta.inner_lr`` or the learned ones."""
+        if "inner_lr" in self.models:
+            return self.models["inner_lr"].as_dict()
+        return float(self.cfg.meta.inner_lr)
 
-def episode_phase(method) -> list[Phase]:
-    """The one phase of a meta-learner: all seen tasks, the whole budget, ``method.step``
-    drawing its own episodes from the engine's batch source (``custom_step``)."""
-    return [
-        Phase(
-            name=method.name,
-            budget=method.cfg.train.budget,
-            lr=method.cfg.train.lr,
-            modules=["net", *(["inner_lr"] if "inner_lr" in method.models else [])],
-            tasks=list(range(len(method.tasks))),
-            custom_step=method.step,
-        )
-    ]
+    # -- episodes
+    def support_slices(self) -> int:
+        """Support slices per task per episode: ``meta.support``, or with 0 (the default) as many
+        as the test-time support set has — ``eval.support`` slices, or ``eval.support`` volumes
+        times the mean slices per training volume — so meta-training adapts on support sets of the
+        size it will be tested with (a 4-slice set made Adam overfit, 32 slices helped)."""
+        m, e = self.cfg.meta, self.cfg.eval
+        if m.support:
+            return m.support
+        if e.support_unit == "slices":
+            return e.support
+        vols = [v for t in self.tasks for v in t.volumes]
+        per_volume = sum(v.num_slices for v in vols) / max(1, len(vols))
+        return max(1, round(e.support * per_volume))
+
+    def task_weights(self) -> torch.Tensor | None:
+        """How episodes draw their tasks under ``train.sampling``, the rule every method shares:
+        ``stratified`` — every task equally often (``None``: the scarce task up-sampled, as
+        joint's stratified sampler does); ``uniform`` — in proportion to the tasks' training
+        slices (as joint's uniform sampler does)."""
+        if self.cfg.train.sampling == "stratified":
+            return None
+        return torch.tensor([float(t.num_slices) for t in self.tasks])
+
+    def episode_slices(self) -> int:
+        """Slices one episode pushes through forward+backward (the budget accounting rule):
+        per task ``support × inner steps + query`` (the support at least once with
+        ``support_always``)."""
+        m = self.cfg.meta
+        passes = max(m.inner_steps, 1) if self.support_always else m.inner_steps
+        return min(m.tasks_per_batch, len(self.tasks)) * (self.support_slices() * passes + m.query)
+
+    def episode_step(self, source, query_loss: Callable) -> StepResult:
+        """One meta-batch: ``meta.tasks_per_batch`` tasks, each with a support batch (drawn when
+        an inner step or ``support_always`` needs it) and a query batch; ``query_loss(support,
+        query)`` runs the inner loop and returns the query loss, whose meta-gradient is
+        accumulated into the parameters' ``.grad`` (mean over the tasks)."""
+        m = self.cfg.meta
+        tasks = sample_tasks(len(self.tasks), m.tasks_per_batch, weights=self.task_weights())
+        losses: dict[int, float] = {}
+        for t in tasks:
+            support = source(self.support_slices(), task=t) if (m.inner_steps or self.support_always) else None
+            query = source(m.query, task=t)
+            q_loss = query_loss(support, query)
+            (q_loss / len(tasks)).backward()
+            losses[t] = float(q_loss.detach())
+        return StepResult(sum(losses.values()) / len(losses), self.episode_slices(), losses)
+
+    def vmap_episode_step(self, source, query_losses: Callable, query_loss: Callable) -> StepResult:
+        """:meth:`episode_step` with every task of the meta-batch at once: the support and query
+        batches drawn in the loop's order, then ``query_losses(supports, queries)`` → (T,) losses
+        (:func:`vmap_query_losses`), whose mean is back-propagated once. Where the tasks' batches
+        cannot be stacked (``None``: image sizes differ), the same batches go through the loop's
+        ``query_loss(support, query)`` task by task."""
+        m = self.cfg.meta
+        tasks = sample_tasks(len(self.tasks), m.tasks_per_batch, weights=self.task_weights())
+        supports, queries = [], []
+        for t in tasks:
+            if m.inner_steps:
+                supports.append(source(self.support_slices(), task=t))
+            queries.append(source(m.query, task=t))
+        losses = query_losses(supports if m.inner_steps else None, queries)
+        if losses is None:
+            values = []
+            for i, query in enumerate(queries):
+                value = query_loss(supports[i] if m.inner_steps else None, query)
+                (value / len(tasks)).backward()
+                values.append(value.detach())
+            losses = torch.stack(values)
+        else:
+            losses.mean().backward()
+        per_task = {t: float(v) for t, v in zip(tasks, losses.detach())}
+        return StepResult(sum(per_task.values()) / len(per_task), self.episode_slices(), per_task)

@@ -64,8 +64,8 @@ from torch import nn
 from ..data.contexts import Context
 from ..errors import MrbenchError
 from ..models.outputs import image
-from .base import Method, Phase, StepResult
-from .meta import MetaOptions, episode_phase, meta_support, refuse_vmap, task_draw_weights
+from .base import StepResult
+from .meta import Episodic, MetaOptions
 
 RULES: dict[str, Callable[[Context, Context], bool]] = {
     "other-contrast": lambda a, b: b.contrast != a.contrast,
@@ -221,14 +221,12 @@ OUTER = ("adam-inner", "adam-outer", "sgd")
 OUTER_ALIASES = {"notes": "adam-inner", "adam": "adam-outer"}
 
 
-class MetaDrop(Method):
+class MetaDrop(Episodic):
     name = "metadrop"
-    data_parallel = False  # draws its own episodes; autograd.grad per task (mrbench.distributed)
     options = {"meta": (MetaOptions, MetaDropOptions)}
 
     def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
         super().__init__(cfg, tasks, scarce, make_backbone, loss)
-        refuse_vmap(self)
         if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "adam-inner":
             raise MrbenchError(
                 'meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number'
@@ -237,9 +235,6 @@ class MetaDrop(Method):
         self.models["net"] = make_backbone()
         params = [p for p in self.models["net"].parameters() if p.requires_grad]
         self.inner_adam = AdamInnerStep(params, cfg.train.lr, cfg.train.grad_clip)
-
-    def phases(self) -> list[Phase]:
-        return episode_phase(self)
 
     # the inner Adam's moments are training state: checkpointed and restored with the network
     def state_dict(self) -> dict:
@@ -250,11 +245,15 @@ class MetaDrop(Method):
         if "inner_adam" in state:
             self.inner_adam.opt.load_state_dict(state["inner_adam"])
 
+    def episode_slices(self) -> int:
+        """One step: the support batch of context A and the meta batch of context B."""
+        return self.support_slices() + self.cfg.meta.query
+
     def step(self, source) -> StepResult:
         m = self.cfg.meta
         net = self.models["net"]
-        a, b = draw_pair(self.candidates, weights=task_draw_weights(self))
-        n_a = meta_support(self)
+        a, b = draw_pair(self.candidates, weights=self.task_weights())
+        n_a = self.support_slices()
         batch_a = source(n_a, task=a)
         batch_b = source(m.query, task=b)
 
@@ -269,6 +268,6 @@ class MetaDrop(Method):
             inner = m.inner_lr
         eta = None if m.outer == "adam-outer" else m.eta_meta
         lt, lm = metadrop_update(net, loss(batch_a), loss(batch_b), inner, m.alpha, eta)
-        n = n_a + m.query
+        n = self.episode_slices()
         # logged loss: the mean L1 over both batches' slices (A's at φ₀, B's at φ̃)
         return StepResult((lt * n_a + lm * m.query) / n, n, {a: lt, b: lm})
