@@ -269,6 +269,9 @@ CORE_SECTIONS: dict[str, type] = {
     "run": RunConfig,
 }
 
+#: the owner of the core sections' keys (:meth:`Config.recorded` keeps them always)
+CORE = ("core", "")
+
 #: ``data.root`` of the built-in data; its default configuration also has an unseen context.
 BUILTIN_ROOT = "data/synth-brain"
 BUILTIN_UNSEEN = [{"contrast": "AXFLAIR"}]
@@ -320,7 +323,46 @@ class _ConfigBase:
             notes.append("data.unseen = AXFLAIR: the built-in data's default unseen context")
 
     def to_dict(self) -> dict:
+        """Every section and key, of every plug-in (what ``--set`` and the TOML files address)."""
         out = dataclasses.asdict(self)
+        if getattr(self, "notes", None):
+            out["notes"] = list(self.notes)
+        return out
+
+    def plugins(self) -> set[tuple[str, str]]:
+        """The plug-ins this run uses, as (registry kind, name): its method, backbone, loss(es)
+        and, where the method has a ``weighting`` option, that weighting."""
+        chosen = {("method", self.method), ("backbone", self.model.backbone), ("loss", self.train.loss)}
+        if self.data.self_supervised:
+            chosen.add(("loss", self.train.ssl_loss))
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            for part in getattr(type(section), "parts", ()):
+                if ("method", self.method) in self.part_owners.get(
+                    part, ()
+                ) and "weighting" in part.__dataclass_fields__:
+                    chosen.add(("weighting", section.weighting))
+        return chosen
+
+    def recorded(self) -> dict:
+        """What ``config.json`` holds and resume identity compares: the core sections' keys plus
+        the keys of the plug-ins this run uses (:meth:`plugins`) — a key of a plug-in the run
+        does not use is not part of it, so changing that plug-in's default changes no run."""
+        chosen = self.plugins() | {CORE}
+        out = {"method": self.method, "scarcity": self.scarcity}
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if not dataclasses.is_dataclass(section):
+                continue
+            keys = [
+                k.name
+                for part in getattr(type(section), "parts", ())
+                if self.part_owners.get(part, set()) & chosen
+                for k in dataclasses.fields(part)
+            ]
+            if keys:
+                values = dataclasses.asdict(section)
+                out[f.name] = {k: values[k] for k in keys}
         if getattr(self, "notes", None):
             out["notes"] = list(self.notes)
         return out
@@ -385,17 +427,21 @@ def assemble_config() -> type:
     from .models import BACKBONES
 
     parts: dict[str, list[type]] = {k: [v] for k, v in CORE_SECTIONS.items()}
+    owners: dict[type, set] = {v: {CORE} for v in CORE_SECTIONS.values()}
     for registry in (BACKBONES, METHODS, WEIGHTINGS, LOSSES):
-        for plugin in registry.values():
+        for name, plugin in registry.items():
             for section, options in getattr(plugin, "options", {}).items():
                 for part in options if isinstance(options, tuple) else (options,):
                     if part not in parts.setdefault(section, []):
                         parts[section].append(part)
+                    owners.setdefault(part, set()).add((registry.kind, name))
     fields = [("method", str, field(default="stl")), ("scarcity", int, field(default=0))]
     for section, ps in parts.items():
         fields.append((section, _merge_section(section, ps), None))
     fields = [(n, t, f if f is not None else field(default_factory=t)) for n, t, f in fields]
-    return dataclasses.make_dataclass("Config", fields, bases=(_ConfigBase,))
+    config = dataclasses.make_dataclass("Config", fields, bases=(_ConfigBase,))
+    config.part_owners = owners
+    return config
 
 
 Config = assemble_config()

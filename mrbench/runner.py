@@ -239,7 +239,7 @@ def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, q
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
     resume_state = None
     if resume and store.config_path.exists():
-        if _identity(_normalised(store.read_json("config.json"))) != _identity(cfg.to_dict()):
+        if _identity(_normalised(store.read_json("config.json"))) != _identity(cfg.recorded()):
             raise MrbenchError(
                 f"{store.config_path}: the run was started with another configuration; --resume needs the same one "
                 "(or --overwrite to redo it)"
@@ -274,7 +274,7 @@ def _train_and_store(
     device = _rank_device(cfg, group)
     started = now()
     t0 = time.perf_counter()
-    store.write_json("config.json", cfg.to_dict())
+    store.write_json("config.json", cfg.recorded())
     manifest = _manifest(cfg, data, device, started)
     store.write_json("manifest.json", manifest)
     volumes = VolumeStore.from_config(cfg.data)
@@ -295,7 +295,7 @@ def _train_and_store(
                 if method.learned and method.shares_phases and cfg.train.share_phases and group is None:
                     trainer.shared = SharedPhases(store.path.parent / SHARED_DIR)
                     trainer.phase_keys = phase_keys(
-                        _identity(run_cfg.to_dict()), method.phases(), train, data.val, data.train
+                        _identity(run_cfg.recorded()), method.phases(), train, data.val, data.train
                     )
                 if method.learned:
                     with _stop_on_signals(trainer):
@@ -401,10 +401,11 @@ _OPERATIONAL = (
 
 
 def _normalised(stored: dict) -> dict:
-    """A stored config.json as this version writes it (keys added since get their defaults), so
-    a run started before a new key existed still resumes."""
+    """A stored config.json as this version writes it: keys added since get their defaults and
+    the sections of plug-ins the run does not use are dropped (config.json files written before
+    issue 32 held every plug-in's), so a run started before either change still resumes."""
     try:
-        return config_from_dict(stored).to_dict()
+        return config_from_dict(stored).recorded()
     except MrbenchError:
         return stored
 

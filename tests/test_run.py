@@ -75,6 +75,36 @@ def test_same_config_same_metrics_and_resume_equivalence(data_root, tmp_path):
     assert ma["contexts"] == mc["contexts"] and ma["history"] == mc["history"]
 
 
+def test_config_json_holds_the_core_and_the_runs_own_plugins_and_old_files_still_resume(data_root, tmp_path):
+    """Issue 32 item 2: config.json records the core sections plus the plug-ins the run uses
+    (an STL VarNet: no [meta], [mtl], [condition] or transfer keys), and resume identity
+    compares exactly that — a config.json written before (every plug-in's sections, with
+    another value of a key the run does not use) still resumes, to the uninterrupted metrics."""
+    ref = execute(run_cfg(data_root, tmp_path / "ref", "stl", "train.val_every=8"), quiet=True)
+    cfg = run_cfg(data_root, tmp_path / "old", "stl", "train.val_every=8", "train.stop_after=8")
+    with pytest.raises(RunStopped):
+        execute(cfg, quiet=True)
+    store = RunStore(cfg.run_dir)
+    written = store.read_json("config.json")
+    assert {"data", "train", "model", "eval", "run"} <= set(written)
+    assert not {"meta", "mtl", "condition"} & set(written)
+    assert "pretrain_fraction" not in written["train"] and "blocks" not in written["model"]
+    # as an older version wrote it: every section of every plug-in, and a transfer key changed
+    old = cfg.to_dict()
+    old["train"]["pretrain_fraction"] = 0.9
+    old["meta"]["inner_steps"] = 7
+    store.write_json("config.json", old)
+    cfg.train.stop_after = 0  # operational: not part of the identity
+    execute(cfg, resume=True, quiet=True)
+    assert store.is_done()
+    a, b = json.loads(ref.metrics_path.read_text()), json.loads(store.metrics_path.read_text())
+    assert a["contexts"] == b["contexts"]
+    # a key the run does use still tells runs apart
+    other = run_cfg(data_root, tmp_path / "old", "stl", "train.val_every=8", "train.lr=1e-4")
+    with pytest.raises(Exception, match="started with another configuration"):
+        execute(other, resume=True, quiet=True)
+
+
 def test_transfer_resume_across_phase_boundary(data_root, tmp_path):
     full = execute(run_cfg(data_root, tmp_path / "f", "transfer"), quiet=True)
     cfg = run_cfg(data_root, tmp_path / "g", "transfer", "train.stop_after=8", "train.val_every=8")
