@@ -288,7 +288,7 @@ def data_info(directory, no_check):
 def run_cmd(method, config_file, profile, overrides, scarcity, seed, threads, device, resume, overwrite, quiet):
     """Train METHOD, evaluate it and store the run (runs/<experiment>/<run>/)."""
     from .config import load_config
-    from .runner import execute
+    from .runner import ALREADY_DONE, run
 
     extra = list(overrides)
     if seed is not None:
@@ -299,7 +299,7 @@ def run_cmd(method, config_file, profile, overrides, scarcity, seed, threads, de
         extra.append(f"train.device={device}")
     cfg = load_config(config_file, extra, profile, method=method, scarcity=scarcity)
     try:
-        store = execute(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+        store, status = run(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
     except RunDiverged as div:
         click.echo(f"Diverged: {div}", err=True)
         raise click.exceptions.Exit(RunDiverged.exit_code) from None
@@ -315,7 +315,7 @@ def run_cmd(method, config_file, profile, overrides, scarcity, seed, threads, de
         return
     if store is None:  # a torchrun rank other than 0: it trained beside rank 0, which reports
         return
-    if getattr(store, "already_done", False):
+    if status == ALREADY_DONE:
         click.echo(f"{store.path}: already done, nothing to run")
         return
     _print_metrics(store.read_json("metrics.json"), store.path)
@@ -373,14 +373,14 @@ def _print_metrics(metrics: dict, path) -> None:
 )
 def evaluate_cmd(run_dir, contexts, adapt_steps, support_sizes):
     """Evaluate a run's best checkpoint on the test volumes; rewrites metrics.json."""
-    from .runner import evaluate_run_dir
+    from .evaluation.trained import evaluate_run_dir
 
     if not Path(run_dir).is_dir():
         raise MrbenchError(f"run directory {run_dir} does not exist")
     sizes = _whole_numbers("--support-sizes", support_sizes)
     if sizes is not None:
+        from .evaluation.trained import support_curves
         from .reports.results import load_runs
-        from .runner import support_curves
 
         if not sizes or min(sizes) < 1:
             raise MrbenchError("--support-sizes: expected whole numbers ≥ 1, e.g. 1,2,4,8")

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import MrbenchError
+
 
 @dataclass(frozen=True)
 class Group:
@@ -102,3 +104,39 @@ def close(group: Group | None) -> None:
     if group is not None and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------- devices
+
+
+def select_device(name: str, precision: str = "fp32") -> torch.device:
+    """``train.device`` (``auto``: CUDA when there is one) and ``train.precision`` checked against this machine."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MrbenchError("train.device = cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "bf16" and name != "cuda" and not cpu_bf16_supported():
+        raise MrbenchError(
+            "train.precision = bf16 needs a CUDA device or a CPU with bfloat16 instructions "
+            "(AVX512-BF16 or AMX); this one has neither, so it trains in fp32"
+        )
+    return torch.device(name)
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 / AMX): there
+    ``train.precision = "bf16"`` makes a demo-size VarNet's training step ~1.3× faster (benchmarks/RESULTS.md,
+    "Speed"); elsewhere bf16 would be emulated, slower than fp32, so it is refused."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
+        return False
+
+
+def rank_device(name: str, precision: str, group: Group | None) -> torch.device:
+    """This process's device: :func:`select_device`, and under torchrun on CUDA the rank's own GPU."""
+    device = select_device(name, precision)
+    if group is not None and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
+        torch.cuda.set_device(device)
+    return device

@@ -28,31 +28,10 @@ import numpy as np
 import torch
 
 from .data.dataset import Sample, SliceDataset
+from .errors import RunDiverged, RunInterrupted, RunStopped
 from .evaluation.evaluate import predict_volumes, score_volumes, to_device
 from .methods.base import Method, Phase, StepResult
 from .store import RunStore
-
-
-class Preempted(Exception):
-    """Raised when ``train.stop_after`` is reached (a simulated pre-emption); resume continues."""
-
-
-class Interrupted(Exception):
-    """SIGTERM / SIGINT arrived: the engine checkpointed at the step boundary and stopped."""
-
-    def __init__(self, signum: int, slices: int):
-        super().__init__(signum, slices)
-        self.signum, self.slices = signum, slices
-
-
-class Diverged(Exception):
-    """Training diverged: a non-finite loss or gradient norm, or (``train.divergence_factor``
-    > 0) a loss that many times its running median. Carries where and why."""
-
-    def __init__(self, reason: str, phase: str, slices: int, loss: float, lr: float):
-        super().__init__(f"diverged in phase {phase} after {slices} slices: {reason} (lr {lr:g})")
-        self.info = {"reason": reason, "phase": phase, "slices": slices, "loss": loss, "lr": lr}
-
 
 #: the factor rule needs the loss above this too: every loss is normalised by the volume's
 #: maximum, so a value this large means errors of half the image's brightest pixel everywhere
@@ -279,7 +258,7 @@ class Trainer:
                 stop, self.stop_signal = True, self.stop_signal or 15
             if stop:  # SIGTERM/SIGINT: a checkpoint at this step boundary, then stop
                 self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sampler)
-                raise Interrupted(self.stop_signal, self.total_used)
+                raise RunInterrupted(self.stop_signal, self.total_used, self.store.path)
             opt.zero_grad(set_to_none=True)
             with self._precision():
                 if phase.custom_step is not None:
@@ -298,7 +277,9 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
             why = check_divergence(result.loss, grad_norm, recent, cfg.divergence_factor)
             if why is not None:
-                raise Diverged(why, phase.name, self.total_used, result.loss, opt.param_groups[0]["lr"])
+                info = {"reason": why, "phase": phase.name, "slices": self.total_used, "loss": result.loss,
+                        "lr": opt.param_groups[0]["lr"]}  # fmt: skip
+                raise RunDiverged(info, self.store.path)
             recent.append(result.loss)
             opt.step()
             used += result.slices
@@ -317,7 +298,7 @@ class Trainer:
                 next_val = min(phase.budget, used + cfg.val_every) if used < phase.budget else used
                 self._checkpoint(p_idx, used, steps, next_val, best_score, best_state, opt, sampler)
                 if cfg.stop_after and self.total_used >= cfg.stop_after and used < phase.budget:
-                    raise Preempted(self.total_used)
+                    raise RunStopped(self.total_used, self.store.path)
                 for m in phase.modules:
                     self.method.models[m].train()
         self._consumed = None  # every planned batch was used: the live sampler and masks are current
@@ -334,7 +315,7 @@ class Trainer:
         """``train.precision = "bf16"``: the training step under autocast on the run's device
         (convolutions in bfloat16; FFTs and the complex algebra stay in complex64, which autocast
         leaves alone); on a CPU without bfloat16 instructions it is refused before the run starts
-        (:func:`mrbench.runner.select_device`). Evaluation stays in fp32."""
+        (:func:`mrbench.distributed.select_device`). Evaluation stays in fp32."""
         if self.cfg.train.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()

@@ -1,9 +1,12 @@
 """One run end to end: data → method → engine → evaluation → run store.
 
-``execute`` is what ``mrbench run`` calls; ``evaluate_run_dir`` is what
-``mrbench evaluate`` calls on a finished (or checkpointed) run. Neither knows
-which method runs: methods come from :data:`mrbench.methods.METHODS`,
-backbones from :data:`mrbench.models.BACKBONES`.
+:func:`run` (and :func:`execute`, its store alone) is what ``mrbench run`` calls: check the data
+and the device, take the run's lock, resume or start, train with the one retry loop
+(:func:`fit_with_retries`, rank 0 and the other torchrun ranks alike), evaluate
+(:func:`mrbench.evaluation.trained.evaluate`) and write the run directory. It does not know
+which method runs: methods come from :data:`mrbench.methods.METHODS`. Device selection lives in
+:mod:`mrbench.distributed`; evaluating a stored run (``mrbench evaluate``) in
+:mod:`mrbench.evaluation.trained`.
 """
 
 from __future__ import annotations
@@ -22,51 +25,16 @@ import torch
 
 from . import distributed
 from .config import Config, config_from_dict
-from .data.assemble import ExperimentData, assemble, choose_support
+from .data.assemble import ExperimentData, assemble
 from .data.dataset import SliceDataset, VolumeStore
 from .data.index import shape_kinds
-from .engine import Diverged, Interrupted, Preempted, Trainer, image_grid
-from .errors import MrbenchError, RunDiverged, RunInterrupted, RunStopped
-from .evaluation.adaptation import adapted_volumes, select_adaptation, support_batch
-from .evaluation.evaluate import predict_volumes, score_volumes
-from .losses import LOSSES, build_loss, self_supervised
-from .methods import METHODS, Method
-from .models import build_backbone
+from .engine import Trainer
+from .errors import MrbenchError, RunDiverged, RunEnded
+from .evaluation.trained import evaluate
+from .losses import LOSSES, self_supervised
+from .methods import METHODS, build_method
 from .shared_phases import SHARED_DIR, SharedPhases, phase_keys
 from .store import RunStore, environment, file_digest, now, run_lock
-
-
-def select_device(name: str, precision: str = "fp32") -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MrbenchError("train.device = cuda but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if precision == "bf16" and name != "cuda" and not cpu_bf16_supported():
-        raise MrbenchError(
-            "train.precision = bf16 needs a CUDA device or a CPU with bfloat16 instructions "
-            "(AVX512-BF16 or AMX); this one has neither, so it trains in fp32"
-        )
-    return torch.device(name)
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 / AMX): there
-    ``train.precision = "bf16"`` makes a demo-size VarNet's training step ~1.3× faster (benchmarks/RESULTS.md,
-    "Speed"); elsewhere bf16 would be emulated, slower than fp32, so it is refused."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
-        return False
-
-
-def build_method(cfg: Config, data: ExperimentData, device: torch.device) -> Method:
-    torch.manual_seed(cfg.train.seed)
-    kwargs = cfg.model.backbone_kwargs()
-    method = METHODS[cfg.method](
-        cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs), build_loss(cfg)
-    )
-    method.models.to(device)
-    return method
 
 
 def _progress_bar(total: int, quiet: bool):
@@ -125,18 +93,30 @@ def check_loss_fits_data(cfg: Config, data) -> None:
         )
 
 
+#: what :func:`run` reports: trained and stored now, or found finished (nothing run)
+DONE, ALREADY_DONE = "done", "already done"
+
+
 def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> RunStore | None:
-    """Train, evaluate and store one run (under its lock, :func:`run_lock`); return its store.
-    Under ``torchrun`` (:mod:`mrbench.distributed`) rank 0 does this and the other ranks only
-    train beside it (they return None)."""
-    data = assemble(
-        cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit
-    )  # bad data is reported before run-dir state
+    """Train, evaluate and store one run; return its store (None on a torchrun rank other
+    than 0). :func:`run` also says whether anything was run."""
+    return run(cfg, resume=resume, overwrite=overwrite, quiet=quiet)[0]
+
+
+def run(
+    cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False
+) -> tuple[RunStore | None, str | None]:
+    """Train, evaluate and store one run (under its lock, :func:`run_lock`): ``(store, status)``,
+    status :data:`DONE` or :data:`ALREADY_DONE` (a resume of a run finished earlier, e.g. by
+    another sweep). Under ``torchrun`` (:mod:`mrbench.distributed`) rank 0 does this and the
+    other ranks only train beside it (``(None, None)``). Training that ends early raises the
+    :class:`~mrbench.errors.RunEnded` family (stopped, interrupted, diverged)."""
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)  # bad data before run-dir state
     check_loss_fits_data(cfg, data)
     METHODS[cfg.method].check_data(cfg, data)
-    device = select_device(
+    device = distributed.select_device(
         cfg.train.device, cfg.train.precision
-    )  # an impossible device or precision, before anything is written
+    )  # impossible: said before anything is written
     check_data_parallel(cfg, data)
     group = distributed.from_env(cuda=device.type == "cuda")
     if group is None:
@@ -144,7 +124,8 @@ def execute(cfg: Config, *, resume: bool = False, overwrite: bool = False, quiet
             return _execute(cfg, data, resume, overwrite, quiet)
     try:
         if not group.is_main:
-            return _follow(cfg, data, group)
+            _follow(cfg, data, group)
+            return None, None
         plan = _Plan(group)
         try:
             with run_lock(cfg.run_dir):
@@ -194,46 +175,58 @@ class _Plan:
             self.group.broadcast_object({"train": train, "resume": resume, "retries": retries})
 
 
-def _rank_device(cfg: Config, group) -> torch.device:
-    device = select_device(cfg.train.device, cfg.train.precision)
-    if group is not None and device.type == "cuda":
-        device = torch.device("cuda", group.local_rank)
-        torch.cuda.set_device(device)
-    return device
+def fit_with_retries(
+    cfg: Config, data: ExperimentData, device, volumes, resume_state, attempts: int, trainer_for, on_diverged=None
+):
+    """The one retry loop (rank 0 and the other ranks alike): build the method at
+    ``train.lr × 0.1^attempts``, train it (resuming from ``resume_state``), and with
+    ``train.on_divergence = "retry-lower-lr"`` start again from scratch at a tenth of the lr,
+    at most :data:`MAX_RETRIES` times. ``trainer_for(method, train, run_cfg)`` makes the
+    trainer; ``on_diverged(info, retrying)`` hears of each divergence. Returns ``(trainer,
+    method, run_cfg)``; a divergence past the retries re-raises :class:`RunDiverged`."""
+    while True:
+        run_cfg = _with_lr(cfg, cfg.train.lr * 0.1**attempts)
+        train = SliceDataset(
+            data.train, train=True, seed=cfg.train.seed, store=volumes, targets_optional=self_supervised(cfg)
+        )
+        method = build_method(run_cfg, data, device)
+        trainer = trainer_for(method, train, run_cfg)
+        try:
+            if method.learned:
+                with _stop_on_signals(trainer):
+                    trainer.fit(resume_state)
+            return trainer, method, run_cfg
+        except RunDiverged as div:
+            attempts += 1
+            retrying = cfg.train.on_divergence == "retry-lower-lr" and attempts <= MAX_RETRIES
+            if on_diverged is not None:
+                on_diverged(div.info, retrying)
+            if not retrying:
+                raise
+            resume_state = None
 
 
 def _follow(cfg: Config, data: ExperimentData, group) -> None:
     """A rank other than 0: train in lockstep with rank 0 (same retries), write nothing."""
     plan = group.broadcast_object(None)
     if not plan["train"]:
-        return None
+        return
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    device = _rank_device(cfg, group)
+    device = distributed.rank_device(cfg.train.device, cfg.train.precision, group)
     store = RunStore(cfg.run_dir)
     resume_state = store.load_checkpoint("last") if plan["resume"] else None
     volumes = VolumeStore.from_config(cfg.data)
-    attempts = plan["retries"]
-    while True:
-        run_cfg = _with_lr(cfg, cfg.train.lr * 0.1**attempts)
-        train = SliceDataset(
-            data.train, train=True, seed=cfg.train.seed, store=volumes, targets_optional=self_supervised(cfg)
-        )
-        trainer = Trainer(build_method(run_cfg, data, device), train, None, run_cfg, store, device, group=group)
-        try:
-            with _stop_on_signals(trainer):
-                trainer.fit(resume_state)
-            return None
-        except (Preempted, Interrupted):
-            return None
-        except Diverged:
-            attempts += 1
-            if cfg.train.on_divergence == "retry-lower-lr" and attempts <= MAX_RETRIES:
-                resume_state = None
-                continue
-            return None
+
+    def trainer_for(method, train, run_cfg):
+        return Trainer(method, train, None, run_cfg, store, device, group=group)
+
+    try:
+        fit_with_retries(cfg, data, device, volumes, resume_state, plan["retries"], trainer_for)
+    except RunEnded:  # rank 0 reports it
+        pass
 
 
-def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, quiet: bool, plan=None) -> RunStore:
+def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, quiet: bool, plan=None):
     store = RunStore(cfg.run_dir)
     if store.exists() and not (resume or overwrite):
         raise MrbenchError(f"run directory {store.path} exists; pass --resume to continue it or --overwrite to redo it")
@@ -245,8 +238,7 @@ def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, q
                 "(or --overwrite to redo it)"
             )
         if store.is_done():
-            store.already_done = True  # finished earlier (e.g. by another sweep): nothing run now
-            return store
+            return store, ALREADY_DONE  # finished earlier (e.g. by another sweep): nothing run now
         if store.is_diverged():
             raise RunDiverged(store.read_json("metrics.json").get("diverged", {}), store.path)
         if store.checkpoint_path("last").exists():
@@ -256,7 +248,7 @@ def _execute(cfg: Config, data: ExperimentData, resume: bool, overwrite: bool, q
     retries = store.read_json("retries.json") if resume and store.retries_path.exists() else []
     fresh = not store.path.exists()
     try:
-        return _train_and_store(cfg, store, data, resume_state, retries, quiet, plan)
+        return _train_and_store(cfg, store, data, resume_state, retries, quiet, plan), DONE
     except MrbenchError:
         # a start that failed before any checkpoint leaves nothing half-made behind
         if fresh and not store.checkpoint_path("last").exists() and not store.is_diverged():
@@ -271,64 +263,49 @@ def _train_and_store(
     ``plan``: data parallel (rank 0), told to the other ranks before training starts."""
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     group = plan.group if plan is not None else None
-    device = _rank_device(cfg, group)
+    device = distributed.rank_device(cfg.train.device, cfg.train.precision, group)
     started = now()
     t0 = time.perf_counter()
     store.write_json("config.json", cfg.recorded())
     manifest = _manifest(cfg, data, device, started)
     store.write_json("manifest.json", manifest)
     volumes = VolumeStore.from_config(cfg.data)
+    val = SliceDataset(data.val, train=False, store=volumes)
+    bars = []
+
+    def trainer_for(method, train, run_cfg):
+        bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
+        bars.append(bar)
+        trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
+        if method.learned and method.shares_phases and cfg.train.share_phases and group is None:
+            trainer.shared = SharedPhases(store.path.parent / SHARED_DIR)
+            trainer.phase_keys = phase_keys(_identity(run_cfg.recorded()), method.phases(), train, data.val, data.train)
+        return trainer
+
+    def on_diverged(info, retrying):
+        retries.append(info)
+        if retrying:
+            store.write_json("retries.json", retries)  # a resume continues at the lowered lr
+
     # closed on every way out: a failed run's flush thread must not outlive a directory the caller removes
     with _writer(store) as writer:
         if plan is not None:
             plan.send(train=True, resume=resume_state is not None, retries=len(retries))
-        while True:  # one attempt, or more with train.on_divergence = "retry-lower-lr"
-            run_cfg = _with_lr(cfg, cfg.train.lr * 0.1 ** len(retries))
-            train = SliceDataset(
-                data.train, train=True, seed=cfg.train.seed, store=volumes, targets_optional=self_supervised(cfg)
+        try:
+            trainer, method, run_cfg = fit_with_retries(
+                cfg, data, device, volumes, resume_state, len(retries), trainer_for, on_diverged
             )
-            val = SliceDataset(data.val, train=False, store=volumes)
-            method = build_method(run_cfg, data, device)
-            bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
-            try:
-                trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
-                if method.learned and method.shares_phases and cfg.train.share_phases and group is None:
-                    trainer.shared = SharedPhases(store.path.parent / SHARED_DIR)
-                    trainer.phase_keys = phase_keys(
-                        _identity(run_cfg.recorded()), method.phases(), train, data.val, data.train
-                    )
-                if method.learned:
-                    with _stop_on_signals(trainer):
-                        trainer.fit(resume_state)
-                train_seconds = time.perf_counter() - t0
-                previews: list[dict] = []
-                metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
-                break
-            except Preempted as stop:
-                raise RunStopped(stop.args[0], store.path) from None
-            except Interrupted as sig:
-                raise RunInterrupted(sig.signum, sig.slices, store.path) from None
-            except Diverged as div:
-                retries.append(div.info)
-                if cfg.train.on_divergence == "retry-lower-lr" and len(retries) <= MAX_RETRIES:
-                    store.write_json("retries.json", retries)  # a resume continues at the lowered lr
-                    resume_state = None
-                    continue
-                store.write_json(
-                    "metrics.json",
-                    {
-                        "run": cfg.run_name,
-                        "method": cfg.method,
-                        "status": "diverged",
-                        "diverged": div.info,
-                        "retries": retries,
-                        "contexts": {},
-                    },
-                )
-                store.mark_diverged()
-                raise RunDiverged(div.info, store.path) from None
-            finally:
+        except RunDiverged as div:
+            diverged = {"run": cfg.run_name, "method": cfg.method, "status": "diverged", "diverged": div.info}
+            store.write_json("metrics.json", {**diverged, "retries": retries, "contexts": {}})
+            store.mark_diverged()
+            raise
+        finally:
+            for bar in bars:
                 bar.close()
+        train_seconds = time.perf_counter() - t0
+        previews: list[dict] = []
+        metrics = evaluate(method, cfg, data, device, volumes, writer=writer, previews=previews)
     if retries:
         metrics["retries"] = retries  # the lr each attempt diverged at; the run ended at run_cfg's
         metrics["lr_final"] = run_cfg.train.lr
@@ -453,216 +430,3 @@ def _manifest(cfg: Config, data: ExperimentData, device: torch.device, started: 
         "started": started,
         **environment(),
     }
-
-
-# ---------------------------------------------------------------------- evaluation
-
-
-def evaluate(
-    method: Method,
-    cfg: Config,
-    data: ExperimentData,
-    device: torch.device,
-    volumes: VolumeStore,
-    *,
-    contexts: str = "all",
-    adapt_steps: list[int] | None = None,
-    writer=None,
-    previews: list | None = None,
-) -> dict:
-    """Seen test tasks (no adaptation) and unseen contexts after adaptation: scored at 0 steps
-    and at the step count chosen on seen validation — what the tables, claims and report read —
-    or, with ``eval.curve`` or explicit ``adapt_steps`` (``mrbench evaluate --adapt-steps``),
-    at every step count (the diagnostic curve). The choice itself is made over all of
-    ``eval.adapt_steps`` either way, and one adaptation trajectory serves every count, so the
-    scores at the chosen count do not depend on the curve (issue 31: the curve was ~a third
-    of a demo run's evaluation).
-
-    ``previews``, when given, receives one middle slice of the first test volume per
-    context (and per adaptation step count) for the report's reconstruction viewer."""
-    curve = cfg.eval.curve or adapt_steps is not None
-    adapt_steps = sorted(set([0, *(adapt_steps if adapt_steps is not None else cfg.eval.adapt_steps)]))
-    for m in method.models.values():
-        m.eval()
-    out: dict = {
-        "run": cfg.run_name,
-        "method": cfg.method,
-        "scarcity": cfg.scarcity,
-        "seed": cfg.train.seed,
-        "contexts": {},
-    }
-    batch = max(8, cfg.train.batch)
-    train_counts = data.slice_lists()
-    if contexts in ("seen", "all"):
-        test = SliceDataset(data.test, train=False, store=volumes)
-        for t, task in enumerate(data.test):
-            vols = predict_volumes(
-                method.reconstructor(t), test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes
-            )
-            _log_volume(writer, f"test/{task.name}", vols)
-            _keep_preview(previews, task.name, 0, vols)
-            out["contexts"][task.name] = {
-                "seen": True,
-                "scarce": data.scarce[t],
-                "context": task.context.as_dict(),
-                "train_slices": train_counts[task.name]["slices"],
-                "kspace_source": kspace_sources(task),
-                "steps": {"0": score_volumes(vols)},
-            }
-    if contexts in ("unseen", "all") and data.unseen_test:
-        choice = select_adaptation(method, cfg, data, device, volumes, adapt_steps, batch=batch)
-        out["adaptation"] = choice
-        test = SliceDataset(data.unseen_test, train=False, store=volumes)
-        pool = SliceDataset(data.unseen_support, train=False, store=volumes, targets_optional=self_supervised(cfg))
-        for t, task in enumerate(data.unseen_test):
-            support = support_batch(pool, t, data.support_slices[task.name], device)
-
-            def predict(recon, t=t):
-                return predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
-
-            scored = adapt_steps if curve else sorted({0, int(choice["steps"])})
-            by_steps = adapted_volumes(method, task.context, support, choice, scored, predict)
-            steps_out = {}
-            for steps, vols in by_steps.items():
-                steps_out[str(steps)] = score_volumes(vols)
-                _keep_preview(previews, task.name, steps, vols)
-                if steps == scored[-1]:
-                    _log_volume(writer, f"unseen/{task.name}/steps{steps}", vols)
-            out["contexts"][task.name] = {
-                "seen": False,
-                "scarce": False,
-                "context": task.context.as_dict(),
-                "train_slices": 0,
-                "kspace_source": kspace_sources(task),
-                "support_slices": [list(s) for s in data.support_slices[task.name]],
-                "chosen_steps": choice["steps"],
-                "steps": steps_out,
-            }
-    out["summary"] = _summary(out["contexts"])
-    return out
-
-
-def kspace_sources(task) -> str:
-    """Where a context's test k-space came from (``attrs["kspace_source"]`` of its volumes):
-    the tables and the ledger print "simulated from magnitude" beside results (issue 33)."""
-    return ", ".join(sorted({v.kspace_source for v in task.volumes} - {""}))
-
-
-def _summary(contexts: dict) -> dict:
-    summary = {}
-    for kind, seen in (("seen", True), ("unseen", False)):
-        rows = [c for c in contexts.values() if c["seen"] == seen]
-        if not rows:
-            continue
-        summary[kind] = {}
-        for steps in sorted({s for c in rows for s in c["steps"]}, key=int):
-            vals = [c["steps"][steps]["mean"] for c in rows if steps in c["steps"]]
-            summary[kind][steps] = {m: sum(v[m] for v in vals) / len(vals) for m in ("nmse", "psnr", "ssim")}
-    return summary
-
-
-def _keep_preview(previews: list | None, context: str, steps: int, vols: dict) -> None:
-    if previews is None or not vols:
-        return
-    name = sorted(vols)[0]
-    v = vols[name]
-    s = v["pred"].shape[0] // 2
-    previews.append(
-        {
-            "context": context,
-            "steps": steps,
-            "volume": name,
-            "slice": s,
-            **{k: v[k][s].numpy() for k in ("target", "zero_filled", "pred")},
-        }
-    )
-
-
-def _log_volume(writer, tag: str, vols: dict) -> None:
-    """One image per slice of the first volume, so TensorBoard's step slider scrolls through it."""
-    if writer is None or not vols:
-        return
-
-    v = vols[sorted(vols)[0]]
-    for s in range(v["pred"].shape[0]):
-        writer.add_image(tag, image_grid(v["pred"][s], v["target"][s], v["zero_filled"][s]), s, dataformats="HW")
-
-
-def support_curves(path: str | os.PathLike, sizes: list[int]) -> dict:
-    """Each unseen context's metrics against the support-set size (docs/design.md §6): for
-    every k in ``sizes`` a support set of k units (``eval.support_unit``), drawn as every
-    method's is (split seed and context only), adapted with the run's own chosen rule and lr
-    along its step counts, the test volumes scored after each. Stored in metrics.json as
-    ``contexts[name]["support_curve"][k][steps]`` (mean metrics); the rest is kept."""
-
-    store = RunStore(path)
-    if not store.metrics_path.exists():
-        raise MrbenchError(f"{path}: no metrics.json (an unfinished run); finish it with mrbench run … --resume")
-    metrics = store.read_json("metrics.json")
-    choice = metrics.get("adaptation")
-    cfg = config_from_dict(store.read_json("config.json"))
-    device = select_device(cfg.train.device)
-    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)
-    if not data.unseen_test:
-        raise MrbenchError(f"{path}: no unseen contexts (data.unseen in config.json), so no support curves")
-    method = build_method(cfg, data, device)
-    if method.learned:
-        method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])
-    for m in method.models.values():
-        m.eval()
-    if not choice or choice.get("rule") in (None, "none"):
-        choice = {"rule": "none", "lr": None, "steps": 0}
-    volumes = VolumeStore.from_config(cfg.data)
-    batch = max(8, cfg.train.batch)
-    test = SliceDataset(data.unseen_test, train=False, store=volumes)
-    pool = SliceDataset(data.unseen_support, train=False, store=volumes, targets_optional=self_supervised(cfg))
-    for t, task in enumerate(data.unseen_test):
-        entry = metrics["contexts"].get(task.name)
-        if entry is None:
-            continue
-        steps = sorted(int(s) for s in entry["steps"])
-        curve = {}
-        for k in sizes:
-            picks = choose_support(
-                data.unseen_support[t].volumes, k, cfg.data.split_seed, task.name, cfg.eval.support_unit
-            )
-            support = support_batch(pool, t, picks, device)
-
-            def predict(recon, t=t):
-                return predict_volumes(recon, test, t, batch=batch, device=device, max_volumes=cfg.eval.max_volumes)
-
-            by_steps = adapted_volumes(method, task.context, support, choice, steps, predict)
-            curve[str(k)] = {str(s): score_volumes(v)["mean"] for s, v in by_steps.items()}
-        entry["support_curve"] = curve
-    store.write_json("metrics.json", metrics)
-    return metrics
-
-
-def evaluate_run_dir(path: str | os.PathLike, contexts: str = "all", adapt_steps: list[int] | None = None) -> dict:
-    """Re-evaluate a stored run from its config.json and best.pt; rewrite metrics.json."""
-    store = RunStore(path)
-    cfg = config_from_dict(store.read_json("config.json"))
-    device = select_device(cfg.train.device)
-    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)
-    method = build_method(cfg, data, device)
-    if method.learned:
-        method.load_state_dict(store.load_checkpoint("best", map_location=device)["models"])
-    previews: list[dict] = []
-    metrics = evaluate(
-        method,
-        cfg,
-        data,
-        device,
-        VolumeStore.from_config(cfg.data),
-        contexts=contexts,
-        adapt_steps=adapt_steps,
-        previews=previews,
-    )
-    if store.metrics_path.exists():
-        old = store.read_json("metrics.json")
-        for key in ("history", "cost"):
-            if key in old:
-                metrics[key] = old[key]
-    store.write_json("metrics.json", metrics)
-    store.write_previews(previews)
-    return metrics

@@ -18,6 +18,8 @@ from mrbench.data.dataset import SliceDataset
 from mrbench.data.fastmri_format import ACQUISITION_FIELDS, FAMILIES, read_meta, sequence_family
 from mrbench.data.synth.build import SynthSpec, header_parameters, synthesize
 from mrbench.data.synth.physics import FIELD_STRENGTH_T, resolve_contrast
+from mrbench.distributed import select_device
+from mrbench.methods import build_method
 from mrbench.models import build_backbone
 from mrbench.models.conditioning import (
     ConditionedNormUNet,
@@ -27,7 +29,6 @@ from mrbench.models.conditioning import (
     num_metadata_features,
 )
 from mrbench.models.unet import NormUNet
-from mrbench.runner import build_method, select_device
 from mrbench.store import RunStore
 
 TINY = dict(cascades=2, chans=4, pools=2, sens_chans=2, sens_pools=1)

@@ -413,14 +413,16 @@ def test_two_concurrent_sweeps_train_every_cell_exactly_once(data_root, tmp_path
 def test_bf16_is_refused_on_a_cpu_without_bf16_before_anything_is_written(data_root, tmp_path, monkeypatch):
     """Issue 14/15: mixed precision needs a GPU or a CPU with bfloat16 instructions (emulated
     bf16 is slower than fp32); elsewhere one line, exit 2, no run directory."""
-    monkeypatch.setattr("mrbench.runner.cpu_bf16_supported", lambda: False)
+    monkeypatch.setattr("mrbench.distributed.cpu_bf16_supported", lambda: False)
     sets = tiny_run_settings(data_root, tmp_path, "train.precision=bf16", "train.device=cpu")
     res = CliRunner().invoke(main, ["run", "joint", "--quiet", *set_args(sets)])
     assert res.exit_code == 2 and "train.precision = bf16 needs a CUDA device or a CPU with bfloat16" in res.output
     assert not (tmp_path / "default").exists() or not any((tmp_path / "default").iterdir())
 
 
-@pytest.mark.skipif(not __import__("mrbench.runner").runner.cpu_bf16_supported(), reason="CPU without bfloat16")
+@pytest.mark.skipif(
+    not __import__("mrbench.distributed").distributed.cpu_bf16_supported(), reason="CPU without bfloat16"
+)
 def test_bf16_trains_on_a_cpu_with_bf16(data_root, tmp_path):
     """Autocast is really applied (the metrics move) and harmless (they move by < 1 dB)."""
     psnr = {}

@@ -2,7 +2,8 @@
 
 base (errors, atomic, registry, fourier, store) → data → physics → models → losses → methods →
 evaluation (scoring volumes; the engine validates with it) → engine (config, engine,
-shared_phases, distributed) → runner → reports / sweep / launcher / demo → cli. An import may
+shared_phases, distributed) → runner (and evaluation.trained, the evaluation of a trained run)
+→ reports / sweep / launcher / demo → cli. An import may
 point to its own layer or one below; imports inside functions are for start-up speed only, in
 the modules listed in LAZY, and every module-level import graph is acyclic.
 """
@@ -24,9 +25,9 @@ LAYERS = [
     ("models", r"mrbench\.models(\..*)?$"),
     ("losses", r"mrbench\.losses(\..*)?$"),
     ("methods", r"mrbench\.methods(\..*)?$"),
-    ("evaluation", r"mrbench\.evaluation(\..*)?$"),
+    ("evaluation", r"mrbench\.evaluation\.(metrics|evaluate|adaptation)$|mrbench\.evaluation$"),
     ("engine", r"mrbench\.(config|engine|shared_phases|distributed)$"),
-    ("runner", r"mrbench\.runner$"),
+    ("runner", r"mrbench\.(runner|evaluation\.trained)$"),
     ("reports", r"mrbench\.(reports(\..*)?|sweep|launcher|demo)$"),
     ("cli", r"mrbench\.(cli|warm|__main__)$"),
 ]

@@ -1,5 +1,11 @@
 """Training regimes, looked up by name. Adding one is one file and one line here."""
 
+from __future__ import annotations
+
+import torch
+
+from ..losses import build_loss
+from ..models import build_backbone
 from ..registry import Registry
 from .base import Method, Phase, StepResult
 from .conditioned import Conditioned
@@ -16,4 +22,17 @@ METHODS: Registry[type[Method]] = Registry(
     "method", {cls.name: cls for cls in (ZeroFilled, STL, Joint, Transfer, MTL, MAML, MetaDrop, KMMAML, Conditioned)}
 )
 
-__all__ = ["METHODS", "Method", "Phase", "StepResult"]
+
+def build_method(cfg, data, device: torch.device) -> Method:
+    """The run's method on ``data`` (an :class:`~mrbench.data.assemble.ExperimentData`): seeded
+    by ``train.seed``, given its backbone factory and its loss (``train.loss``), on ``device``."""
+    torch.manual_seed(cfg.train.seed)
+    kwargs = cfg.model.backbone_kwargs()
+    method = METHODS[cfg.method](
+        cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs), build_loss(cfg)
+    )
+    method.models.to(device)
+    return method
+
+
+__all__ = ["METHODS", "Method", "Phase", "StepResult", "build_method"]

@@ -98,7 +98,7 @@ class Method:
         self.scarce = list(scarce)
         self.make_backbone = make_backbone
         self.models = nn.ModuleDict()
-        # train.loss (runner.build_method builds it): every step and every fine-tuning step uses it
+        # train.loss (methods.build_method builds it): every step and every fine-tuning step uses it
         self.loss = loss if loss is not None else build_loss(cfg)
         self.loss.contexts = [t.context for t in self.tasks]
 
