@@ -145,19 +145,20 @@ class Trainer:
         method: Method,
         train: SliceDataset,
         val: SliceDataset,
-        cfg,
+        opts,
         store: RunStore,
         device: torch.device,
         writer=None,
         progress: Callable[[int, dict], None] | None = None,
         group=None,
     ):
-        """``group``: the data-parallel process group (:mod:`mrbench.distributed`), or None."""
+        """``opts``: the ``[train]`` section (the engine reads nothing else of the config);
+        ``group``: the data-parallel process group (:mod:`mrbench.distributed`), or None."""
         self.group = group
         self.method = method
         self.train = train
         self.val = val
-        self.cfg = cfg
+        self.opts = opts
         self.store = store
         self.device = device
         self.writer = writer
@@ -227,13 +228,13 @@ class Trainer:
     def _set_lr(self, opt, phase: Phase, used: int) -> None:
         """Cosine decay over the phase's *slices* (not steps): methods whose steps push
         different numbers of slices (meta-learning episodes) follow the same schedule."""
-        if self.cfg.train.schedule == "cosine" and phase.budget > 0:
+        if self.opts.schedule == "cosine" and phase.budget > 0:
             lr = phase.lr * 0.5 * (1 + math.cos(math.pi * min(used, phase.budget) / phase.budget))
             for group in opt.param_groups:
                 group["lr"] = lr
 
     def _run_phase(self, p_idx: int, phase: Phase, resume: dict | None) -> None:
-        cfg = self.cfg.train
+        cfg = self.opts
         params, opt = self._make_optim(phase)
         sampler = TaskSampler(self.train, phase.tasks, phase.sampling, seed=cfg.seed * 1000 + p_idx)
         used, steps, next_val = 0, 0, min(cfg.val_every, phase.budget)
@@ -316,7 +317,7 @@ class Trainer:
         (convolutions in bfloat16; FFTs and the complex algebra stay in complex64, which autocast
         leaves alone); on a CPU without bfloat16 instructions it is refused before the run starts
         (:func:`mrbench.distributed.select_device`). Evaluation stays in fp32."""
-        if self.cfg.train.precision == "bf16":
+        if self.opts.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -330,7 +331,7 @@ class Trainer:
         The loader plans ahead, so each batch carries the sampler and mask-generator states
         after it, which a checkpoint stores (``_consumed``) instead of the planner's."""
         states: deque = deque()
-        train, size = self.train, self.cfg.train.batch
+        train, size = self.train, self.opts.batch
 
         def plan():
             u = used
@@ -345,7 +346,7 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             _Drawn(train),
             batch_sampler=plan(),
-            num_workers=self.cfg.train.workers,
+            num_workers=self.opts.workers,
             collate_fn=torch.utils.data.default_collate,
         )
         for batch in loader:
@@ -386,7 +387,7 @@ class Trainer:
             recon = self.method.reconstructor(t)
             for m in phase.modules:
                 self.method.models[m].eval()
-            vols = predict_volumes(recon, self.val, t, batch=max(8, self.cfg.train.batch), device=self.device)
+            vols = predict_volumes(recon, self.val, t, batch=max(8, self.opts.batch), device=self.device)
             res = score_volumes(vols)
             scores.append(res["mean"]["ssim"])
             name = self.val.tasks[t].name

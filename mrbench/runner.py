@@ -218,7 +218,7 @@ def _follow(cfg: Config, data: ExperimentData, group) -> None:
     volumes = VolumeStore.from_config(cfg.data)
 
     def trainer_for(method, train, run_cfg):
-        return Trainer(method, train, None, run_cfg, store, device, group=group)
+        return Trainer(method, train, None, run_cfg.train, store, device, group=group)
 
     try:
         fit_with_retries(cfg, data, device, volumes, resume_state, plan["retries"], trainer_for)
@@ -276,7 +276,7 @@ def _train_and_store(
     def trainer_for(method, train, run_cfg):
         bar, update = _progress_bar(cfg.train.budget if method.learned else 0, quiet)
         bars.append(bar)
-        trainer = Trainer(method, train, val, run_cfg, store, device, writer, update, group=group)
+        trainer = Trainer(method, train, val, run_cfg.train, store, device, writer, update, group=group)
         if method.learned and method.shares_phases and cfg.train.share_phases and group is None:
             trainer.shared = SharedPhases(store.path.parent / SHARED_DIR)
             trainer.phase_keys = phase_keys(_identity(run_cfg.recorded()), method.phases(), train, data.val, data.train)

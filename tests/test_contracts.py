@@ -76,6 +76,26 @@ def test_every_method_declares_its_options_in_the_config(name):
                 assert hasattr(getattr(cfg, section), f.name), f"{section}.{f.name}"
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_gets_its_own_typed_options_and_a_frozen_plan(name, data_root):
+    """Issue 32 item 2: a method reads its own section as ``self.opts`` (None without options)
+    and the training plan (budget, lr, sampling, seed, ...) as a frozen ``self.plan``."""
+    from mrbench.data.assemble import assemble
+    from mrbench.methods import build_method
+    from mrbench.methods.base import Plan
+
+    settings = [s for s in tiny_run_settings(data_root, "/tmp/unused") if not s.startswith("model.cascades")]
+    settings += ["meta.embedding=8", "train.lr=2e-3"] + (["model.blocks=IV"] if name == "mtl" else [])
+    cfg = load_config(None, settings, method=name)
+    data = assemble(cfg.data, cfg.scarcity, cfg.eval.support, cfg.eval.support_unit)
+    method = build_method(cfg, data, torch.device("cpu"))
+    sections = list(METHODS[name].options)
+    assert method.opts is (getattr(cfg, sections[0]) if len(sections) == 1 else None)
+    assert method.plan == Plan.of(cfg.train) and method.plan.lr == 2e-3 and method.plan.budget == cfg.train.budget
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        method.plan.budget = 1
+
+
 def test_plugin_keys_live_beside_their_code():
     """config.py holds no plug-in's keys: they come from the plug-ins' option classes."""
     from mrbench.config import CORE_SECTIONS

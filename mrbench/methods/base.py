@@ -28,6 +28,25 @@ from ..models.outputs import image
 Reconstructor = Callable[[Sample], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a method trains with, fixed for the run (``[train]``'s budget and how a multi-network
+    method spends it, lr, sampling, seed, batch, clipping): the method reads these, never the
+    rest of ``[train]``. ``lr`` is the attempt's (a retry after divergence lowers it)."""
+
+    budget: int
+    budget_per: str
+    lr: float
+    sampling: str
+    seed: int
+    batch: int
+    grad_clip: float
+
+    @classmethod
+    def of(cls, train) -> Plan:
+        return cls(**{f: getattr(train, f) for f in cls.__dataclass_fields__})
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -94,6 +113,10 @@ class Method:
         self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module], loss=None
     ):
         self.cfg = cfg
+        self.plan = Plan.of(cfg.train)
+        # the method's own options, typed: the section its ``options`` name ([meta], [mtl], [condition];
+        # transfer's keys live in [train]); None for a method without options
+        self.opts = getattr(cfg, next(iter(self.options))) if len(self.options) == 1 else None
         self.tasks = list(tasks)
         self.scarce = list(scarce)
         self.make_backbone = make_backbone
@@ -111,9 +134,9 @@ class Method:
         in proportions ``shares`` — the largest share gets the whole budget, the others in
         proportion (equal steps per network). None with ``"run"``: the method splits the run's
         budget between them by its own rule (equal compute)."""
-        if self.cfg.train.budget_per != "network":
+        if self.plan.budget_per != "network":
             return None
-        return [max(1, round(self.cfg.train.budget * s / max(shares))) for s in shares]
+        return [max(1, round(self.plan.budget * s / max(shares))) for s in shares]
 
     def supervised_step(self, key: str) -> Callable[[Sample], StepResult]:
         """The standard step: the training loss of ``models[key]`` on a batch, per-task losses logged."""

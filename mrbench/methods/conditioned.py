@@ -68,7 +68,7 @@ class Conditioned(Joint):
                 )
 
     def build(self, make_backbone):
-        c = self.cfg.condition
+        c = self.opts
         return condition_backbone(make_backbone(), c.on, c.embedding, c.prompts)
 
     def contexts_of(self, batch, ctx=None) -> list:

@@ -27,11 +27,11 @@ class Joint(Method):
         return [
             Phase(
                 name=self.key,
-                budget=self.cfg.train.budget,
-                lr=self.cfg.train.lr,
+                budget=self.plan.budget,
+                lr=self.plan.lr,
                 modules=[self.key],
                 tasks=list(range(len(self.tasks))),
                 step=self.supervised_step(self.key),
-                sampling=self.cfg.train.sampling,
+                sampling=self.plan.sampling,
             )
         ]

@@ -144,7 +144,7 @@ class KMMAML(Episodic):
         self.make_inner_rates(self.hyper_names)
 
     def step(self, source) -> StepResult:
-        m = self.cfg.meta
+        m = self.opts
         net = self.models["net"]
         params = dict(net.named_parameters())
         buffers = dict(net.named_buffers())
@@ -176,7 +176,7 @@ class KMMAML(Episodic):
         adapts nothing (every step count gives the 0-step network)."""
         if rule not in self.adapt_rules():
             raise ValueError(f"kmmaml has no adaptation rule {rule!r}")
-        m = self.cfg.meta
+        m = self.opts
         net = copy.deepcopy(self.models["net"])
         net.eval()
         with torch.no_grad():

@@ -84,7 +84,7 @@ class MAML(Episodic):
         self.make_inner_rates(self.adapt_names)
 
     def step(self, source) -> StepResult:
-        m = self.cfg.meta
+        m = self.opts
         net = self.models["net"]
         params = dict(net.named_parameters())
         buffers = dict(net.named_buffers())

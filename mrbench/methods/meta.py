@@ -347,8 +347,8 @@ class Episodic(Method):
         return [
             Phase(
                 name=self.name,
-                budget=self.cfg.train.budget,
-                lr=self.cfg.train.lr,
+                budget=self.plan.budget,
+                lr=self.plan.lr,
                 modules=["net", *(["inner_lr"] if "inner_lr" in self.models else [])],
                 tasks=list(range(len(self.tasks))),
                 custom_step=self.step,
@@ -359,14 +359,14 @@ class Episodic(Method):
     def make_inner_rates(self, names: Sequence[str]) -> None:
         """With ``meta.inner_lr = "learned"``, the :class:`InnerRates` of ``names`` (trained and
         checkpointed with the network as ``models["inner_lr"]``)."""
-        if self.cfg.meta.inner_lr == "learned":
-            self.models["inner_lr"] = InnerRates(names, self.cfg.meta.inner_lr_init)
+        if self.opts.inner_lr == "learned":
+            self.models["inner_lr"] = InnerRates(names, self.opts.inner_lr_init)
 
     def inner_rates(self) -> float | dict[str, torch.Tensor]:
         """The inner step size(s): the fixed ``meta.inner_lr`` or the learned ones."""
         if "inner_lr" in self.models:
             return self.models["inner_lr"].as_dict()
-        return float(self.cfg.meta.inner_lr)
+        return float(self.opts.inner_lr)
 
     # -- episodes
     def support_slices(self) -> int:
@@ -374,7 +374,7 @@ class Episodic(Method):
         as the test-time support set has — ``eval.support`` slices, or ``eval.support`` volumes
         times the mean slices per training volume — so meta-training adapts on support sets of the
         size it will be tested with (a 4-slice set made Adam overfit, 32 slices helped)."""
-        m, e = self.cfg.meta, self.cfg.eval
+        m, e = self.opts, self.cfg.eval
         if m.support:
             return m.support
         if e.support_unit == "slices":
@@ -388,7 +388,7 @@ class Episodic(Method):
         ``stratified`` — every task equally often (``None``: the scarce task up-sampled, as
         joint's stratified sampler does); ``uniform`` — in proportion to the tasks' training
         slices (as joint's uniform sampler does)."""
-        if self.cfg.train.sampling == "stratified":
+        if self.plan.sampling == "stratified":
             return None
         return torch.tensor([float(t.num_slices) for t in self.tasks])
 
@@ -396,7 +396,7 @@ class Episodic(Method):
         """Slices one episode pushes through forward+backward (the budget accounting rule):
         per task ``support × inner steps + query`` (the support at least once with
         ``support_always``)."""
-        m = self.cfg.meta
+        m = self.opts
         passes = max(m.inner_steps, 1) if self.support_always else m.inner_steps
         return min(m.tasks_per_batch, len(self.tasks)) * (self.support_slices() * passes + m.query)
 
@@ -405,7 +405,7 @@ class Episodic(Method):
         an inner step or ``support_always`` needs it) and a query batch; ``query_loss(support,
         query)`` runs the inner loop and returns the query loss, whose meta-gradient is
         accumulated into the parameters' ``.grad`` (mean over the tasks)."""
-        m = self.cfg.meta
+        m = self.opts
         tasks = sample_tasks(len(self.tasks), m.tasks_per_batch, weights=self.task_weights())
         losses: dict[int, float] = {}
         for t in tasks:
@@ -422,7 +422,7 @@ class Episodic(Method):
         (:func:`vmap_query_losses`), whose mean is back-propagated once. Where the tasks' batches
         cannot be stacked (``None``: image sizes differ), the same batches go through the loop's
         ``query_loss(support, query)`` task by task."""
-        m = self.cfg.meta
+        m = self.opts
         tasks = sample_tasks(len(self.tasks), m.tasks_per_batch, weights=self.task_weights())
         supports, queries = [], []
         for t in tasks:

@@ -247,10 +247,10 @@ class MetaDrop(Episodic):
 
     def episode_slices(self) -> int:
         """One step: the support batch of context A and the meta batch of context B."""
-        return self.support_slices() + self.cfg.meta.query
+        return self.support_slices() + self.opts.query
 
     def step(self, source) -> StepResult:
-        m = self.cfg.meta
+        m = self.opts
         net = self.models["net"]
         a, b = draw_pair(self.candidates, weights=self.task_weights())
         n_a = self.support_slices()

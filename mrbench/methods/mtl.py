@@ -98,12 +98,12 @@ class MTL(Method):
         return [
             Phase(
                 name="mtl",
-                budget=self.cfg.train.budget,
-                lr=self.cfg.train.lr,
+                budget=self.plan.budget,
+                lr=self.plan.lr,
                 modules=["mtl", "weighting"],
                 tasks=list(range(len(self.tasks))),
                 step=self.step,
-                sampling=self.cfg.train.sampling,
+                sampling=self.plan.sampling,
             )
         ]
 

@@ -23,13 +23,13 @@ class STL(Method):
             self.models[f"task{i}"] = make_backbone()
 
     def phases(self) -> list[Phase]:
-        n, budget = len(self.tasks), self.cfg.train.budget
+        n, budget = len(self.tasks), self.plan.budget
         shares = self.network_budgets([1.0] * n) or [budget // n + (1 if i < budget % n else 0) for i in range(n)]
         return [
             Phase(
                 name=f"stl:{t.name}",
                 budget=shares[i],
-                lr=self.cfg.train.lr,
+                lr=self.plan.lr,
                 modules=[f"task{i}"],
                 tasks=[i],
                 step=self.supervised_step(f"task{i}"),

@@ -47,30 +47,30 @@ class Transfer(Method):
         self.models["finetuned"] = make_backbone()
 
     def phases(self) -> list[Phase]:
-        train = self.cfg.train
-        per_network = self.network_budgets([train.pretrain_fraction, 1 - train.pretrain_fraction])
-        pre = per_network[0] if per_network else max(1, round(train.budget * train.pretrain_fraction))
-        rest = per_network[1] if per_network else train.budget - pre
+        own = self.opts  # [train], where transfer's own keys live
+        per_network = self.network_budgets([own.pretrain_fraction, 1 - own.pretrain_fraction])
+        pre = per_network[0] if per_network else max(1, round(self.plan.budget * own.pretrain_fraction))
+        rest = per_network[1] if per_network else self.plan.budget - pre
         abundant = [i for i, s in enumerate(self.scarce) if not s]
         scarce = [i for i, s in enumerate(self.scarce) if s]
         return [
             Phase(
                 "pretrain",
                 pre,
-                train.lr,
+                self.plan.lr,
                 ["pretrained"],
                 abundant,
                 self.supervised_step("pretrained"),
-                sampling=train.sampling,
+                sampling=self.plan.sampling,
             ),
             Phase(
                 "finetune",
                 rest,
-                train.lr * train.finetune_lr_factor,
+                self.plan.lr * own.finetune_lr_factor,
                 ["finetuned"],
                 scarce,
                 self.supervised_step("finetuned"),
-                sampling=train.sampling,
+                sampling=self.plan.sampling,
                 on_start=lambda: self.models["finetuned"].load_state_dict(self.models["pretrained"].state_dict()),
             ),
         ]
