@@ -28,11 +28,22 @@ backward passes (checked against autograd by gradcheck in ``tests/test_models.py
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from .fourier import alternating_sign, fft2c, ifft2c, rss
+
+#: each domain's (forward, inverse) FFT pair (orthonormal)
+_TRANSFORMS = {
+    "columns": (
+        functools.partial(torch.fft.fft, dim=-1, norm="ortho"),
+        functools.partial(torch.fft.ifft, dim=-1, norm="ortho"),
+    ),
+    "shifted": (functools.partial(torch.fft.fft2, norm="ortho"), functools.partial(torch.fft.ifft2, norm="ortho")),
+    "centred": (fft2c, ifft2c),
+}
 
 
 @dataclass(frozen=True)
@@ -54,18 +65,10 @@ class Domain:
     kind: str = "centred"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "columns":
-            return torch.fft.fft(x, dim=-1, norm="ortho")
-        if self.kind == "shifted":
-            return torch.fft.fft2(x, norm="ortho")
-        return fft2c(x)
+        return _TRANSFORMS[self.kind][0](x)
 
     def inverse(self, k: torch.Tensor) -> torch.Tensor:
-        if self.kind == "columns":
-            return torch.fft.ifft(k, dim=-1, norm="ortho")
-        if self.kind == "shifted":
-            return torch.fft.ifft2(k, norm="ortho")
-        return ifft2c(k)
+        return _TRANSFORMS[self.kind][1](k)
 
     def kspace(self, kspace: torch.Tensor) -> torch.Tensor:
         """Centred k-space (…, H, W) → working domain."""

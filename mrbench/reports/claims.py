@@ -145,6 +145,20 @@ def _select(df: pd.DataFrame, contexts: str) -> pd.DataFrame:
     return df
 
 
+def _result(test: str, measured: str, e: S.Estimate, cells, verdict: str, n: int) -> dict:
+    """One claim test's outcome, as the ledger rows read it."""
+    return {
+        "test": test,
+        "measured": measured,
+        "estimate": e,
+        "keys": [k for k, _ in cells],
+        "verdict": verdict,
+        "seeds": e.seeds,
+        "volumes": e.volumes,
+        "n": n,
+    }
+
+
 def _fmt(value: float, metric: str, sign: str = "+") -> str:
     unit, digits = (" dB", 2) if metric == "psnr" else ("", 4)
     return f"{value:{sign}.{digits}f}{unit}"
@@ -226,21 +240,23 @@ class Test:
             "tie": f"equivalence within ±{m} (TOST, α 0.05)",
         }[self.expect]
 
+    def _bounds(self) -> tuple[float, float | None]:
+        """The claim as an interval for Δ: above ``low`` (0 for superiority, −margin otherwise)
+        and, for a tie, below ``high`` = +margin."""
+        low = 0.0 if self.expect == "better" else -self.margin
+        return low, (self.margin if self.expect == "tie" else None)
+
     def p_for(self, e: S.Estimate) -> float:
-        """p of the claim's null hypothesis (small: the data support the claim)."""
-        if self.expect == "better":
-            return e.p_greater(0.0)
-        if self.expect == "tie":
-            return max(e.p_greater(-self.margin), e.p_less(self.margin))
-        return e.p_greater(-self.margin)
+        """p of the claim's null hypothesis (small: the data support the claim); TOST for a tie."""
+        low, high = self._bounds()
+        p = e.p_greater(low)
+        return p if high is None else max(p, e.p_less(high))
 
     def p_against(self, e: S.Estimate) -> float:
-        """p of the claim itself (small: the data refute it)."""
-        if self.expect == "better":
-            return e.p_less(0.0)
-        if self.expect == "tie":
-            return min(e.p_less(-self.margin), e.p_greater(self.margin))
-        return e.p_less(-self.margin)
+        """p of the claim itself (small: the data refute it): Δ below ``low`` (or above ``high``)."""
+        low, high = self._bounds()
+        p = e.p_less(low)
+        return p if high is None else min(p, e.p_greater(high))
 
     def verdict(self, e: S.Estimate) -> str:
         if self.p_for(e) < self.alpha:
@@ -399,16 +415,7 @@ def _compare(claim: Claim, df: pd.DataFrame, resolve: float | None) -> dict:
         if claim.expect != "better":
             lo90, hi90 = e.interval(0.90)
             measured += f"; 90 % interval [{_fmt(lo90, claim.metric)}, {_fmt(hi90, claim.metric)}]"
-    return {
-        "test": test_text,
-        "measured": measured,
-        "estimate": e,
-        "keys": [k for k, _ in cells],
-        "verdict": verdict,
-        "seeds": e.seeds,
-        "volumes": e.volumes,
-        "n": n,
-    }
+    return _result(test_text, measured, e, cells, verdict, n)
 
 
 def _adaptation(claim: Claim, df: pd.DataFrame) -> dict:
@@ -436,16 +443,9 @@ def _adaptation(claim: Claim, df: pd.DataFrame) -> dict:
         f"{len(cells)} cells (cells {_span([x.delta for x in per_cell], claim.metric)}; claimed "
         f"{_fmt(claim.gain, claim.metric)}); interval above 0 in {sum(x.lo > 0 for x in per_cell)} of {len(cells)} cells"
     )
-    return {
-        "test": f"gain > 0 and ≥ half the claimed {_fmt(claim.gain, claim.metric, '')}",
-        "measured": measured,
-        "estimate": e,
-        "keys": [k for k, _ in cells],
-        "verdict": verdict,
-        "seeds": e.seeds,
-        "volumes": e.volumes,
-        "n": len(cells),
-    }
+    return _result(
+        f"gain > 0 and ≥ half the claimed {_fmt(claim.gain, claim.metric, '')}", measured, e, cells, verdict, len(cells)
+    )
 
 
 def check(

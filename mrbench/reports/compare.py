@@ -649,6 +649,42 @@ def _steps_figure(data: ReportData, context: str) -> figure:
     return fig
 
 
+def _curves(data, cells: pd.DataFrame, x: str, x_label: str, title: str, ctx: str, level: int, steps: int):
+    """A figure with one series per label of ``cells`` (one row per run): the metric's mean ± std
+    over seeds against column ``x`` (budget, support size), dodged apart, with its legend."""
+    fig = figure(
+        name=f"{x}:{ctx}",
+        title=title,
+        width=430,
+        height=300,
+        tools=_CURVE_TOOLS,
+        x_axis_label=x_label,
+        y_axis_label=_UNITS[data.metric],
+    )
+    fig.xaxis.ticker = sorted(int(v) for v in cells[x].unique())
+    present = [lab for lab in data.labels if lab in set(cells["label"])]
+    markers = []
+    for i, label in enumerate(present):
+        g = cells[cells["label"] == label].groupby(x)[data.metric].agg(["mean", "std", "count"]).reset_index()
+        g = g.sort_values(x)
+        table = pd.DataFrame(
+            {
+                "label": label,
+                "context": ctx,
+                "scarcity": level,
+                "steps": steps,
+                f"{data.metric}_mean": g["mean"],
+                f"{data.metric}_std": g["std"].fillna(0.0),
+                "n": g["count"],
+                "runs": g["count"].astype(str) + " seed(s)",
+            }
+        )
+        at = g[x] + _dodge(i, len(present), cells[x])
+        markers.append(_series(fig, _series_source(table, data.metric, at), data.colours[label], label))
+    _finish(fig, markers, data.metric)
+    return fig
+
+
 def budget_panel(data: ReportData) -> LayoutDOM | None:
     """Seen-context metric against the training budget for a budget ladder (``[sweep]
     budgets``), mean ± std over seeds: whether a ranking was read off an unconverged budget.
@@ -660,41 +696,9 @@ def budget_panel(data: ReportData) -> LayoutDOM | None:
     figs = []
     for ctx in [c for c in data.seen if c in set(per_run["context"])]:
         cells = per_run[(per_run["context"] == ctx) & (per_run["scarcity"] == per_run["scarcity"].min())]
-        fig = figure(
-            name=f"budget:{ctx}",
-            title=f"{ctx} (seen), level s{int(cells['scarcity'].min())}",
-            width=430,
-            height=300,
-            tools=_CURVE_TOOLS,
-            x_axis_label="training budget (slices)",
-            y_axis_label=_UNITS[data.metric],
-        )
-        fig.xaxis.ticker = sorted(int(v) for v in cells["budget"].unique())
-        present = [lab for lab in data.labels if lab in set(cells["label"])]
-        markers = []
-        for i, label in enumerate(present):
-            g = (
-                cells[cells["label"] == label]
-                .groupby("budget")[data.metric]
-                .agg(["mean", "std", "count"])
-                .reset_index()
-            )
-            table = pd.DataFrame(
-                {
-                    "label": label,
-                    "context": ctx,
-                    "scarcity": int(cells["scarcity"].min()),
-                    "steps": 0,
-                    f"{data.metric}_mean": g["mean"],
-                    f"{data.metric}_std": g["std"].fillna(0.0),
-                    "n": g["count"],
-                    "runs": g["count"].astype(str) + " seed(s)",
-                }
-            )
-            x = g["budget"] + _dodge(i, len(present), cells["budget"])
-            markers.append(_series(fig, _series_source(table, data.metric, x), data.colours[label], label))
-        _finish(fig, markers, data.metric)
-        figs.append(fig)
+        level = int(cells["scarcity"].min())
+        title = f"{ctx} (seen), level s{level}"
+        figs.append(_curves(data, cells, "budget", "training budget (slices)", title, ctx, level, 0))
     return column(
         _heading(
             f"{_UNITS[data.metric]} vs training budget on seen contexts",
@@ -723,42 +727,8 @@ def support_panel(data: ReportData) -> LayoutDOM:
         level = int(cells["scarcity"].min())
         cells = cells[cells["scarcity"] == level]
         steps = int(cells["steps"].max())
-        fig = figure(
-            name=f"support:{ctx}",
-            title=f"{ctx} (unseen), level s{level}, {steps} steps",
-            width=430,
-            height=300,
-            tools=_CURVE_TOOLS,
-            x_axis_label="support set size",
-            y_axis_label=_UNITS[data.metric],
-        )
-        fig.xaxis.ticker = sorted(int(v) for v in cells["support"].unique())
-        markers = []
-        present = [lab for lab in data.labels if lab in set(cells["label"])]
-        for i, label in enumerate(present):
-            g = (
-                cells[cells["label"] == label]
-                .groupby("support")[data.metric]
-                .agg(["mean", "std", "count"])
-                .reset_index()
-                .sort_values("support")
-            )
-            table = pd.DataFrame(
-                {
-                    "label": label,
-                    "context": ctx,
-                    "scarcity": level,
-                    "steps": steps,
-                    f"{data.metric}_mean": g["mean"],
-                    f"{data.metric}_std": g["std"].fillna(0.0),
-                    "n": g["count"],
-                    "runs": g["count"].astype(str) + " seed(s)",
-                }
-            )
-            x = g["support"] + _dodge(i, len(present), cells["support"])
-            markers.append(_series(fig, _series_source(table, data.metric, x), data.colours[label], label))
-        _finish(fig, markers, data.metric)
-        figs.append(fig)
+        label = f"{ctx} (unseen), level s{level}, {steps} steps"
+        figs.append(_curves(data, cells, "support", "support set size", label, ctx, level, steps))
     return column(
         _heading(
             title,
