@@ -560,3 +560,34 @@ def test_ledger_says_when_kspace_was_simulated_from_magnitude():
     plain = C.to_markdown(pd.DataFrame([row]))
     marked = C.to_markdown(pd.DataFrame([{**row, "experiment": "ixi (k-space simulated from magnitude)"}]))
     assert "Shimron" not in plain and R.SIMULATED_NOTE in marked
+
+
+def test_dicom_series_of_three_subjects_pass_data_info_slicedataset_and_a_run(tmp_path):
+    """pydicom's MR700 series (real 16×16 MR images, TR 30 / TE 6) as three subjects (PatientID
+    and UIDs rewritten with pydicom, pixels untouched): `data info` passes, fastMRI's
+    SliceDataset reads the files, and `mrbench run stl` trains and scores on them."""
+    pydicom = pytest.importorskip("pydicom")
+    mri_data = pytest.importorskip("fastmri.data.mri_data")
+    from conftest import set_args, tiny_run_settings
+    from pydicom.uid import generate_uid
+
+    series = package_file("pydicom", "data", "test_files", "dicomdirtests", "98892003", "MR700")
+    for s in range(3):
+        folder = tmp_path / "src" / f"subject{s}"
+        folder.mkdir(parents=True)
+        uid = generate_uid()
+        for f in series.iterdir():
+            ds = pydicom.dcmread(str(f))
+            ds.PatientID, ds.SeriesInstanceUID = f"P{s}", uid
+            ds.save_as(str(folder / f.name))
+    out = tmp_path / "ds"
+    result = _run(tmp_path / "src", "--out", out, "--plane", "acquired", "--size", 32, "--contrast", "ANGIO=angio")
+    assert result.exit_code == 0, result.output
+    info = CliRunner().invoke(main, ["data", "info", str(out)])
+    assert info.exit_code == 0 and "usable by mrbench run" in info.output and "30/6/-/35 1.5T gre" in info.output
+    ds = mri_data.SliceDataset(out / "train", challenge="singlecoil")
+    assert ds[0][2].shape == (32, 32) and ds[0][3]["acquisition"] == "ANGIO"
+    settings = tiny_run_settings(out, tmp_path / "runs", 'data.tasks=["ANGIO"]', "data.scarce=[]", "data.unseen=[]",
+                                 "eval.adapt_steps=0", "train.budget=8", "train.val_every=8")  # fmt: skip
+    res = CliRunner().invoke(main, ["run", "stl", "--quiet", *set_args(settings)])
+    assert res.exit_code == 0 and "ANGIO/equispaced/4x" in res.output, res.output
