@@ -403,9 +403,7 @@ def evaluate_cmd(run_dir, contexts, adapt_steps, support_sizes):
 @click.argument("runs_dir", default="runs", type=click.Path())
 def ls_cmd(runs_dir):
     """Runs with status, method, scarcity and key metrics."""
-    import json
-
-    from .store import RunStore
+    from .store import RunStore, read_json
 
     root = Path(runs_dir)
     if not root.is_dir():
@@ -414,18 +412,18 @@ def ls_cmd(runs_dir):
     for cfg_file in sorted(root.rglob("config.json")):
         store = RunStore(cfg_file.parent)
         try:
-            cfg = json.loads(cfg_file.read_text())
-        except (OSError, json.JSONDecodeError):
+            cfg = read_json(cfg_file)
+        except MrbenchError:
             continue
         seen = unseen = {}
         status = store.status()
         if store.metrics_path.exists():
             try:
-                summary = json.loads(store.metrics_path.read_text()).get("summary", {})
+                summary = read_json(store.metrics_path).get("summary", {})
                 seen = summary.get("seen", {}).get("0", {})
                 unseen_steps = summary.get("unseen", {})
                 unseen = unseen_steps[max(unseen_steps, key=int)] if unseen_steps else {}
-            except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            except (MrbenchError, ValueError, AttributeError, KeyError, TypeError):
                 status = "metrics.json unreadable (re-run `mrbench evaluate` on it)"
                 seen = unseen = {}
         rows.append(

@@ -36,6 +36,20 @@ from . import atomic
 from .errors import MrbenchError, RunLocked, StorageError, first_line
 
 
+def read_json(path: str | os.PathLike, missing_ok: bool = False) -> Any:
+    """The one JSON reader of run files: the parsed value; None for a missing file when
+    ``missing_ok``; otherwise a one-line MrbenchError naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise MrbenchError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MrbenchError(f"{path} is not valid JSON ({exc})") from None
+
+
 class RunStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -104,12 +118,9 @@ class RunStore:
 
     def read_json(self, name: str) -> Any:
         p = self.path / name
-        try:
-            return json.loads(p.read_text())
-        except FileNotFoundError:
-            raise MrbenchError(f"{p} does not exist (is {self.path} a run directory?)") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise MrbenchError(f"{p} is not valid JSON ({exc})") from None
+        if not p.exists():
+            raise MrbenchError(f"{p} does not exist (is {self.path} a run directory?)")
+        return read_json(p)
 
     def write_previews(self, previews: list[dict]) -> None:
         """``previews``: dicts with context, steps, volume, slice and target/zero_filled/pred

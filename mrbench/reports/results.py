@@ -18,7 +18,6 @@ reference's (the form of KM-MAML's "generalises to 80 % / 92 % of unseen context
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -30,7 +29,7 @@ import pandas as pd
 
 from .. import atomic
 from ..errors import MrbenchError
-from ..store import RunStore
+from ..store import RunStore, read_json
 from . import statistics as S
 
 METRICS = ("psnr", "ssim", "nmse")
@@ -82,15 +81,6 @@ class Run:
         return self.store.read_previews()
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MrbenchError(f"{path} is not valid JSON ({exc})") from None
-
-
 def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Run directories named directly, or found under experiment (or runs) directories."""
     found: list[Path] = []
@@ -115,12 +105,12 @@ def load_runs(paths: Iterable[str | os.PathLike], *, finished_only: bool = True)
     runs = []
     for d in find_run_dirs(paths):
         store = RunStore(d)
-        cfg = _read_json(d / "config.json")
+        cfg = read_json(d / "config.json", missing_ok=True)
         run = Run(
             path=d,
             config=cfg or {},
-            metrics=_read_json(d / "metrics.json"),
-            manifest=_read_json(d / "manifest.json"),
+            metrics=read_json(d / "metrics.json", missing_ok=True),
+            manifest=read_json(d / "manifest.json", missing_ok=True),
             done=store.is_done(),
             store=store,
         )
