@@ -270,7 +270,9 @@ def test_every_experiment_with_claims_has_a_convergence_ladder(name):
     learned = [c for c in ladder.configs.values() if c.method != "zero-filled"]
     budgets = {c.train.budget for c in base.configs.values() if c.method != "zero-filled"}
     assert {c.train.budget for c in learned} == {2 * b for b in budgets}
-    assert ladder.seeds == base.seeds and ladder.directory != base.directory
+    assert (
+        set(ladder.seeds) <= set(base.seeds) and ladder.directory != base.directory
+    )  # a rung may use fewer seeds (CPU time)
     labels = {_SUFFIX.sub("", c.run_dir.name) for c in learned}
     zero = {_SUFFIX.sub("", c.run_dir.name) for c in base.configs.values() if c.method == "zero-filled"}
     for c in C.read_claims(path):
