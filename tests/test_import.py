@@ -546,6 +546,12 @@ def test_undersampled_subjects_train_and_a_self_supervised_loss_trains_on_them(t
     res = CliRunner().invoke(main, ["run", "stl", "--quiet", *set_args(settings)])
     assert res.exit_code == 0, res.output
     assert "gre/equispaced/4x" in res.output
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").rglob("manifest.json")]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    # the training set holds the two undersampled subjects beside the two fully sampled ones
+    assert manifest["training_slices"]["gre/equispaced/4x"]["volumes"] == 4
+    assert sum("sub4" in f or "sub5" in f for f in manifest["files"]) == 2
+    assert json.loads((run_dir / "metrics.json").read_text())["cost"]["trained_slices"] == 8
 
 
 def test_ledger_says_when_kspace_was_simulated_from_magnitude():

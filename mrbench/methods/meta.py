@@ -333,6 +333,7 @@ class Episodic(Method):
 
     def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
         super().__init__(cfg, tasks, scarce, make_backbone, loss)
+        self._support_slices: int | None = None
         if getattr(cfg.meta, "vmap", False) and not self.vectorised:
             raise MrbenchError(
                 f"meta.vmap: only maml vectorises its inner loop over tasks; {self.name} has no "
@@ -374,14 +375,17 @@ class Episodic(Method):
         as the test-time support set has — ``eval.support`` slices, or ``eval.support`` volumes
         times the mean slices per training volume — so meta-training adapts on support sets of the
         size it will be tested with (a 4-slice set made Adam overfit, 32 slices helped)."""
-        m, e = self.opts, self.cfg.eval
-        if m.support:
-            return m.support
-        if e.support_unit == "slices":
-            return e.support
-        vols = [v for t in self.tasks for v in t.volumes]
-        per_volume = sum(v.num_slices for v in vols) / max(1, len(vols))
-        return max(1, round(e.support * per_volume))
+        if self._support_slices is None:  # fixed for the run: computed once, not at every episode
+            m, e = self.opts, self.cfg.eval
+            if m.support:
+                self._support_slices = m.support
+            elif e.support_unit == "slices":
+                self._support_slices = e.support
+            else:
+                vols = [v for t in self.tasks for v in t.volumes]
+                per_volume = sum(v.num_slices for v in vols) / max(1, len(vols))
+                self._support_slices = max(1, round(e.support * per_volume))
+        return self._support_slices
 
     def task_weights(self) -> torch.Tensor | None:
         """How episodes draw their tasks under ``train.sampling``, the rule every method shares:

@@ -618,16 +618,7 @@ def _steps_figure(data: ReportData, context: str) -> figure:
     if len(present) * len(levels) > 8:
         levels = levels[:1]  # one line per label: the level with the most training data
     title = f"{context} (unseen)" + (f", level s{levels[0]}" if len(levels) == 1 else "")
-    fig = figure(
-        name=f"steps:{context}",
-        title=title,
-        width=430,
-        height=300,
-        tools=_CURVE_TOOLS,
-        x_axis_label="adaptation steps",
-        y_axis_label=_UNITS[data.metric],
-    )
-    fig.xaxis.ticker = sorted(int(v) for v in cells["steps"].unique())
+    fig = _curve_figure(data, f"steps:{context}", title, "adaptation steps", cells["steps"])
     series = [(lab, lvl) for lab in present for lvl in levels]
     markers = []
     for i, (label, level) in enumerate(series):
@@ -649,11 +640,10 @@ def _steps_figure(data: ReportData, context: str) -> figure:
     return fig
 
 
-def _curves(data, cells: pd.DataFrame, x: str, x_label: str, title: str, ctx: str, level: int, steps: int):
-    """A figure with one series per label of ``cells`` (one row per run): the metric's mean ± std
-    over seeds against column ``x`` (budget, support size), dodged apart, with its legend."""
+def _curve_figure(data, name: str, title: str, x_label: str, ticks: pd.Series):
+    """The empty figure every curve panel draws into: its size, tools, axis labels and ticks."""
     fig = figure(
-        name=f"{x}:{ctx}",
+        name=name,
         title=title,
         width=430,
         height=300,
@@ -661,7 +651,14 @@ def _curves(data, cells: pd.DataFrame, x: str, x_label: str, title: str, ctx: st
         x_axis_label=x_label,
         y_axis_label=_UNITS[data.metric],
     )
-    fig.xaxis.ticker = sorted(int(v) for v in cells[x].unique())
+    fig.xaxis.ticker = sorted(int(v) for v in ticks.unique())
+    return fig
+
+
+def _curves(data, cells: pd.DataFrame, x: str, x_label: str, title: str, ctx: str, level: int, steps: int):
+    """A figure with one series per label of ``cells`` (one row per run): the metric's mean ± std
+    over seeds against column ``x`` (budget, support size), dodged apart, with its legend."""
+    fig = _curve_figure(data, f"{x}:{ctx}", title, x_label, cells[x])
     present = [lab for lab in data.labels if lab in set(cells["label"])]
     markers = []
     for i, label in enumerate(present):

@@ -97,7 +97,6 @@ class Importer:
     name: ClassVar[str] = ""
     package: ClassVar[str] = ""  # the Python package the format needs (from the `import` extra)
     suffixes: ClassVar[tuple[str, ...]] = ()  # file-name endings that name the format (guessing)
-    measured: ClassVar[bool] = False  # raw k-space (True) or magnitude images (False)
 
     def __init__(self, options: ImportOptions):
         self.options = options

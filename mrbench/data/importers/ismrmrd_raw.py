@@ -52,7 +52,6 @@ class IsmrmrdImporter(Importer):
     name = "ismrmrd"
     package = "ismrmrd"
     suffixes = (".h5", ".mrd")
-    measured = True
 
     def _open(self, path: Path):
         ismrmrd = self.require()

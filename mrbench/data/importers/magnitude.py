@@ -120,18 +120,12 @@ def simulate_kspace(stack: np.ndarray, source: Source, options: ImportOptions, e
     if not scale > 0:
         raise MrbenchError(f"{source.paths[0]}: the image is all zeros")
     mag = (mag / scale).astype(np.float32)
-    s, h, w = mag.shape
+    s, h, _ = mag.shape
     rng = np.random.default_rng([options.seed, zlib.crc32(f"{source.subject}/{source.contrast}".encode())])
     image = mag.astype(np.complex64)
-    if options.phase:
-        if h != w:
-            raise MrbenchError("--phase needs square slices (--size)")
+    if options.phase:  # slices are square (fit)
         image = image * smooth_phase(rng, s, h)
-    sens = None
-    if options.coils > 1:
-        if h != w:
-            raise MrbenchError("--coils needs square slices (--size)")
-        sens = coil_maps(options.coils, h, rng)
+    sens = coil_maps(options.coils, h, rng) if options.coils > 1 else None
     sigma = 0.0
     if options.snr is not None:
         foreground = mag > 0.1 * mag.max()

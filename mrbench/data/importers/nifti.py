@@ -45,10 +45,12 @@ class NiftiImporter(Importer):
         path = source.paths[0]
         try:
             img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
+            index = self._frame(tuple(img.shape), path)
+            data = np.asanyarray(img.dataobj[index])  # reads this frame only, not every frame of a 4-D file
+        except MrbenchError:
+            raise
         except Exception as exc:  # nibabel raises many types for a bad file
             raise fail(path, f"not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        data = self._frame(data, path)
         try:
             volume, voxel = canonical(data.astype(np.float32), img.affine)
         except MrbenchError as exc:
@@ -56,21 +58,22 @@ class NiftiImporter(Importer):
         o = self.options
         stack, pixel = plane_slices(volume, voxel, o.plane, o.slices, str(path))
         stack = fit(stack, pixel, o.size, o.fit)
-        extra = {"source_file": path.name, "source_shape": list(data.shape), "source_voxel_mm": [float(v) for v in voxel]}
+        extra = {"source_file": path.name, "source_shape": list(img.shape), "source_voxel_mm": [float(v) for v in voxel]}
         return simulate_kspace(stack, source, o, extra)
 
-    def _frame(self, data: np.ndarray, path: Path) -> np.ndarray:
-        extra = data.shape[3:]
-        if data.ndim < 3:
-            raise fail(path, f"is {data.ndim}-D {tuple(data.shape)}; a volume needs 3 dimensions")
+    def _frame(self, shape: tuple[int, ...], path: Path) -> tuple:
+        """The index of the volume to read: everything of a 3-D file; of a 4-D (or higher) one the
+        ``--frame``-th volume (needed when there is more than one; frames count over the extra axes)."""
+        if len(shape) < 3:
+            raise fail(path, f"is {len(shape)}-D {shape}; a volume needs 3 dimensions")
+        extra = shape[3:]
         frames = int(np.prod(extra)) if extra else 1
+        if not extra:
+            return (Ellipsis,)
         frame = self.options.frame
-        if data.ndim > 3:
-            data = data.reshape(data.shape[:3] + (frames,))
-            if frames > 1 and frame is None:
-                raise fail(path, f"is 4-D {tuple(data.shape)} with {frames} frames; pass --frame N (0–{frames - 1})")
-            frame = frame or 0
-            if not 0 <= frame < frames:
-                raise fail(path, f"--frame {frame}: the file has frames 0–{frames - 1}")
-            data = data[..., frame]
-        return data
+        if frames > 1 and frame is None:
+            raise fail(path, f"is {len(shape)}-D {shape} with {frames} frames; pass --frame N (0–{frames - 1})")
+        frame = frame or 0
+        if not 0 <= frame < frames:
+            raise fail(path, f"--frame {frame}: the file has frames 0–{frames - 1}")
+        return (slice(None),) * 3 + tuple(int(i) for i in np.unravel_index(frame, extra))

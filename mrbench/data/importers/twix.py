@@ -27,7 +27,7 @@ _SEQUENCES = {"IR": "InversionRecovery", "GR": "GradientEcho", "SE": "SpinEcho",
 
 def _number(values, scale: float = 1.0):
     v = values[0] if isinstance(values, (list, tuple)) and values else values
-    return float(v) * scale if isinstance(v, (int, float)) and v is not None else None
+    return float(v) * scale if isinstance(v, (int, float)) else None
 
 
 def twix_parameters(hdr: dict) -> dict:
@@ -53,12 +53,12 @@ class TwixImporter(Importer):
     name = "twix"
     package = "twixtools"
     suffixes = (".dat",)
-    measured = True
 
-    def _read(self, path: Path):
+    def _read(self, path: Path, data: bool = True):
+        """The file's imaging scan; ``data=False`` parses the headers only (discovery)."""
         twixtools = self.require()
         try:
-            scans = twixtools.read_twix(str(path), verbose=False)
+            scans = twixtools.read_twix(str(path), parse_data=data, parse_pmu=data, parse_geometry=data, verbose=False)
             return twixtools, scans[-1]
         except Exception as exc:
             raise fail(path, f"not a readable Siemens twix file ({type(exc).__name__})") from None
@@ -69,7 +69,7 @@ class TwixImporter(Importer):
             found = layout.match(path.relative_to(src).as_posix())
             if found is None:
                 continue
-            _, scan = self._read(path)
+            _, scan = self._read(path, data=False)
             hdr = scan["hdr"]
             subject, part = found
             protocol = str(hdr.get("MeasYaps", {}).get("tProtocolName") or hdr.get("Dicom", {}).get("tProtocolName") or "MR")
