@@ -185,10 +185,10 @@ def run_one(args, order: int, inner: int, impl: str, build_only: bool = False):
     tasks = [TaskData(c.name, c, ()) for c in contexts]
     if impl == "kmmaml":  # KM-MAML's own step: the km-unet, inner loop on the hypernetworks only
         cfg.model.backbone = "km-unet"
-        method = KMMAML(cfg, tasks, [False] * args.tasks, None)
+        method = KMMAML.from_config(cfg, tasks, [False] * args.tasks)
         impl = "mrbench"
     else:
-        method = MAML(cfg, tasks, [False] * args.tasks, lambda: UNetRecon(args.chans, args.pools))
+        method = MAML.from_config(cfg, tasks, [False] * args.tasks, lambda: UNetRecon(args.chans, args.pools))
     method.models.to(device).train()
     batches = {
         (t, n): make_batch(n, args.size, 10 * t + i, device)

@@ -298,6 +298,7 @@ class _ConfigBase:
             f'the other tasks train with train.loss, which must then be "sup" (got {self.train.loss!r}); '
             "the self-supervised tasks' loss is train.ssl_loss",
         )
+        METHODS[self.method].check_config(self)  # the method's refusals across sections (e.g. meta.vmap)
         return self
 
     def _resolve_defaults(self, method) -> None:

@@ -91,9 +91,12 @@ def test_every_method_gets_its_own_typed_options_and_a_frozen_plan(name, data_ro
     method = build_method(cfg, data, torch.device("cpu"))
     sections = list(METHODS[name].options)
     assert method.opts is (getattr(cfg, sections[0]) if len(sections) == 1 else None)
-    assert method.plan == Plan.of(cfg.train) and method.plan.lr == 2e-3 and method.plan.budget == cfg.train.budget
+    assert method.plan == Plan.of(cfg) and method.plan.lr == 2e-3 and method.plan.budget == cfg.train.budget
     with pytest.raises(dataclasses.FrozenInstanceError):
         method.plan.budget = 1
+    # not the whole configuration: neither the method nor its loss holds it
+    assert not hasattr(method, "cfg") and not hasattr(method.loss, "cfg")
+    assert method.loss.opts is cfg.loss
 
 
 def test_plugin_keys_live_beside_their_code():

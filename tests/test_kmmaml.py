@@ -247,7 +247,7 @@ def test_adaptation_modes_touch_the_right_groups(data_root, tmp_path):
 
     cfg = tiny_cfg(data_root, tmp_path)
     data = assemble(cfg.data, 0, 2)
-    method = KMMAML(cfg, data.train, data.scarce, None)
+    method = KMMAML.from_config(cfg, data.train, data.scarce)
     randomise_hyper(method.models["net"])
     pool = SliceDataset(data.unseen_support, train=False)
     support = to_device(

@@ -58,7 +58,7 @@ def zero_filled(b: Sample) -> torch.Tensor:
 
 def test_mc_is_zero_on_a_consistent_image_and_positive_otherwise():
     batch, x = sample(column_mask())
-    mc = LOSSES["mc"](Cfg)
+    mc = LOSSES["mc"](Cfg.loss)
     assert torch.allclose(mc(zero_filled, batch), torch.zeros(3), atol=1e-6)
     assert torch.allclose(mc(lambda b: x, batch), torch.zeros(3), atol=1e-6)  # the truth too
     assert (mc(lambda b: 1.1 * x, batch) > 1e-2).all()
@@ -84,7 +84,7 @@ def test_ssdu_checks_the_held_out_points_with_the_network_on_the_rest():
     batch, x = sample(column_mask())
     torch.manual_seed(0)
     seen = []
-    ssdu = LOSSES["ssdu"](Cfg)
+    ssdu = LOSSES["ssdu"](Cfg.loss)
 
     def run(b):
         seen.append(b.mask)
@@ -101,7 +101,7 @@ def test_equivariance_losses_vanish_for_an_equivariant_identity_like_network(nam
     full = torch.ones(3, 1, 16, 16)
     batch, x = sample(full)
     torch.manual_seed(0)
-    assert torch.allclose(LOSSES[name](Cfg)(zero_filled, batch), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(LOSSES[name](Cfg.loss)(zero_filled, batch), torch.zeros(3), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["ei", "mo-ei"])
@@ -110,9 +110,9 @@ def test_equivariance_losses_penalise_a_network_that_ignores_its_input(name):
     equivariant: f(A T x) = x ≠ T x."""
     batch, x = sample(column_mask())
     torch.manual_seed(3)
-    values = torch.stack([LOSSES[name](Cfg)(lambda b: x, batch) for _ in range(4)])
+    values = torch.stack([LOSSES[name](Cfg.loss)(lambda b: x, batch) for _ in range(4)])
     assert (values.max(dim=0).values > 1e-2).all()
-    assert torch.allclose(LOSSES["mc"](Cfg)(lambda b: x, batch), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(LOSSES["mc"](Cfg.loss)(lambda b: x, batch), torch.zeros(3), atol=1e-6)
 
 
 def test_ei_does_not_accept_zero_filled_for_a_symmetric_column_mask():
@@ -125,9 +125,9 @@ def test_ei_does_not_accept_zero_filled_for_a_symmetric_column_mask():
     cols[w // 2 - 2 : w // 2 + 2] = 1
     cols = torch.maximum(cols, cols[(w - torch.arange(w)) % w])  # symmetric under k → −k (centre w/2)
     batch, _ = sample(cols.view(1, 1, 1, w).expand(3, 1, 16, w).contiguous())
-    ei = LOSSES["ei"](Cfg)
+    ei = LOSSES["ei"](Cfg.loss)
     torch.manual_seed(0)
-    values = torch.stack([ei(zero_filled, batch) - LOSSES["mc"](Cfg)(zero_filled, batch) for _ in range(6)])
+    values = torch.stack([ei(zero_filled, batch) - LOSSES["mc"](Cfg.loss)(zero_filled, batch) for _ in range(6)])
     assert (values.mean(dim=0) > 0.1).all()  # shifts and flips gave < 1e-7
 
 
@@ -150,7 +150,7 @@ def test_moi_measures_with_other_operators():
         masks.append(b.mask)
         return zero_filled(b)
 
-    LOSSES["moi"](Cfg)(run, batch)
+    LOSSES["moi"](Cfg.loss)(run, batch)
     assert len(masks) == 2 and not torch.equal(masks[1], batch.mask)
 
 
@@ -203,7 +203,7 @@ def test_noise2inverse_trains_like_ssdu_and_averages_splits_at_inference():
             eval_splits = 3
 
     batch, x = sample(column_mask())
-    n2i, ssdu = LOSSES["noise2inverse"](N2I), LOSSES["ssdu"](N2I)
+    n2i, ssdu = LOSSES["noise2inverse"](N2I.loss), LOSSES["ssdu"](N2I.loss)
     torch.manual_seed(0)
     a = n2i(zero_filled, batch)
     torch.manual_seed(0)
@@ -220,7 +220,7 @@ def test_noise2inverse_trains_like_ssdu_and_averages_splits_at_inference():
     assert len(masks) == 3 and all((m <= batch.mask).all() for m in masks) and not torch.equal(masks[0], masks[1])
     torch.testing.assert_close(out, sum(ifft2c(batch.kspace * m)[:, 0] for m in masks) / 3)
     torch.testing.assert_close(n2i.infer(zero_filled, batch), out)  # deterministic
-    assert torch.equal(LOSSES["ssdu"](N2I).infer(zero_filled, batch), zero_filled(batch))  # SSDU: all of Ω
+    assert torch.equal(LOSSES["ssdu"](N2I.loss).infer(zero_filled, batch), zero_filled(batch))  # SSDU: all of Ω
 
 
 def test_weighted_ssdu_weighs_sparsely_sampled_kspace_more():
@@ -233,7 +233,7 @@ def test_weighted_ssdu_weighs_sparsely_sampled_kspace_more():
     ctx = Context("AXT1", "random", 4.0, 0.08)
     mask = torch.from_numpy(ctx.mask_func()((16, 32), 5).mask).expand(2, 1, 16, 32).contiguous()
     batch, x = sample(mask)
-    wssdu, ssdu = LOSSES["weighted-ssdu"](Cfg), LOSSES["ssdu"](Cfg)
+    wssdu, ssdu = LOSSES["weighted-ssdu"](Cfg.loss), LOSSES["ssdu"](Cfg.loss)
     wssdu.contexts = [ctx]
     p = sampling_density(ctx, (16, 32))
     outer = p[0, :8]  # outside the ACS band
@@ -333,8 +333,8 @@ def test_mixed_supervision_gives_each_sample_its_tasks_loss():
 
     batch, x = sample(column_mask(b=4))
     batch = batch._replace(task=torch.tensor([0, 1, 1, 0]))
-    sup, mc = LOSSES["sup"](MixCfg), LOSSES["mc"](MixCfg)
-    mixed = MixedSupervision(MixCfg, sup, mc)
+    sup, mc = LOSSES["sup"](MixCfg.loss), LOSSES["mc"](MixCfg.loss)
+    mixed = MixedSupervision(sup, mc, MixCfg.data.self_supervised)
     mixed.contexts = [Context("AXT1"), Context("AXFLAIR")]
 
     def run(b):
@@ -352,7 +352,7 @@ def test_mixed_supervision_gives_each_sample_its_tasks_loss():
         class train:
             ssl_weight = 0.5
 
-    half = MixedSupervision(Half, sup, mc)
+    half = MixedSupervision(sup, mc, Half.data.self_supervised, Half.train.ssl_weight)
     half.contexts = mixed.contexts
     weighted = half(run, batch)
     torch.testing.assert_close(weighted[ssl], 0.5 * values[ssl])  # train.ssl_weight scales only those

@@ -198,7 +198,7 @@ def maml_method(*sets):
     cfg = load_config(None, ["model.cascades=2", "model.chans=2", "model.pools=1", *sets], method="maml")
     torch.manual_seed(0)
     tasks = fake_tasks(context_grid(["AXT1", "AXT2"], ["equispaced"], [4.0]))
-    return MAML(cfg, tasks, [False, True], lambda: VarNet(**cfg.model.backbone_kwargs()))
+    return MAML.from_config(cfg, tasks, [False, True], lambda: VarNet(**cfg.model.backbone_kwargs()))
 
 
 def test_maml_test_time_adaptation():
@@ -342,7 +342,7 @@ def test_meta_context_fallback_and_single_task():
     assert fallback == [0, 1]
     cfg = load_config(None, [], method="metadrop")
     with pytest.raises(MrbenchError, match="at least two seen contexts"):
-        MetaDrop(cfg, fake_tasks(ctxs[:1]), [False], tiny_varnet)
+        MetaDrop.from_config(cfg, fake_tasks(ctxs[:1]), [False], tiny_varnet)
 
 
 # ----------------------------------------------------------------------------- runs

@@ -2,6 +2,8 @@
 meta-gradient (first and second order, U-Net and VarNet), falls back to the loop on
 batches of different sizes, refuses self-supervised losses, and runs end to end."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import tiny_run_settings, write_tiny_root
@@ -62,7 +64,7 @@ def maml(backbone: str, order: int, vmap: bool, steps: int = 1) -> MAML:
             return UNetRecon(4, 2)
         return VarNet(cascades=2, chans=4, pools=2, sens_chans=2, sens_pools=1)
 
-    return MAML(cfg, tasks, [False] * T, make)
+    return MAML.from_config(cfg, tasks, [False] * T, make)
 
 
 def meta_gradient(method: MAML, sizes=(16,) * T):
@@ -115,9 +117,8 @@ def test_mixed_sizes_fall_back_to_the_loop():
 
 
 def test_vmap_refuses_self_supervised_losses():
-    with pytest.raises(MrbenchError, match="meta.vmap"):
-        cfg = load_config(None, ["meta.vmap=true", "train.loss=ei"], method="maml")
-        MAML(cfg, [], [], lambda: UNetRecon(4, 2))
+    with pytest.raises(MrbenchError, match="meta.vmap"):  # refused when the configuration is checked
+        load_config(None, ["meta.vmap=true", "train.loss=ei"], method="maml")
 
 
 def test_maml_run_with_vmap(tmp_path):
@@ -148,12 +149,8 @@ def test_maml_run_with_vmap(tmp_path):
 
 @pytest.mark.parametrize("method", ["kmmaml", "metadrop"])
 def test_other_meta_learners_refuse_vmap(method):
-    from mrbench.methods import METHODS
-
-    cfg = load_config(None, ["meta.vmap=true"], method=method)
-    tasks = [TaskData(c.name, c, ()) for c in context_grid(["C0", "C1"], ["equispaced"], [4.0])]
     with pytest.raises(MrbenchError, match=f"meta.vmap: only maml.*{method}"):
-        METHODS[method](cfg, tasks, [False, False], lambda: UNetRecon(4, 2))
+        load_config(None, ["meta.vmap=true"], method=method)
 
 
 def test_learned_inner_rates_get_the_loops_meta_gradient():
@@ -161,9 +158,15 @@ def test_learned_inner_rates_get_the_loops_meta_gradient():
     grads = {}
     for vmap in (False, True):
         method = maml("unet", 1, vmap)
-        cfg = method.cfg
-        cfg.meta.inner_lr = "learned"
-        method = MAML(cfg, method.tasks, [False] * T, lambda: (torch.manual_seed(0), UNetRecon(4, 2))[1])
+        opts = dataclasses.replace(method.opts, inner_lr="learned")
+        method = MAML(
+            method.plan,
+            method.tasks,
+            [False] * T,
+            lambda: (torch.manual_seed(0), UNetRecon(4, 2))[1],
+            method.loss,
+            opts,
+        )
         meta_gradient(method)
         grads[vmap] = method.models["inner_lr"].rates.grad.clone()
     assert grads[False].abs().max() > 0

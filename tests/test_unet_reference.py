@@ -1,13 +1,18 @@
 """The one U-Net (issue 32 item 4): ``unet``, ``km-unet`` and the multi-task blocks (I, V, Y, W)
 run through :class:`mrbench.models.unet.UNet`'s one forward pass (its ``block`` and ``gate``
 hooks), and give *bit-identical* images and gradients to the three copies of that pass they
-replaced. The reference (``tests/data/unet_reference.pt``) was written by this module's
-``__main__`` before the change; regenerate only on purpose: ``python tests/test_unet_reference.py``.
+replaced. The reference (``tests/data/unet_reference.pt``: every image and gradient, and the
+CPU that wrote it) was written by this module's ``__main__`` run against the code before the
+change (commit 6439337^). On a CPU of the same model the test asserts bit-identity; on another
+one float32 agreement (rtol 1e-5): the same code's convolutions sum in another order under
+another instruction set (an AMD EPYC differs from the Intel Xeon in the last bit, 2e-7 of
+the image), so bits cannot be compared across machines. Regenerate only on purpose, from the
+old code: ``git worktree add /tmp/old 6439337^ && PYTHONPATH=/tmp/old python tests/test_unet_reference.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import platform
 from pathlib import Path
 
 import pytest
@@ -24,9 +29,15 @@ CASES = {
 }
 
 
-def _digest(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes: equal exactly when every bit is (keeps the reference small)."""
-    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+def cpu_model() -> str:
+    """The CPU's model name (bit-identity is asserted only on the model that wrote the reference)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _outputs(cases=tuple(CASES)) -> dict[str, torch.Tensor]:
@@ -64,7 +75,7 @@ def _outputs_one_thread(cases) -> dict[str, torch.Tensor]:
             out[key + "/image"] = image.detach()
             for (pname, _), grad in zip(model.named_parameters(), grads):
                 if grad is not None:
-                    out[f"{key}/grad/{pname}"] = _digest(grad)
+                    out[f"{key}/grad/{pname}"] = grad.detach().clone()
     return out
 
 
@@ -72,13 +83,18 @@ def _outputs_one_thread(cases) -> dict[str, torch.Tensor]:
 def test_one_unet_gives_bit_identical_outputs_and_gradients(case):
     ref = torch.load(REFERENCE)
     now = _outputs([case])
-    keys = sorted(k for k in ref if k.startswith(case + "/"))
+    keys = sorted(k for k in ref["tensors"] if k.startswith(case + "/"))
     assert keys and sorted(now) == keys  # same parameters (names), same gradients present
+    same_cpu = ref["cpu"] == cpu_model()
     for key in keys:
-        same = now[key] == ref[key] if isinstance(ref[key], str) else torch.equal(now[key], ref[key])
-        assert same, key
+        want = ref["tensors"][key]
+        if same_cpu:
+            assert torch.equal(now[key], want), key
+        else:
+            scale = float(want.abs().max())
+            torch.testing.assert_close(now[key], want, rtol=1e-5, atol=1e-6 * scale, msg=key)
 
 
 if __name__ == "__main__":
-    torch.save(_outputs(), REFERENCE)
-    print(f"wrote {REFERENCE}")
+    torch.save({"cpu": cpu_model(), "tensors": _outputs()}, REFERENCE)
+    print(f"wrote {REFERENCE} on {cpu_model()}")

@@ -42,8 +42,9 @@ def build_loss(cfg) -> Loss:
     if name not in LOSSES:
         raise MrbenchError(f"train.loss: unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
     if cfg.data.self_supervised:
-        return MixedSupervision(cfg, LOSSES[name](cfg), LOSSES[cfg.train.ssl_loss](cfg))
-    return LOSSES[name](cfg)
+        parts = LOSSES[name](cfg.loss), LOSSES[cfg.train.ssl_loss](cfg.loss)
+        return MixedSupervision(*parts, cfg.data.self_supervised, cfg.train.ssl_weight)
+    return LOSSES[name](cfg.loss)
 
 
 __all__ = ["LOSSES", "Loss", "build_loss", "self_supervised"]

@@ -32,8 +32,8 @@ class Loss:
     options: ClassVar[dict[str, type]] = {}
     supervised: ClassVar[bool] = False  # reads batch.target
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, opts=None):
+        self.opts = opts  # the [loss] section (the keys the losses declare in ``options``)
         self.contexts: list = []  # the method's seen tasks' contexts, by batch.task (set by the method)
         self.adapting = None  # the context being adapted to, whatever batch.task says (adapting_to)
 

@@ -81,7 +81,7 @@ class EquivariantImaging(Loss):
 
     def __call__(self, run, batch):
         x = run(batch)
-        return measurement_consistency(x, batch) + self.cfg.loss.ei_weight * self.second_term(run, batch, x)
+        return measurement_consistency(x, batch) + self.opts.ei_weight * self.second_term(run, batch, x)
 
 
 class MultiOperator(EquivariantImaging):

@@ -25,10 +25,12 @@ class MixedSupervision(Loss):
     name = "mixed"
     supervised = True  # the other tasks read their targets
 
-    def __init__(self, cfg, supervised: Loss, self_supervised: Loss):
-        super().__init__(cfg)
+    def __init__(self, supervised: Loss, self_supervised: Loss, contrasts, ssl_weight: float = 1.0):
+        """``contrasts``: ``data.self_supervised``; ``ssl_weight``: ``train.ssl_weight``."""
+        super().__init__(supervised.opts)
         self.parts = (supervised, self_supervised)
-        self.ssl_contrasts = set(cfg.data.self_supervised)
+        self.ssl_contrasts = set(contrasts)
+        self.ssl_weight = float(ssl_weight)
 
     def _which(self, batch: Sample) -> torch.Tensor:
         """(B,) bool: the samples of self-supervised tasks."""
@@ -55,7 +57,7 @@ class MixedSupervision(Loss):
         """Per-sample losses; the self-supervised samples' scaled by ``train.ssl_weight`` (at the
         demo budget, weight 1 let the EI samples pull the shared network off the supervised
         contrast too: baselines/demo/README.md)."""
-        w = float(getattr(getattr(self.cfg, "train", None), "ssl_weight", 1.0))
+        w = self.ssl_weight
         return self._gather(batch, lambda part, b: part(run, b) * (w if part is self.parts[1] else 1.0))
 
     def infer(self, run: Run, batch: Sample) -> torch.Tensor:

@@ -59,7 +59,7 @@ class SSDU(Loss):
     options = {"loss": SplitOptions}
 
     def __call__(self, run, batch):
-        theta, lam = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio)
+        theta, lam = split_mask(batch.mask, batch.num_low_frequencies, self.opts.split_ratio)
         x = run(with_measurements(batch, batch.kspace * theta, theta))
         return kspace_l1(operator(batch).A(x) - batch.kspace, lam, batch)
 
@@ -86,9 +86,9 @@ class Noise2Inverse(SSDU):
     def infer(self, run, batch):
         g = torch.Generator(device=batch.mask.device).manual_seed(0)
         out = 0
-        n = self.cfg.loss.eval_splits
+        n = self.opts.eval_splits
         for _ in range(n):
-            theta, _ = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio, g)
+            theta, _ = split_mask(batch.mask, batch.num_low_frequencies, self.opts.split_ratio, g)
             out = out + run(with_measurements(batch, batch.kspace * theta, theta))
         return out / n
 
@@ -120,7 +120,7 @@ class WeightedSSDU(SSDU):
     name = "weighted-ssdu"
 
     def weights(self, batch) -> torch.Tensor:
-        keep = 1.0 - self.cfg.loss.split_ratio
+        keep = 1.0 - self.opts.split_ratio
         h, w = batch.mask.shape[-2:]
         out = []
         for ctx in self.sample_contexts(batch):
@@ -132,6 +132,6 @@ class WeightedSSDU(SSDU):
         return torch.stack(out).to(batch.mask.device)
 
     def __call__(self, run, batch):
-        theta, lam = split_mask(batch.mask, batch.num_low_frequencies, self.cfg.loss.split_ratio)
+        theta, lam = split_mask(batch.mask, batch.num_low_frequencies, self.opts.split_ratio)
         x = run(with_measurements(batch, batch.kspace * theta, theta))
         return kspace_l1(operator(batch).A(x) - batch.kspace, lam * self.weights(batch), batch)

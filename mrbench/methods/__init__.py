@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import build_loss
-from ..models import build_backbone
 from ..registry import Registry
 from .base import Method, Phase, StepResult
 from .conditioned import Conditioned
@@ -27,10 +25,7 @@ def build_method(cfg, data, device: torch.device) -> Method:
     """The run's method on ``data`` (an :class:`~mrbench.data.assemble.ExperimentData`): seeded
     by ``train.seed``, given its backbone factory and its loss (``train.loss``), on ``device``."""
     torch.manual_seed(cfg.train.seed)
-    kwargs = cfg.model.backbone_kwargs()
-    method = METHODS[cfg.method](
-        cfg, data.train, data.scarce, lambda: build_backbone(cfg.model.backbone, **kwargs), build_loss(cfg)
-    )
+    method = METHODS[cfg.method].from_config(cfg, data.train, data.scarce)
     method.models.to(device)
     return method
 

@@ -23,6 +23,7 @@ from torch import nn
 from ..data.contexts import Context
 from ..data.dataset import Sample, TaskData, take
 from ..losses import build_loss
+from ..models import build_backbone
 from ..models.outputs import image
 
 Reconstructor = Callable[[Sample], torch.Tensor]
@@ -30,9 +31,11 @@ Reconstructor = Callable[[Sample], torch.Tensor]
 
 @dataclass(frozen=True)
 class Plan:
-    """What a method trains with, fixed for the run (``[train]``'s budget and how a multi-network
-    method spends it, lr, sampling, seed, batch, clipping): the method reads these, never the
-    rest of ``[train]``. ``lr`` is the attempt's (a retry after divergence lowers it)."""
+    """What a method trains and adapts with, fixed for the run: ``[train]``'s budget and how a
+    multi-network method spends it, lr, sampling, seed, batch and clipping, and ``[eval]``'s
+    test-time support set (its size and unit, which the meta-learners' episodes match) and
+    adaptation minibatch. The method reads these and its own section (``self.opts``), never the
+    rest of the configuration. ``lr`` is the attempt's (a retry after divergence lowers it)."""
 
     budget: int
     budget_per: str
@@ -41,10 +44,18 @@ class Plan:
     seed: int
     batch: int
     grad_clip: float
+    support: int = 0
+    support_unit: str = "volumes"
+    adapt_batch: int = 0
 
     @classmethod
-    def of(cls, train) -> Plan:
-        return cls(**{f: getattr(train, f) for f in cls.__dataclass_fields__})
+    def of(cls, cfg) -> Plan:
+        train = ("budget", "budget_per", "lr", "sampling", "seed", "batch", "grad_clip")
+        evaluation = ("support", "support_unit", "adapt_batch")
+        return cls(
+            **{f: getattr(cfg.train, f) for f in train},
+            **{f: getattr(cfg.eval, f) for f in evaluation},
+        )
 
 
 @dataclass
@@ -83,6 +94,8 @@ class Method:
     * ``options``: config section → dataclass of its own keys, merged into
       :class:`~mrbench.config.Config` (e.g. ``{"meta": MetaOptions}``);
     * :meth:`run_variant`: the part of the run name after the method;
+    * :meth:`network`: the backbone it builds and its arguments (``model.*``), the one place
+      a method reads ``[model]``; :meth:`check_config`: refusals that need several sections;
     * ``several_networks``: it trains more than one network one after another (STL's one per
       task, transfer's pre-trained and fine-tuned), so ``train.budget_per`` decides whether
       ``train.budget`` is the run's (split between them: equal compute) or each network's
@@ -109,20 +122,50 @@ class Method:
         """Refuse, before anything is written, data this method cannot use (one line naming
         the file): e.g. metadata conditioning needs the acquisition numbers in every header."""
 
+    @classmethod
+    def network(cls, cfg) -> tuple[str, dict]:
+        """The backbone ``make_backbone`` builds and its constructor arguments (from ``[model]``);
+        a method whose network takes more (mtl's blocks, KM-MAML's embedding) overrides it."""
+        return cfg.model.backbone, cfg.model.backbone_kwargs()
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse, when the configuration is checked, a combination of sections this method
+        cannot run (one line naming the option)."""
+
+    @classmethod
+    def from_config(cls, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone=None, loss=None):
+        """The method with what it reads of ``cfg`` and nothing else: its :class:`Plan`, its own
+        section (``options``), a factory of its backbone (:meth:`network`; ``make_backbone``
+        replaces it) and ``train.loss`` built (``loss`` replaces it)."""
+        if make_backbone is None:
+            name, kwargs = cls.network(cfg)
+
+            def make_backbone(**extra):
+                return build_backbone(name, **kwargs, **extra)
+
+        opts = getattr(cfg, next(iter(cls.options))) if len(cls.options) == 1 else None
+        return cls(Plan.of(cfg), tasks, scarce, make_backbone, loss if loss is not None else build_loss(cfg), opts)
+
     def __init__(
-        self, cfg, tasks: Sequence[TaskData], scarce: Sequence[bool], make_backbone: Callable[[], nn.Module], loss=None
+        self,
+        plan: Plan,
+        tasks: Sequence[TaskData],
+        scarce: Sequence[bool],
+        make_backbone: Callable[..., nn.Module],
+        loss,
+        opts=None,
     ):
-        self.cfg = cfg
-        self.plan = Plan.of(cfg.train)
+        self.plan = plan
         # the method's own options, typed: the section its ``options`` name ([meta], [mtl], [condition];
         # transfer's keys live in [train]); None for a method without options
-        self.opts = getattr(cfg, next(iter(self.options))) if len(self.options) == 1 else None
+        self.opts = opts
         self.tasks = list(tasks)
         self.scarce = list(scarce)
         self.make_backbone = make_backbone
         self.models = nn.ModuleDict()
-        # train.loss (methods.build_method builds it): every step and every fine-tuning step uses it
-        self.loss = loss if loss is not None else build_loss(cfg)
+        # train.loss (from_config builds it): every step and every fine-tuning step uses it
+        self.loss = loss
         self.loss.contexts = [t.context for t in self.tasks]
 
     # -- training
@@ -200,7 +243,7 @@ class Method:
         model = copy.deepcopy(self.models[self.model_key(self.nearest_task(ctx))])
         with self.loss.adapting_to(ctx):
             yield from finetune_path(
-                model, support, step_counts, lr, self.adapt_forward(ctx), self.loss, batch=self.cfg.eval.adapt_batch
+                model, support, step_counts, lr, self.adapt_forward(ctx), self.loss, batch=self.plan.adapt_batch
             )
 
     def adapt_forward(self, ctx: Context) -> Callable[[nn.Module, Sample], torch.Tensor]:

@@ -16,8 +16,8 @@ class Joint(Method):
     name = "joint"
     key = "joint"  # the one network's name in self.models (and its phase's)
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
         self.models[self.key] = self.build(make_backbone)
 
     def build(self, make_backbone):

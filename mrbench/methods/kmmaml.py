@@ -74,7 +74,6 @@ from torch.func import functional_call
 
 from ..data.dataset import Sample
 from ..errors import MrbenchError
-from ..models.km_unet import KMUNet
 from .base import StepResult, finetune_path
 from .meta import (
     Episodic,
@@ -136,10 +135,14 @@ class KMMAML(Episodic):
     backbones = ("km-unet", "unet")  # unet: the same base network, modulated
     options = {"meta": (MetaOptions, KMMAMLOptions)}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
+    @classmethod
+    def network(cls, cfg) -> tuple[str, dict]:
+        """Always the kernel-modulated U-Net (:func:`kmunet_kwargs`)."""
+        return "km-unet", kmunet_kwargs(cfg)
 
-        self.models["net"] = KMUNet(**kmunet_kwargs(cfg))
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
+        self.models["net"] = make_backbone()
         self.hyper_names = group_names(self.models["net"], ("hyper",))
         self.make_inner_rates(self.hyper_names)
 
@@ -203,12 +206,12 @@ class KMMAML(Episodic):
                 step_counts,
                 self.inner_rates(),
                 loss=embedded_loss(z, self.loss),
-                batch=self.cfg.eval.adapt_batch,
+                batch=self.plan.adapt_batch,
             ):
                 yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: forward(net, b, t), batch))
         else:
             wanted = set(names)
             params = [p for n, p in net.named_parameters() if n in wanted]
             yield from finetune_path(
-                net, support, step_counts, lr, forward, self.loss, params, batch=self.cfg.eval.adapt_batch
+                net, support, step_counts, lr, forward, self.loss, params, batch=self.plan.adapt_batch
             )

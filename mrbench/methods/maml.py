@@ -72,15 +72,18 @@ class MAML(Episodic):
     vectorised = True  # meta.vmap
     options = {"meta": (MetaOptions, VmapOption)}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
+    @classmethod
+    def check_config(cls, cfg) -> None:
         if cfg.meta.vmap and (cfg.train.loss != "sup" or cfg.data.self_supervised):
             raise MrbenchError(
                 'meta.vmap: needs the supervised loss on every task (train.loss = "sup", '
                 "no data.self_supervised); set meta.vmap = false"
             )
+
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
         self.models["net"] = make_backbone()
-        self.adapt_names = adapt_names(self.models["net"], cfg.meta.adapt)  # MrbenchError if empty
+        self.adapt_names = adapt_names(self.models["net"], self.opts.adapt)  # MrbenchError if empty
         self.make_inner_rates(self.adapt_names)
 
     def step(self, source) -> StepResult:
@@ -138,6 +141,6 @@ class MAML(Episodic):
                 step_counts,
                 self.inner_rates(),
                 functional_loss(self.loss),
-                batch=self.cfg.eval.adapt_batch,
+                batch=self.plan.adapt_batch,
             ):
                 yield k, (lambda batch, t=tensors: self.loss.reconstruct(lambda b: functional_image(net, t, b), batch))

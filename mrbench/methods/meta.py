@@ -331,14 +331,17 @@ class Episodic(Method):
     vectorised: ClassVar[bool] = False
     support_always: ClassVar[bool] = False
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
-        self._support_slices: int | None = None
-        if getattr(cfg.meta, "vmap", False) and not self.vectorised:
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if getattr(cfg.meta, "vmap", False) and not cls.vectorised:
             raise MrbenchError(
-                f"meta.vmap: only maml vectorises its inner loop over tasks; {self.name} has no "
+                f"meta.vmap: only maml vectorises its inner loop over tasks; {cls.name} has no "
                 "vectorised step (set meta.vmap = false)"
             )
+
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
+        self._support_slices: int | None = None
 
     def step(self, source) -> StepResult:
         raise NotImplementedError
@@ -376,7 +379,7 @@ class Episodic(Method):
         times the mean slices per training volume — so meta-training adapts on support sets of the
         size it will be tested with (a 4-slice set made Adam overfit, 32 slices helped)."""
         if self._support_slices is None:  # fixed for the run: computed once, not at every episode
-            m, e = self.opts, self.cfg.eval
+            m, e = self.opts, self.plan
             if m.support:
                 self._support_slices = m.support
             elif e.support_unit == "slices":

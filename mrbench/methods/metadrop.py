@@ -225,16 +225,16 @@ class MetaDrop(Episodic):
     name = "metadrop"
     options = {"meta": (MetaOptions, MetaDropOptions)}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
-        if cfg.meta.inner_lr == "learned" and cfg.meta.outer != "adam-inner":
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
+        if self.opts.inner_lr == "learned" and self.opts.outer != "adam-inner":
             raise MrbenchError(
                 'meta.inner_lr = "learned" applies to maml and kmmaml; metadrop\'s SGD inner step needs a number'
             )
-        self.candidates, self.fallback = meta_candidates([t.context for t in self.tasks], cfg.meta.meta_context)
+        self.candidates, self.fallback = meta_candidates([t.context for t in self.tasks], self.opts.meta_context)
         self.models["net"] = make_backbone()
         params = [p for p in self.models["net"].parameters() if p.requires_grad]
-        self.inner_adam = AdamInnerStep(params, cfg.train.lr, cfg.train.grad_clip)
+        self.inner_adam = AdamInnerStep(params, self.plan.lr, self.plan.grad_clip)
 
     # the inner Adam's moments are training state: checkpointed and restored with the network
     def state_dict(self) -> dict:

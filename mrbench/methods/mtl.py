@@ -33,7 +33,7 @@ import torch
 
 from ..errors import MrbenchError
 from ..models import SIZES
-from ..models.mtl_varnet import MTLVarNet, default_blocks
+from ..models.mtl_varnet import default_blocks
 from ..models.outputs import image
 from .base import Method, Phase, Reconstructor, StepResult, _per_task
 from .weighting import WEIGHTINGS, make_weighting
@@ -79,17 +79,22 @@ class MTL(Method):
         """Blocks and weighting instead of the backbone (``IIVV-dwa``, ``-etas`` with per-task η)."""
         return f"{mtl_blocks(cfg)}-{cfg.mtl.weighting}" + ("" if cfg.model.share_etas else "-etas")
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
+    @classmethod
+    def network(cls, cfg) -> tuple[str, dict]:
+        """Always the multi-task VarNet (blocks, shared or per-task η); ``num_tasks`` given at build."""
+        return "mtl-varnet", mtl_backbone_kwargs(cfg)
+
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
         n = len(self.tasks)
-        self.models["mtl"] = MTLVarNet(num_tasks=n, **mtl_backbone_kwargs(cfg))
+        self.models["mtl"] = make_backbone(num_tasks=n)
         self.models["weighting"] = make_weighting(
-            cfg.mtl.weighting,
+            self.opts.weighting,
             n,
-            cfg.mtl,
+            self.opts,
             task_sizes=[t.num_slices for t in self.tasks],
-            inverse_frequency=cfg.train.sampling != "stratified",
-            budget=cfg.train.budget,
+            inverse_frequency=self.plan.sampling != "stratified",
+            budget=self.plan.budget,
         )
         self._last: dict[str, float] = {}
 

@@ -17,8 +17,8 @@ class STL(Method):
     several_networks = True
     shares_phases = True  # the abundant task's phase repeats at every scarcity level
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
         for i in range(len(self.tasks)):
             self.models[f"task{i}"] = make_backbone()
 

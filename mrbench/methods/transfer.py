@@ -36,12 +36,12 @@ class Transfer(Method):
     shares_phases = True  # the abundant task's phase repeats at every scarcity level
     options = {"train": TransferOptions}
 
-    def __init__(self, cfg, tasks, scarce, make_backbone, loss=None):
-        super().__init__(cfg, tasks, scarce, make_backbone, loss)
+    def __init__(self, plan, tasks, scarce, make_backbone, loss, opts=None):
+        super().__init__(plan, tasks, scarce, make_backbone, loss, opts)
         if all(scarce) or not any(scarce):
             raise MrbenchError(
                 "transfer needs at least one abundant and one scarce task "
-                f"(data.tasks = {[t.context.contrast for t in tasks]}, data.scarce = {cfg.data.scarce})"
+                f"(data.tasks = {[t.context.contrast for t in tasks]}, scarce: {[t.context.contrast for t, s in zip(tasks, scarce) if s]})"
             )
         self.models["pretrained"] = make_backbone()
         self.models["finetuned"] = make_backbone()

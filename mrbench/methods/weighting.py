@@ -9,7 +9,7 @@ buffers), saved in checkpoints and restored on ``--resume``.
 
 Interface (every weighting)::
 
-    w = WEIGHTINGS[name](num_tasks, cfg, task_sizes=[n_0, …], inverse_frequency=False)
+    w = WEIGHTINGS[name](num_tasks, opts, task_sizes=[n_0, …], inverse_frequency=False)
     total = w.combine(losses, counts)        # scalar, differentiable; no state change
     value = w.backward(losses, counts, model)  # what a training step calls: backward + state
     w.weights()                              # {"weight/<t>": …} for TensorBoard
@@ -136,13 +136,13 @@ class Weighting(nn.Module):
     def __init__(
         self,
         num_tasks: int,
-        cfg=None,
+        opts=None,
         task_sizes: Sequence[int] | None = None,
         inverse_frequency: bool = False,
     ):
         super().__init__()
         self.num_tasks = num_tasks
-        self.cfg = cfg
+        self.opts = opts  # the [mtl] section (the weighting's own keys)
         self.task_sizes = [int(n) for n in task_sizes] if task_sizes is not None else None
         if inverse_frequency and self.task_sizes is None:
             raise ValueError("inverse-frequency weights need task_sizes")
@@ -221,9 +221,9 @@ class Uncertainty(Weighting):
     name = "uncert"
     options = {"mtl": UncertaintyOptions}
 
-    def __init__(self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False):
-        super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
-        opts = cfg or UncertaintyOptions()
+    def __init__(self, num_tasks, opts=None, task_sizes=None, inverse_frequency=False):
+        super().__init__(num_tasks, opts, task_sizes, inverse_frequency)
+        opts = opts or UncertaintyOptions()
         self.laplace = opts.uncert_form == "laplace"
         self.init_from_loss = opts.uncert_init == "loss"
         self.log_vars = nn.Parameter(torch.zeros(num_tasks))
@@ -264,14 +264,14 @@ class DWA(Weighting):
     def __init__(
         self,
         num_tasks,
-        cfg=None,
+        opts=None,
         task_sizes=None,
         inverse_frequency=False,
         epoch_slices: int | None = None,
         budget: int | None = None,
     ):
-        super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
-        period = (cfg or DWAOptions()).dwa_period
+        super().__init__(num_tasks, opts, task_sizes, inverse_frequency)
+        period = (opts or DWAOptions()).dwa_period
         if epoch_slices is None and budget and period > 0:
             epoch_slices = round(period * budget)  # a data epoch (1152 slices) outlasted a demo run
         if epoch_slices is None:
@@ -279,7 +279,7 @@ class DWA(Weighting):
                 raise ValueError("dwa needs task_sizes (an epoch = the training slices of all tasks) or epoch_slices")
             epoch_slices = sum(self.task_sizes)
         self.epoch_slices = max(1, int(epoch_slices))
-        self.temperature = float((cfg or DWAOptions()).dwa_temperature)
+        self.temperature = float((opts or DWAOptions()).dwa_temperature)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
         self.register_buffer("loss_sum", torch.zeros(num_tasks, dtype=torch.float64))
@@ -400,9 +400,9 @@ class GradNorm(Weighting):
     name = "gradnorm"
     options = {"mtl": GradNormOptions}
 
-    def __init__(self, num_tasks, cfg=None, task_sizes=None, inverse_frequency=False):
-        super().__init__(num_tasks, cfg, task_sizes, inverse_frequency)
-        self.alpha = float((cfg or GradNormOptions()).gradnorm_alpha)
+    def __init__(self, num_tasks, opts=None, task_sizes=None, inverse_frequency=False):
+        super().__init__(num_tasks, opts, task_sizes, inverse_frequency)
+        self.alpha = float((opts or GradNormOptions()).gradnorm_alpha)
         self.task_weight = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.full((num_tasks,), math.nan))
 
@@ -454,18 +454,18 @@ class GradNorm(Weighting):
         return (w * (self.num_tasks / w.sum())).cpu()
 
 
-#: Weighting name → class (constructor ``(num_tasks, cfg, task_sizes, inverse_frequency)``).
+#: Weighting name → class (constructor ``(num_tasks, opts, task_sizes, inverse_frequency)``).
 WEIGHTINGS: Registry[type[Weighting]] = Registry(
     "weighting", {cls.name: cls for cls in (Naive, Uncertainty, DWA, GradNorm, PCGrad)}
 )
 
 
 def make_weighting(
-    name: str, num_tasks: int, cfg=None, task_sizes=None, inverse_frequency: bool = False, budget: int | None = None
+    name: str, num_tasks: int, opts=None, task_sizes=None, inverse_frequency: bool = False, budget: int | None = None
 ) -> Weighting:
     """Build weighting ``name``; an unknown name lists the valid ones. ``budget`` (slices) lets a
     weighting size its periods to the run (DWA)."""
     cls = WEIGHTINGS.lookup(name)
     if budget is not None and "budget" in inspect.signature(cls).parameters:
-        return cls(num_tasks, cfg, task_sizes, inverse_frequency, budget=budget)
-    return cls(num_tasks, cfg, task_sizes, inverse_frequency)
+        return cls(num_tasks, opts, task_sizes, inverse_frequency, budget=budget)
+    return cls(num_tasks, opts, task_sizes, inverse_frequency)
