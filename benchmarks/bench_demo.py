@@ -17,22 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> None:
@@ -46,6 +35,7 @@ def main() -> None:
     from mrbench.data.synth.build import synthesize
     from mrbench.demo import DEMO_SYNTH
     from mrbench.reports.results import _SUFFIX
+    from mrbench.store import cpu_model
     from mrbench.sweep import cores
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench-demo-"))

@@ -252,6 +252,18 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` knows): float32
+    kernels sum in another order on another CPU model, so bitwise comparisons name it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     """Versions, machine and threads, for the manifest."""
     from importlib.metadata import PackageNotFoundError, version
@@ -267,6 +279,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),

@@ -12,13 +12,13 @@ old code: ``git worktree add /tmp/old 6439337^ && PYTHONPATH=/tmp/old python tes
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import pytest
 import torch
 
 from mrbench.models import build_backbone
+from mrbench.store import cpu_model
 
 REFERENCE = Path(__file__).parent / "data" / "unet_reference.pt"
 
@@ -27,17 +27,6 @@ CASES = {
     "km-unet": ("km-unet", dict(chans=4, pools=2, embedding=8, rank=2)),
     "mtl-IVYW": ("mtl-varnet", dict(num_tasks=2, blocks="IVYW", chans=4, pools=2, sens_chans=2, sens_pools=1)),
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (bit-identity is asserted only on the model that wrote the reference)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _outputs(cases=tuple(CASES)) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -48,13 +48,12 @@ class Plan:
     support_unit: str = "volumes"
     adapt_batch: int = 0
 
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = ("support", "support_unit", "adapt_batch")  # the rest: [train]
+
     @classmethod
     def of(cls, cfg) -> Plan:
-        train = ("budget", "budget_per", "lr", "sampling", "seed", "batch", "grad_clip")
-        evaluation = ("support", "support_unit", "adapt_batch")
         return cls(
-            **{f: getattr(cfg.train, f) for f in train},
-            **{f: getattr(cfg.eval, f) for f in evaluation},
+            **{f: getattr(cfg.eval if f in cls.EVAL_FIELDS else cfg.train, f) for f in (x.name for x in fields(cls))}
         )
 
 
