@@ -253,15 +253,26 @@ def git_commit() -> str | None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` knows): float32
-    kernels sum in another order on another CPU model, so bitwise comparisons name it."""
+    """The CPU as float32 kernels see it: its model name, family/model/stepping
+    (``/proc/cpuinfo``; elsewhere what :mod:`platform` knows) and the instruction set torch
+    dispatches to. Kernels sum in another order on another CPU, so bitwise comparisons name it;
+    a virtual machine may call two generations by one name ("AMD EPYC" with and without
+    AVX-512), hence the numbers and the capability beside the name."""
+    import torch
+
+    name, ids = platform.processor() or platform.machine(), []
     try:
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break  # the first processor is enough
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+        name = fields.get("model name", name)
+        ids = [f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} ({', '.join([*ids, torch.backends.cpu.get_cpu_capability()])})"
 
 
 def environment() -> dict:

@@ -293,6 +293,16 @@ def test_budget_ladder_marks_cells_that_moved_when_the_budget_doubled():
     assert set(frame.loc[frame.label == "stl-varnet", "converged"]) == {False}
 
 
+def test_budget_ladder_compares_the_seeds_both_rungs_ran():
+    """A rung at fewer seeds than the grid: the change is paired by seed, not mean(5) − mean(3)."""
+    runs = [_fake_run(f"stl-varnet-b600-s0-seed{s}", "stl", 600, [28.0 + s, 29.0 + s], seed=s) for s in range(5)]
+    runs += [_fake_run(f"stl-varnet-b1200-s0-seed{s}", "stl", 1200, [28.1 + s, 29.1 + s], seed=s) for s in range(3)]
+    conv = R.convergence(R.records(runs), read={"stl-varnet": 600}).set_index("label")
+    # seeds 0-2 moved +0.1 dB each; unpaired means would say 29.6 - 30.5 = -0.9 dB
+    assert conv.loc["stl-varnet", "change_db"] == pytest.approx(0.1)
+    assert conv.loc["stl-varnet", "compared"] == 1200 and conv.loc["stl-varnet", "converged"]
+
+
 def test_budget_ladder_has_its_own_report_panel():
     """Issue 19 item 5: metric vs training budget with seed bands, only for a ladder."""
     from mrbench.reports.compare import budget_panel, prepare

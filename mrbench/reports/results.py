@@ -679,17 +679,28 @@ def convergence(df: pd.DataFrame, read: dict[str, int] | None = None) -> pd.Data
     the half-width of the cell's 95 % interval at B, crossed model) (``converged``): a move
     larger than either would change what the cell says. NaN / True without such a rung.
 
+    The change is read on the seeds both rungs ran (a rung may run fewer seeds than the grid to
+    save time): seed s at B and at 2B start from the same initialisation and see the same data
+    order, so the paired change is free of the seed-to-seed spread that a mean over 5 seeds
+    against a mean over 3 would carry. The threshold's interval is the cell's own, all its seeds.
+
     Columns: label, context, scarcity, steps, budget, compared (the other rung), change_db,
     threshold, converged."""
     rows = []
     for (label, context, scarcity, steps), g in df.groupby(["label", "context", "scarcity", "steps"]):
-        by_budget = g.groupby("budget")["psnr"].mean()
-        top = int(read.get(label, by_budget.index.max())) if read else int(by_budget.index.max())
-        if top not in by_budget.index:
+        budgets = set(int(b) for b in g["budget"].unique())
+        top = int(read.get(label, max(budgets))) if read else max(budgets)
+        if top not in budgets:
             continue
-        other = 2 * top if 2 * top in by_budget.index else top // 2 if 0 < top // 2 < top else 0
-        rung = other in by_budget.index and other != top
-        change = float(by_budget[max(top, other)] - by_budget[min(top, other)]) if rung else float("nan")
+        other = 2 * top if 2 * top in budgets else top // 2 if 0 < top // 2 < top else 0
+        rung = other in budgets and other != top
+        change = float("nan")
+        if rung:
+            pair = g[g["budget"].isin([top, other])]
+            both = set(pair.loc[pair["budget"] == top, "seed"]) & set(pair.loc[pair["budget"] == other, "seed"])
+            pair = pair[pair["seed"].isin(both)] if both else pair
+            means = pair.groupby("budget")["psnr"].mean()
+            change = float(means[max(top, other)] - means[min(top, other)])
         threshold = CONVERGENCE_DB
         if rung:
             lo, hi = S.one_cell(seed_volume_matrix(g[g["budget"] == top], "psnr").to_numpy()).interval()
