@@ -682,7 +682,8 @@ def convergence(df: pd.DataFrame, read: dict[str, int] | None = None) -> pd.Data
     The change is read on the seeds both rungs ran (a rung may run fewer seeds than the grid to
     save time): seed s at B and at 2B start from the same initialisation and see the same data
     order, so the paired change is free of the seed-to-seed spread that a mean over 5 seeds
-    against a mean over 3 would carry. The threshold's interval is the cell's own, all its seeds.
+    against a mean over 3 would carry (rungs with no seed in common fall back to unpaired means).
+    The threshold's interval is the cell's own, all its seeds.
 
     Columns: label, context, scarcity, steps, budget, compared (the other rung), change_db,
     threshold, converged."""
@@ -694,15 +695,13 @@ def convergence(df: pd.DataFrame, read: dict[str, int] | None = None) -> pd.Data
             continue
         other = 2 * top if 2 * top in budgets else top // 2 if 0 < top // 2 < top else 0
         rung = other in budgets and other != top
-        change = float("nan")
+        change, threshold = float("nan"), CONVERGENCE_DB
         if rung:
             pair = g[g["budget"].isin([top, other])]
             both = set(pair.loc[pair["budget"] == top, "seed"]) & set(pair.loc[pair["budget"] == other, "seed"])
-            pair = pair[pair["seed"].isin(both)] if both else pair
+            pair = pair[pair["seed"].isin(both)] if both else pair  # disjoint seeds: unpaired means
             means = pair.groupby("budget")["psnr"].mean()
             change = float(means[max(top, other)] - means[min(top, other)])
-        threshold = CONVERGENCE_DB
-        if rung:
             lo, hi = S.one_cell(seed_volume_matrix(g[g["budget"] == top], "psnr").to_numpy()).interval()
             if np.isfinite(hi - lo):
                 threshold = min(CONVERGENCE_DB, (hi - lo) / 2)
