@@ -468,6 +468,11 @@ def _echo_err(line: str) -> None:
     help="Merge the file's [profile.NAME] over it (e.g. cpu, gpu; several comma-separated, in order: cpu,ladder).",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run.")
+@click.option(
+    "--seeds",
+    default=None,
+    help="Comma-separated seeds instead of the file's [sweep] seeds (e.g. 3,4 to add two seeds to a grid).",
+)
 @click.option("--partition", default="", help="slurm: #SBATCH --partition.")
 @click.option("--time", "time_limit", default="", help="slurm: #SBATCH --time per run (e.g. 04:00:00).")
 @click.option("--mem", default="", help="slurm: #SBATCH --mem per run (e.g. 16G).")
@@ -479,19 +484,35 @@ def _echo_err(line: str) -> None:
 )
 @click.option("--quiet", is_flag=True, help="Only the summary.")
 def sweep_cmd(
-    experiment_file, jobs, threads, executor, profile, overrides, partition, time_limit, mem, gpus_per_run, check, quiet
+    experiment_file,
+    jobs,
+    threads,
+    executor,
+    profile,
+    overrides,
+    seeds,
+    partition,
+    time_limit,
+    mem,
+    gpus_per_run,
+    check,
+    quiet,
 ):
     """Run the grid methods × scarcity levels × seeds of EXPERIMENT_FILE ([sweep] table).
 
     Runs with DONE are skipped and incomplete ones resumed, so re-running a sweep
-    after a crash finishes it without redoing work."""
+    after a crash finishes it without redoing work; --seeds 3,4 adds seeds to a finished
+    grid without touching its runs."""
     from .sweep import cores, load_experiment, run_sweep, submit_slurm, write_slurm
 
     if jobs < 1:
         raise MrbenchError(f"--jobs must be ≥ 1, got {jobs}")
     if threads < 0:
         raise MrbenchError(f"--threads must be ≥ 0, got {threads}")
-    exp = load_experiment(experiment_file, overrides, profile=profile)
+    seed_list = _whole_numbers("--seeds", seeds)
+    if seed_list is not None and not seed_list:
+        raise MrbenchError("--seeds: give at least one seed")
+    exp = load_experiment(experiment_file, overrides, seeds=seed_list, profile=profile)
     if check:
         from .store import RunStore
         from .sweep import check_slice_lists, slice_summary

@@ -228,6 +228,19 @@ def test_sweep_check_reports_the_slice_lists_without_running(tmp_path, data_root
     assert res.exit_code == 0 and "0 of 4 runs done" in res.output
 
 
+def test_sweep_seeds_option_replaces_the_files_seeds(tmp_path, data_root):
+    """--seeds adds seeds to a grid from the command line (issue 30 item 8: seeds 3–4 on a 3-seed grid)."""
+    f = write_experiment(tmp_path / "e.toml", GRID)
+    sets = sum((["--set", s] for s in tiny_run_settings(data_root, tmp_path / "runs")), [])
+    res = CliRunner().invoke(main, ["sweep", f, "--check", "--seeds", "3,4,5", *sets])
+    assert res.exit_code == 0 and "0 of 12 runs done" in res.output
+    exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"), seeds=[3, 4])
+    assert sorted({c.run_name.rsplit("-", 1)[1] for c in exp.configs.values()}) == ["seed3", "seed4"]
+    for bad, needle in (("3,x", "expected comma-separated whole numbers"), ("-1", "must be ≥ 0")):
+        res = CliRunner().invoke(main, ["sweep", f, "--check", "--seeds", bad, *sets])
+        assert res.exit_code == 2 and "--seeds" in res.output and needle in res.output and "Traceback" not in res.output
+
+
 def test_task_sampling_is_a_sweep_axis_shown_in_run_names(tmp_path, data_root):
     """Issue 12 defect 3: one sampling rule for all methods by default (stratified), and the
     rule as a sweep axis whose non-default value shows in the run name (and so the table row)."""
