@@ -4,10 +4,12 @@ hooks), and give *bit-identical* images and gradients to the three copies of tha
 replaced. The reference (``tests/data/unet_reference.pt``: every image and gradient, and the
 CPU that wrote it) was written by this module's ``__main__`` run against the code before the
 change (commit 6439337^). On a CPU of the same model the test asserts bit-identity; on another
-one float32 agreement (rtol 1e-5): the same code's convolutions sum in another order under
+one float32 agreement: the same code's convolutions sum in another order under
 another instruction set (an AMD EPYC differs from the Intel Xeon in the last bit, 2e-7 of
-the image; two generations of AMD EPYC, with and without AVX-512, too), so bits cannot be
-compared across machines (``mrbench.store.cpu_model`` names the CPU with its family, model and
+the image; two generations of AMD EPYC, with and without AVX-512, by up to 6e-6 of a
+gradient's scale after the backward pass through every layer), so bits cannot be compared
+across machines (then: rtol 1e-4 and atol 1e-4 of the largest value among the model's
+images or gradients) (``mrbench.store.cpu_model`` names the CPU with its family, model and
 torch's instruction set). Regenerate only on purpose, from the
 old code: ``git worktree add /tmp/old 6439337^ && PYTHONPATH=/tmp/old python tests/test_unet_reference.py``.
 """
@@ -84,8 +86,12 @@ def test_one_unet_gives_bit_identical_outputs_and_gradients(case):
         if same_cpu:
             assert torch.equal(now[key], want), key
         else:
-            scale = float(want.abs().max())
-            torch.testing.assert_close(now[key], want, rtol=1e-5, atol=1e-6 * scale, msg=key)
+            # float32 agreement on the scale of the whole image / gradient set of this model and
+            # coil count: a bias gradient that sums to ~0 (1e-10 against weights' 1e-4) carries
+            # the rounding of its terms, not of its value; a wrong block moves things by O(1).
+            group = key.rsplit("/", 1)[0] if "/grad/" not in key else key.split("/grad/")[0] + "/grad"
+            scale = max(float(ref["tensors"][k].abs().max()) for k in keys if k.startswith(group))
+            torch.testing.assert_close(now[key], want, rtol=1e-4, atol=1e-4 * scale, msg=key)
 
 
 def _this_checkouts_cpu_model():
