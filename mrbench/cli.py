@@ -49,13 +49,15 @@ def _csv(value: str) -> list[str]:
 
 
 def _whole_numbers(option: str, value: str | None) -> list[int] | None:
-    """A comma-separated list of whole numbers ≥ 0 (None stays None); else a one-line error."""
+    """A non-empty comma-separated list of whole numbers ≥ 0 (None stays None); else a one-line error."""
     if value is None:
         return None
     try:
         numbers = [int(s) for s in _csv(value)]
     except ValueError:
         raise MrbenchError(f"{option}: expected comma-separated whole numbers, got {value!r}") from None
+    if not numbers:
+        raise MrbenchError(f"{option}: give at least one number, got {value!r}")
     if any(n < 0 for n in numbers):
         raise MrbenchError(f"{option}: must be ≥ 0, got {value!r}")
     return numbers
@@ -382,7 +384,7 @@ def evaluate_cmd(run_dir, contexts, adapt_steps, support_sizes):
         from .evaluation.trained import support_curves
         from .reports.results import load_runs
 
-        if not sizes or min(sizes) < 1:
+        if min(sizes) < 1:
             raise MrbenchError("--support-sizes: expected whole numbers ≥ 1, e.g. 1,2,4,8")
         for run in load_runs([run_dir]):
             if run.method == "zero-filled":
@@ -509,10 +511,7 @@ def sweep_cmd(
         raise MrbenchError(f"--jobs must be ≥ 1, got {jobs}")
     if threads < 0:
         raise MrbenchError(f"--threads must be ≥ 0, got {threads}")
-    seed_list = _whole_numbers("--seeds", seeds)
-    if seed_list is not None and not seed_list:
-        raise MrbenchError("--seeds: give at least one seed")
-    exp = load_experiment(experiment_file, overrides, seeds=seed_list, profile=profile)
+    exp = load_experiment(experiment_file, overrides, seeds=_whole_numbers("--seeds", seeds), profile=profile)
     if check:
         from .store import RunStore
         from .sweep import check_slice_lists, slice_summary

@@ -236,7 +236,11 @@ def test_sweep_seeds_option_replaces_the_files_seeds(tmp_path, data_root):
     assert res.exit_code == 0 and "0 of 12 runs done" in res.output
     exp = load_experiment(f, tiny_run_settings(data_root, tmp_path / "runs"), seeds=[3, 4])
     assert sorted({c.run_name.rsplit("-", 1)[1] for c in exp.configs.values()}) == ["seed3", "seed4"]
-    for bad, needle in (("3,x", "expected comma-separated whole numbers"), ("-1", "must be ≥ 0")):
+    for bad, needle in (
+        ("3,x", "expected comma-separated whole numbers"),
+        ("-1", "must be ≥ 0"),
+        (",", "give at least one number"),
+    ):
         res = CliRunner().invoke(main, ["sweep", f, "--check", "--seeds", bad, *sets])
         assert res.exit_code == 2 and "--seeds" in res.output and needle in res.output and "Traceback" not in res.output
 
