@@ -6,11 +6,11 @@ CPU that wrote it) was written by this module's ``__main__`` run against the cod
 change (commit 6439337^). On a CPU of the same model the test asserts bit-identity; on another
 one float32 agreement: the same code's convolutions sum in another order under
 another instruction set (an AMD EPYC differs from the Intel Xeon in the last bit, 2e-7 of
-the image; two generations of AMD EPYC, with and without AVX-512, by up to 6e-6 of a
-gradient's scale after the backward pass through every layer), so bits cannot be compared
-across machines (then: rtol 1e-4 and atol 1e-4 of the largest value among the model's
-images or gradients) (``mrbench.store.cpu_model`` names the CPU with its family, model and
-torch's instruction set). Regenerate only on purpose, from the
+the image; two generations of AMD EPYC, with and without AVX-512, by up to 3e-7 of the
+largest gradient after the backward pass through every layer), so bits cannot be compared
+across machines; there the test allows 1e-5 of the largest value of the model's image or
+gradient set (``mrbench.store.cpu_model`` names the CPU with its family, model and torch's
+instruction set). Regenerate only on purpose, from the
 old code: ``git worktree add /tmp/old 6439337^ && PYTHONPATH=/tmp/old python tests/test_unet_reference.py``.
 """
 
@@ -81,17 +81,21 @@ def test_one_unet_gives_bit_identical_outputs_and_gradients(case):
     keys = sorted(k for k in ref["tensors"] if k.startswith(case + "/"))
     assert keys and sorted(now) == keys  # same parameters (names), same gradients present
     same_cpu = ref["cpu"] == cpu_model()
+    # float32 agreement across CPUs is on the scale of the model's image, or of its whole
+    # gradient set, per coil count ("unet/1coil/grad"): a bias gradient that sums to ~0 (1e-10
+    # against the weights' 1e-4) carries the rounding of its terms, not of its value, while a
+    # wrong block moves things by O(1).
+    scale: dict[str, float] = {}
+    for key in keys:
+        group = "/".join(key.split("/")[:3])
+        scale[group] = max(scale.get(group, 0.0), float(ref["tensors"][key].abs().max()))
     for key in keys:
         want = ref["tensors"][key]
         if same_cpu:
             assert torch.equal(now[key], want), key
         else:
-            # float32 agreement on the scale of the whole image / gradient set of this model and
-            # coil count: a bias gradient that sums to ~0 (1e-10 against weights' 1e-4) carries
-            # the rounding of its terms, not of its value; a wrong block moves things by O(1).
-            group = key.rsplit("/", 1)[0] if "/grad/" not in key else key.split("/grad/")[0] + "/grad"
-            scale = max(float(ref["tensors"][k].abs().max()) for k in keys if k.startswith(group))
-            torch.testing.assert_close(now[key], want, rtol=1e-4, atol=1e-4 * scale, msg=key)
+            atol = 1e-5 * scale["/".join(key.split("/")[:3])]
+            torch.testing.assert_close(now[key], want, rtol=1e-5, atol=atol, msg=key)
 
 
 def _this_checkouts_cpu_model():
